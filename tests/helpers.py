@@ -1,0 +1,39 @@
+import torch
+
+
+def rel_err(actual: torch.Tensor, expected: torch.Tensor) -> float:
+    """||actual - expected|| / ||expected|| (norm-wise relative error)."""
+    actual, expected = actual.detach().double(), expected.detach().double()
+    denom = expected.norm().clamp_min(1e-300)
+    return ((actual - expected).norm() / denom).item()
+
+
+def input_grad(module, x: torch.Tensor, out_weights: torch.Tensor | None = None, seed: int = 0):
+    """Output and the gradient of sum(out_weights * module(x)) w.r.t. x."""
+    x = x.detach().clone().requires_grad_(True)
+    y = module(x)
+    if out_weights is None:
+        g = torch.Generator().manual_seed(seed)
+        out_weights = torch.randn(y.shape, generator=g, dtype=y.dtype)
+    (grad,) = torch.autograd.grad((y * out_weights).sum(), x)
+    return y.detach(), grad
+
+
+def assert_dynamic_linear(module, x: torch.Tensor, n_units: int = 5, seed: int = 0, tol: float = 1e-5):
+    """In explanation mode, sum(grad_x(y_j) * x) == y_j for randomly chosen units j."""
+    from timm_bcos.layers import explanation_mode
+
+    g = torch.Generator().manual_seed(seed)
+    x = x.detach().clone().requires_grad_(True)
+    with explanation_mode(module):
+        y = module(x)
+        flat = y.reshape(-1)
+        # pick units with non-negligible magnitude so the relative check is meaningful
+        candidates = torch.nonzero(flat.abs() > flat.abs().max() * 1e-3).reshape(-1)
+        picks = candidates[torch.randperm(len(candidates), generator=g)[:n_units]]
+        for j in picks.tolist():
+            (grad,) = torch.autograd.grad(flat[j], x, retain_graph=True)
+            reconstructed = (grad * x).sum()
+            err = abs(reconstructed.item() - flat[j].item()) / abs(flat[j].item())
+            assert err <= tol, f"unit {j}: sum(grad*x)={reconstructed.item()} vs y={flat[j].item()} (rel {err:.2e})"
+    return len(picks)

@@ -1,0 +1,220 @@
+"""timm_bcos.layers against hand-computed oracles and the dynamic-linearity invariant."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import assert_dynamic_linear, input_grad, rel_err
+from timm_bcos import layers as L
+from timm_bcos.layers import explanation_mode
+
+
+def bcos_conv_oracle(x, weight, b, max_out, stride, padding, dilation, groups):
+    """Eq. 3 computed patch by patch with unfold: ||x|| |cos|^B sgn(cos), then MaxOut."""
+    n, c, h, w = x.shape
+    o_all, cg, kh, kw = weight.shape
+    outs = []
+    for g in range(groups):
+        xg = x[:, g * cg:(g + 1) * cg]
+        patches = F.unfold(xg, (kh, kw), dilation=dilation, padding=padding, stride=stride)  # [N, cg*k*k, P]
+        wg = weight[g * o_all // groups:(g + 1) * o_all // groups].reshape(o_all // groups, -1)
+        w_hat = wg / wg.norm(dim=1, keepdim=True)
+        norm = (patches.pow(2).sum(1, keepdim=True) + 1e-6).sqrt()
+        lin = torch.einsum("ok,nkp->nop", w_hat, patches)
+        cos = lin / norm
+        outs.append(norm * cos.abs().pow(b) * cos.sign())
+    out = torch.cat(outs, 1)
+    h_out = (h + 2 * padding - dilation * (kh - 1) - 1) // stride + 1
+    w_out = (w + 2 * padding - dilation * (kw - 1) - 1) // stride + 1
+    out = out.reshape(n, o_all, h_out, w_out)
+    return out.unflatten(1, (o_all // max_out, max_out)).max(2).values
+
+
+@pytest.mark.parametrize("b", [1.0, 1.5, 2.0, 3.0])
+@pytest.mark.parametrize("max_out,groups,stride,padding,dilation", [
+    (1, 1, 1, 1, 1), (2, 1, 2, 0, 1), (2, 4, 1, 2, 2), (3, 2, 2, 1, 2),
+])
+def test_bcos_conv2d_equals_eq3(b, max_out, groups, stride, padding, dilation):
+    torch.manual_seed(0)
+    conv = L.BcosConv2d(8, 12, 3, stride, padding, dilation, groups, b=b, max_out=max_out).double()
+    x = torch.randn(2, 8, 9, 10, dtype=torch.float64)
+    expected = bcos_conv_oracle(x, conv.weight.detach(), b, max_out, stride, padding, dilation, groups)
+    # the layer's stabilisers (1e-6 on |cos| for B != 2) differ from Eq. 3 by O(1e-6)
+    assert rel_err(conv(x), expected) <= (1e-12 if b in (1.0, 2.0) else 1e-4)
+
+
+def test_bcos_linear_equals_eq3_for_tokens():
+    torch.manual_seed(1)
+    lin = L.BcosLinear(6, 4, b=2, max_out=2).double()
+    x = torch.randn(3, 5, 6, dtype=torch.float64)
+    w_hat = lin.weight / lin.weight.norm(dim=1, keepdim=True)
+    cos = (x @ w_hat.T) / x.norm(dim=-1, keepdim=True)
+    expected = (x.norm(dim=-1, keepdim=True) * cos.abs() * cos).unflatten(-1, (4, 2)).max(-1).values
+    assert rel_err(lin(x), expected) <= 1e-12
+
+
+def test_output_is_bounded_by_input_norm():
+    """Eq. 4: |B-cos(x; w)| <= ||x||, with equality iff x is aligned with w."""
+    lin = L.BcosLinear(6, 3, b=2).double()
+    x = torch.randn(100, 6, dtype=torch.float64)
+    assert (lin(x).abs() <= x.norm(dim=-1, keepdim=True) + 1e-12).all()
+    aligned = lin.weight.detach()[:1] * 3.0
+    assert torch.allclose(lin(aligned)[0, 0], aligned.norm())
+
+
+def test_v1_output_scale():
+    conv = L.BcosConv2d(16, 8, 3, padding=1, b=2, scale=L.v1_output_scale(3, 16))
+    plain = L.BcosConv2d(16, 8, 3, padding=1, b=2)
+    plain.weight.data.copy_(conv.weight.data)
+    x = torch.randn(1, 16, 6, 6)
+    assert math.isclose(L.v1_output_scale(3, 16), 3 * 4 / 100)
+    assert rel_err(conv(x), plain(x) / (3 * 4 / 100)) <= 1e-6
+
+
+def _layers_for_linearity():
+    torch.manual_seed(0)
+    bn = L.BatchNormUncentered2d(8, affine=True)
+    bn.running_var.uniform_(0.5, 2)
+    bn_eval = L.drop_bias(bn).eval()
+    bn_train = L.drop_bias(L.BatchNormUncentered2d(8)).train()
+    return {
+        "conv_b2": (L.BcosConv2d(8, 6, 3, padding=1, b=2), (2, 8, 7, 7)),
+        "conv_b1.25_maxout_groups": (L.BcosConv2d(8, 8, 3, 2, 1, groups=4, b=1.25, max_out=2), (2, 8, 7, 7)),
+        "conv_b2.5_dilated": (L.BcosConv2d(8, 6, 3, padding=2, dilation=2, b=2.5, max_out=2), (2, 8, 7, 7)),
+        "conv_scaled": (L.BcosConv2d(8, 6, 1, b=2, scale=0.1), (2, 8, 4, 4)),
+        "linear_vectors": (L.BcosLinear(8, 6, b=2, max_out=2), (5, 8)),
+        "linear_tokens": (L.BcosLinear(8, 6, b=1.5), (2, 5, 8)),
+        "bn_uncentered_eval": (bn_eval, (4, 8, 5, 5)),
+        "bn_uncentered_train": (bn_train, (4, 8, 5, 5)),
+        "gn_uncentered": (L.drop_bias(L.GroupNormUncentered2d(2, 8)), (2, 8, 5, 5)),
+        "gn_centered": (L.drop_bias(L.DetachableGroupNorm2d(2, 8)), (2, 8, 5, 5)),
+        "ln_tokens": (L.drop_bias(L.DetachableLayerNorm(8)), (2, 5, 8)),
+        "ln2d_centered": (L.drop_bias(L.DetachableLayerNorm2d(8)), (2, 8, 5, 5)),
+        "pn_uncentered": (L.drop_bias(L.PositionNormUncentered2d(8)), (2, 8, 5, 5)),
+        "attention": (L.BcosAttention(8, num_heads=2, b=2), (2, 5, 8)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_layers_for_linearity()))
+def test_every_layer_is_dynamic_linear(name):
+    layer, shape = _layers_for_linearity()[name]
+    x = torch.randn(*shape) + 0.3
+    assert assert_dynamic_linear(layer, x, n_units=6) == 6
+
+
+def test_logit_layer_is_linear_up_to_its_bias():
+    layer = L.LogitLayer(logit_bias=L.default_logit_bias(10), logit_temperature=2.0)
+    assert math.isclose(layer.logit_bias.item(), -math.log(9), rel_tol=1e-6)
+    x = torch.randn(3, 10)
+    y, grad = input_grad(layer, x, out_weights=torch.eye(10)[4].expand(3, 10))
+    assert torch.allclose((grad * x).sum(1), y[:, 4] - layer.logit_bias)
+
+
+@pytest.mark.parametrize("b", [1.25, 2.0, 2.5])
+def test_explanation_gradient_is_the_dynamic_weight(b):
+    """Eq. 11: in explanation mode d y_j / d x = |cos(x, w_j)|^(B-1) w_j_hat.
+
+    B-cos is positively homogeneous of degree 1, so completeness alone holds
+    with or without detaching; this checks the weight itself.
+    """
+    torch.manual_seed(0)
+    lin = L.BcosLinear(6, 4, b=b).double()
+    x = torch.randn(6, dtype=torch.float64)
+    w_hat = lin.weight.detach() / lin.weight.detach().norm(dim=1, keepdim=True)
+    cos = (w_hat @ x) / (x.norm() + 1e-12)
+    dynamic_w = ((cos.abs() + (0 if b == 2 else 1e-6)) ** (b - 1))[:, None] * w_hat
+    with explanation_mode(lin):
+        _, grad = input_grad(lin, x, out_weights=torch.eye(4, dtype=torch.float64)[2])
+    assert rel_err(grad, dynamic_w[2]) <= 1e-10
+    _, grad_plain = input_grad(lin, x, out_weights=torch.eye(4, dtype=torch.float64)[2])
+    assert rel_err(grad_plain, dynamic_w[2]) > 1e-3  # the undetached gradient differs
+
+    conv = L.BcosConv2d(2, 3, 3, b=b).double()
+    xc = torch.randn(1, 2, 3, 3, dtype=torch.float64)  # one patch, one output position
+    wc = conv.weight.detach().reshape(3, -1)
+    wc_hat = wc / wc.norm(dim=1, keepdim=True)
+    cos_c = (wc_hat @ xc.reshape(-1)) / (xc.norm() ** 2 + 1e-6).sqrt()
+    dyn_c = ((cos_c.abs() + (0 if b == 2 else 1e-6)) ** (b - 1))[:, None] * wc_hat
+    with explanation_mode(conv):
+        _, grad_c = input_grad(conv, xc, out_weights=torch.eye(3, dtype=torch.float64)[1].reshape(1, 3, 1, 1))
+    assert rel_err(grad_c.reshape(-1), dyn_c[1]) <= 1e-10
+
+
+def test_completeness_detects_undetached_norm():
+    """x / std(x) is scale invariant: without detaching, sum(grad * x) is 0, not y."""
+    norm = L.drop_bias(L.GroupNormUncentered2d(1, 4))
+    x = torch.randn(1, 4, 3, 3).requires_grad_(True)
+    y = norm(x)[0, 1, 1, 1]
+    (grad,) = torch.autograd.grad(y, x)
+    assert abs((grad * x).sum().item()) < 1e-3 * abs(y.item())
+
+
+@pytest.mark.parametrize("b", [1.0, 1.25, 2.0, 2.5])
+@pytest.mark.parametrize("explain", [False, True])
+def test_zero_patch_gives_zero_output_and_finite_grads(b, explain):
+    conv = L.BcosConv2d(6, 4, 3, padding=1, b=b, max_out=2)
+    x = torch.rand(1, 6, 8, 8)
+    x[:, :, :4, :4] = 0.0  # receptive fields of outputs (0..2, 0..2) are all zero
+    x.requires_grad_(True)
+    with explanation_mode(conv) if explain else torch.enable_grad():
+        y = conv(x)
+        y.sum().backward()
+    assert torch.equal(y[:, :, :3, :3], torch.zeros_like(y[:, :, :3, :3]))
+    assert torch.isfinite(x.grad).all() and torch.isfinite(conv.weight.grad).all()
+
+    lin = L.BcosLinear(6, 4, b=b)
+    z = torch.zeros(2, 6, requires_grad=True)
+    with explanation_mode(lin) if explain else torch.enable_grad():
+        out = lin(z)
+        out.sum().backward()
+    assert torch.equal(out, torch.zeros_like(out))
+    assert torch.isfinite(z.grad).all() and torch.isfinite(lin.weight.grad).all()
+
+
+@pytest.mark.parametrize("layer,bad,expected_msg", [
+    (L.BcosConv2d(6, 4, 3), torch.randn(1, 3, 8, 8), r"expects 6 channels.*\(1, 3, 8, 8\)"),
+    (L.BcosConv2d(6, 4, 3), torch.randn(6, 8, 8), r"expects a 4D input.*\(6, 8, 8\)"),
+    (L.BcosLinear(6, 4), torch.randn(2, 5), r"expects 6 channels in the last dim.*\(2, 5\)"),
+    (L.InputEncoding(), torch.rand(1, 1, 8, 8), r"\[N, 3, H, W\].*\(1, 1, 8, 8\)"),
+    (L.BatchNormUncentered2d(8), torch.randn(2, 4, 3, 3), r"\[N, 8, H, W\].*\(2, 4, 3, 3\)"),
+    (L.DetachableLayerNorm(8), torch.randn(2, 3, 4), r"trailing dims \(8,\).*\(2, 3, 4\)"),
+    (L.BcosAttention(8, 2), torch.randn(2, 3, 4), r"\[N, T, 8\].*\(2, 3, 4\)"),
+])
+def test_bad_shapes_say_what_was_expected(layer, bad, expected_msg):
+    with pytest.raises(ValueError, match=expected_msg):
+        layer(bad)
+
+
+@pytest.mark.parametrize("kwargs,msg", [
+    (dict(b=0.5), "b must be >= 1"), (dict(max_out=0), "max_out must be >= 1"),
+    (dict(groups=3), "divisible by groups"),
+])
+def test_bad_constructor_args(kwargs, msg):
+    with pytest.raises(ValueError, match=msg):
+        L.BcosConv2d(8, 4, 3, **kwargs)
+
+
+def test_explanation_mode_switches_and_restores_even_on_error():
+    model = torch.nn.Sequential(L.BcosConv2d(6, 4, 3), L.BatchNormUncentered2d(4), torch.nn.Flatten())
+    model[1].set_explanation_mode(True)  # a module already on stays on afterwards
+    with explanation_mode(model):
+        assert model[0].is_in_explanation_mode and model[1].is_in_explanation_mode
+    assert not model[0].is_in_explanation_mode and model[1].is_in_explanation_mode
+    with pytest.raises(RuntimeError, match="boom"):
+        with explanation_mode(model):
+            raise RuntimeError("boom")
+    assert not model[0].is_in_explanation_mode and model[1].is_in_explanation_mode
+
+
+def test_explanation_mode_is_reexported_at_top_level():
+    import timm_bcos
+
+    assert timm_bcos.explanation_mode is explanation_mode
+
+
+def test_input_encoding():
+    x = torch.rand(2, 3, 4, 4)
+    enc = L.InputEncoding()(x)
+    assert enc.shape == (2, 6, 4, 4)
+    assert torch.equal(enc[:, 3:], 1 - x)

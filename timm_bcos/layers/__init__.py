@@ -1,0 +1,39 @@
+"""B-cos building blocks. Depends on torch only (no timm)."""
+from .attention import BcosAttention, detachable_attention
+from .bcos_conv import BcosConv2d, v1_output_scale
+from .bcos_linear import BcosLinear
+from .detach import DetachableModule, detachable_modules, explanation_mode
+from .encoding import InputEncoding
+from .logit import LogitLayer, default_logit_bias
+from .norms import (
+    BatchNormUncentered2d,
+    DetachableGroupNorm2d,
+    DetachableLayerNorm,
+    DetachableLayerNorm2d,
+    DetachablePositionNorm2d,
+    GroupNormUncentered2d,
+    PositionNormUncentered2d,
+    drop_bias,
+)
+
+__all__ = [
+    "BatchNormUncentered2d",
+    "BcosAttention",
+    "BcosConv2d",
+    "BcosLinear",
+    "DetachableGroupNorm2d",
+    "DetachableLayerNorm",
+    "DetachableLayerNorm2d",
+    "DetachableModule",
+    "DetachablePositionNorm2d",
+    "GroupNormUncentered2d",
+    "InputEncoding",
+    "LogitLayer",
+    "PositionNormUncentered2d",
+    "default_logit_bias",
+    "detachable_attention",
+    "detachable_modules",
+    "drop_bias",
+    "explanation_mode",
+    "v1_output_scale",
+]

@@ -1,0 +1,61 @@
+"""B-cos attention for vision transformers.
+
+Softmax attention is linear in the values once the attention matrix is fixed:
+out = A(q, k) v. In explanation mode q and k are detached, so A is part of the
+dynamic linear map W(x) and the gradient flows through v only (B-cos v2).
+"""
+from __future__ import annotations
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .bcos_linear import BcosLinear
+from .detach import DetachableModule
+
+
+def detachable_attention(q: Tensor, k: Tensor, v: Tensor, detach: bool, scale: float | None = None) -> Tensor:
+    """softmax(q k^T * scale) v over [..., tokens, head_dim]; q, k detached when `detach`."""
+    if detach:
+        q, k = q.detach(), k.detach()
+    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+
+
+class BcosAttention(DetachableModule):
+    """Multi-head self-attention in timm's layout (`qkv`, `proj`).
+
+    `qkv` is a plain bias-free linear layer: q and k only shape the (detached)
+    attention matrix and v enters linearly. `proj` is a B-cos linear layer.
+    Input and output: [N, tokens, dim].
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        num_heads: int = 8,
+        head_dim: int | None = None,
+        b: float = 2.0,
+        max_out: int = 1,
+    ) -> None:
+        super().__init__()
+        if head_dim is None:
+            if dim % num_heads:
+                raise ValueError(f"dim ({dim}) must be divisible by num_heads ({num_heads})")
+            head_dim = dim // num_heads
+        self.num_heads = num_heads
+        self.head_dim = head_dim
+        self.scale = head_dim ** -0.5
+        inner = head_dim * num_heads
+        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
+        self.proj = BcosLinear(inner, dim, b=b, max_out=max_out)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:
+            raise ValueError(
+                f"{type(self).__name__} expects tokens of shape [N, T, {self.qkv.in_features}], "
+                f"got shape {tuple(x.shape)}"
+            )
+        n, t, _ = x.shape
+        qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
+        q, k, v = qkv.unbind(0)
+        out = detachable_attention(q, k, v, self.detach, self.scale)
+        return self.proj(out.transpose(1, 2).reshape(n, t, -1))

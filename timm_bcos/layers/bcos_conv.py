@@ -1,0 +1,131 @@
+"""B-cos 2D convolution (Eq. 3 / Eq. 9, with MaxOut of Sec. 3.2.3)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.nn.modules.utils import _pair
+
+from ._checks import check_input
+from .detach import DetachableModule
+from .functional import bcos_scale, max_out, unit_norm_rows
+
+# Added to the squared patch norm before the square root, as in the reference.
+PATCH_NORM_EPS = 1e-6
+
+
+def v1_output_scale(kernel_size, in_channels: int, scale_factor: float = 100.0) -> float:
+    """The per-layer output divisor of the paper's original (v1) models.
+
+    Plain B-cos stacks without normalisation shrink their signal layer by layer;
+    v1 divides each layer's output by sqrt(k_h * k_w * C_in) / scale_factor.
+    """
+    kh, kw = _pair(kernel_size)
+    return math.sqrt(kh * kw) * math.sqrt(in_channels) / scale_factor
+
+
+class BcosConv2d(DetachableModule):
+    """B-cos convolution: unit-norm kernels, output scaled by |cos|^(B-1).
+
+    `weight` has shape [out_channels * max_out, in_channels // groups, kh, kw],
+    the same layout as the `bcos` package's `linear.weight`; MaxOut units of one
+    output channel are consecutive.
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size=1,
+        stride=1,
+        padding=0,
+        dilation=1,
+        groups: int = 1,
+        b: float = 2.0,
+        max_out: int = 1,
+        scale: float | None = None,
+        padding_mode: str = "zeros",
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if b < 1:
+            raise ValueError(f"b must be >= 1, got {b}")
+        if max_out < 1:
+            raise ValueError(f"max_out must be >= 1, got {max_out}")
+        if in_channels % groups or out_channels % groups:
+            raise ValueError(
+                f"in_channels ({in_channels}) and out_channels ({out_channels}) "
+                f"must both be divisible by groups ({groups})"
+            )
+        if padding_mode != "zeros":
+            raise ValueError(f"only padding_mode='zeros' is supported, got {padding_mode!r}")
+        if isinstance(padding, str) and padding not in ("valid", "same"):
+            raise ValueError(f"padding must be an int, a pair, 'valid' or 'same'; got {padding!r}")
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = _pair(kernel_size)
+        self.stride = _pair(stride)
+        self.padding = padding if isinstance(padding, str) else _pair(padding)
+        self.dilation = _pair(dilation)
+        self.groups = groups
+        self.b = float(b)
+        self.max_out = max_out
+        self.scale = scale
+        self.weight = nn.Parameter(
+            torch.empty(
+                out_channels * max_out, in_channels // groups, *self.kernel_size,
+                device=device, dtype=dtype,
+            )
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        # Same init as nn.Conv2d; only the direction matters after normalisation.
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def _patch_norms(self, x: Tensor) -> Tensor:
+        """||x_patch|| for every output position and group: [N, G, H_out, W_out]."""
+        squares = x * x
+        n, c, h, w = squares.shape
+        g = self.groups
+        squares = squares.sum(1, keepdim=True) if g == 1 else squares.view(n, g, c // g, h, w).sum(2)
+        if self.kernel_size != (1, 1) or self.stride != (1, 1) or self.padding not in ((0, 0), "valid", "same"):
+            # Sum of squares over each receptive field: one ones-kernel per group.
+            ones = squares.new_ones(g, 1, *self.kernel_size)
+            squares = F.conv2d(squares, ones, None, self.stride, self.padding, self.dilation, g)
+        return (squares + PATCH_NORM_EPS).sqrt()
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, layer=type(self).__name__, ndim=4, channels=self.in_channels, channel_dim=1)
+        w = unit_norm_rows(self.weight)
+        out = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+        out = max_out(out, self.max_out, dim=1)
+        if self.b != 1:
+            norms = self._patch_norms(x)
+            if self.groups > 1:
+                # each group's norm serves its out_channels // groups outputs
+                norms = norms.repeat_interleave(self.out_channels // self.groups, dim=1)
+            out = bcos_scale(out, norms, self.b, self.detach)
+        if self.scale is not None:
+            out = out / self.scale
+        return out
+
+    def extra_repr(self) -> str:
+        s = (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, b={self.b:g}"
+        )
+        if self.padding not in ((0, 0), "valid"):
+            s += f", padding={self.padding}"
+        if self.dilation != (1, 1):
+            s += f", dilation={self.dilation}"
+        if self.groups != 1:
+            s += f", groups={self.groups}"
+        if self.max_out != 1:
+            s += f", max_out={self.max_out}"
+        if self.scale is not None:
+            s += f", scale={self.scale:.4g}"
+        return s

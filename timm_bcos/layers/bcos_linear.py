@@ -1,0 +1,69 @@
+"""B-cos linear layer on [..., in_features] inputs (vectors and tokens)."""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ._checks import check_input
+from .detach import DetachableModule
+from .functional import bcos_scale, max_out, unit_norm_rows
+
+# Added to ||x|| in the cosine denominator, as in the reference.
+VECTOR_NORM_EPS = 1e-12
+
+
+class BcosLinear(DetachableModule):
+    """B-cos linear transform: unit-norm rows, output scaled by |cos|^(B-1).
+
+    `weight` has shape [out_features * max_out, in_features].
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        b: float = 2.0,
+        max_out: int = 1,
+        scale: float | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
+        super().__init__()
+        if b < 1:
+            raise ValueError(f"b must be >= 1, got {b}")
+        if max_out < 1:
+            raise ValueError(f"max_out must be >= 1, got {max_out}")
+        self.in_features = in_features
+        self.out_features = out_features
+        self.b = float(b)
+        self.max_out = max_out
+        self.scale = scale
+        self.weight = nn.Parameter(
+            torch.empty(out_features * max_out, in_features, device=device, dtype=dtype)
+        )
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.kaiming_uniform_(self.weight, a=math.sqrt(5))
+
+    def forward(self, x: Tensor) -> Tensor:
+        check_input(x, layer=type(self).__name__, ndim=None, channels=self.in_features, channel_dim=-1)
+        out = F.linear(x, unit_norm_rows(self.weight))
+        out = max_out(out, self.max_out, dim=-1)
+        if self.b != 1:
+            norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + VECTOR_NORM_EPS
+            out = bcos_scale(out, norm, self.b, self.detach)
+        if self.scale is not None:
+            out = out / self.scale
+        return out
+
+    def extra_repr(self) -> str:
+        s = f"in_features={self.in_features}, out_features={self.out_features}, b={self.b:g}"
+        if self.max_out != 1:
+            s += f", max_out={self.max_out}"
+        if self.scale is not None:
+            s += f", scale={self.scale:.4g}"
+        return s

@@ -1,0 +1,41 @@
+"""Stateless B-cos maths shared by the convolution and the linear layer."""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+# Stabilisers of the B-cos v2 reference; kept identical so converted weights
+# reproduce its outputs exactly (they matter for small |cos| and B != 2).
+COS_EPS = 1e-6
+
+
+def unit_norm_rows(weight: Tensor) -> Tensor:
+    """Scale every output unit's weight vector to unit L2 norm (the hat in Eq. 3)."""
+    dims = tuple(range(1, weight.dim()))
+    return weight / torch.linalg.vector_norm(weight, dim=dims, keepdim=True)
+
+
+def max_out(out: Tensor, units: int, dim: int) -> Tensor:
+    """MaxOut over `units` consecutive channels along `dim` (Eq. 17)."""
+    if units == 1:
+        return out
+    size = out.shape[dim]
+    # .max (not .amax) so that ties route the gradient to one unit, as the reference does
+    return out.unflatten(dim, (size // units, units)).max(dim=dim if dim < 0 else dim + 1).values
+
+
+def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -> Tensor:
+    """Eq. 9: multiply w^T x by |cos(x, w)|^(B-1).
+
+    In explanation mode the factor is detached, so the layer is the dynamic
+    linear map W~(x) x of Eqs. 10-11 and its input gradient is W~(x).
+    """
+    if b == 1:
+        return linear_out
+    out_for_scale = linear_out.detach() if detach else linear_out
+    norm = input_norm.detach() if detach else input_norm
+    if b == 2:
+        scale = out_for_scale.abs() / norm
+    else:
+        scale = ((out_for_scale / norm).abs() + COS_EPS).pow(b - 1)
+    return scale * linear_out

@@ -1,0 +1,168 @@
+"""Normalisation layers that keep a B-cos model dynamic linear.
+
+Uncentered norms divide by a statistic and never subtract a mean; in
+explanation mode that statistic is detached, so the norm is a per-input
+linear scaling. Centered (detachable) norms subtract the mean, which is
+linear in the input, and detach only the standard deviation. A bias is an
+input-independent offset that breaks completeness (contributions summing to
+the output); use `drop_bias` for models that must keep it.
+
+State-dict keys match the torch modules they subclass (and the `bcos`
+package's norms), so weights transfer by name.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from .detach import DetachableModule
+
+
+def _affine_2d(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
+    if weight is not None:
+        x = x * weight[:, None, None]
+    if bias is not None:
+        x = x + bias[:, None, None]
+    return x
+
+
+def _check_4d(x: Tensor, layer: nn.Module, channels: int) -> None:
+    if x.dim() != 4 or x.shape[1] != channels:
+        raise ValueError(
+            f"{type(layer).__name__} expects a 4D [N, {channels}, H, W] input, "
+            f"got shape {tuple(x.shape)}"
+        )
+
+
+class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
+    """Batch norm without mean subtraction: x / sqrt(var + eps) * weight (+ bias).
+
+    Training mode divides by the batch variance and updates `running_var`;
+    eval mode divides by `running_var`, a constant, so the layer is linear.
+    `running_mean` is kept (and tracked) only for state-dict compatibility.
+    """
+
+    def __init__(self, *args, **kwargs) -> None:
+        DetachableModule.__init__(self)
+        nn.BatchNorm2d.__init__(self, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d(x, self, self.num_features)
+        use_batch_stats = self.training or self.running_var is None
+        if use_batch_stats:
+            stats_input = x.detach() if self.detach else x
+            var = stats_input.var(dim=(0, 2, 3), unbiased=False)
+            if self.training and self.track_running_stats and self.running_var is not None:
+                self.num_batches_tracked.add_(1)
+                momentum = (
+                    1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+                )
+                with torch.no_grad():
+                    self.running_var.lerp_(var.detach(), momentum)
+        else:
+            var = self.running_var
+        x = x * torch.rsqrt(var + self.eps)[:, None, None]
+        return _affine_2d(x, self.weight, self.bias)
+
+
+class GroupNormUncentered2d(nn.GroupNorm, DetachableModule):
+    """Group norm without mean subtraction; the group variance is detached in explanation mode."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        DetachableModule.__init__(self)
+        nn.GroupNorm.__init__(self, num_groups, num_channels, eps, affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d(x, self, self.num_channels)
+        n, c = x.shape[:2]
+        grouped = x.reshape(n, self.num_groups, -1)
+        var = (grouped.detach() if self.detach else grouped).var(dim=-1, unbiased=False, keepdim=True)
+        x = (grouped * torch.rsqrt(var + self.eps)).reshape(x.shape)
+        return _affine_2d(x, self.weight, self.bias)
+
+
+class DetachableGroupNorm2d(nn.GroupNorm, DetachableModule):
+    """Centered group norm; in explanation mode the standard deviation is detached."""
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True) -> None:
+        DetachableModule.__init__(self)
+        nn.GroupNorm.__init__(self, num_groups, num_channels, eps, affine)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d(x, self, self.num_channels)
+        if not self.detach:
+            return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
+        n = x.shape[0]
+        grouped = x.reshape(n, self.num_groups, -1)
+        var, mean = torch.var_mean(grouped, dim=-1, unbiased=False, keepdim=True)
+        x = ((grouped - mean) * torch.rsqrt(var.detach() + self.eps)).reshape(x.shape)
+        return _affine_2d(x, self.weight, self.bias)
+
+
+class DetachableLayerNorm(nn.LayerNorm, DetachableModule):
+    """Centered LayerNorm over the trailing dims (channels-last tokens)."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        DetachableModule.__init__(self)
+        nn.LayerNorm.__init__(self, *args, **kwargs)
+
+    def forward(self, x: Tensor) -> Tensor:
+        if tuple(x.shape[-len(self.normalized_shape):]) != tuple(self.normalized_shape):
+            raise ValueError(
+                f"{type(self).__name__} expects trailing dims {tuple(self.normalized_shape)}, "
+                f"got shape {tuple(x.shape)}"
+            )
+        if not self.detach:
+            return F.layer_norm(x, self.normalized_shape, self.weight, self.bias, self.eps)
+        dims = tuple(range(-len(self.normalized_shape), 0))
+        var, mean = torch.var_mean(x, dim=dims, unbiased=False, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var.detach() + self.eps)
+        if self.weight is not None:
+            x = x * self.weight
+        if self.bias is not None:
+            x = x + self.bias
+        return x
+
+
+class DetachablePositionNorm2d(nn.LayerNorm, DetachableModule):
+    """Centered LayerNorm over the channels of an [N, C, H, W] map (timm's LayerNorm2d)."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None, dtype=None) -> None:
+        DetachableModule.__init__(self)
+        nn.LayerNorm.__init__(self, num_channels, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d(x, self, self.normalized_shape[0])
+        if not self.detach:
+            x = F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias, self.eps)
+            return x.permute(0, 3, 1, 2)
+        var, mean = torch.var_mean(x, dim=1, unbiased=False, keepdim=True)
+        x = (x - mean) * torch.rsqrt(var.detach() + self.eps)
+        return _affine_2d(x, self.weight, self.bias)
+
+
+class PositionNormUncentered2d(nn.LayerNorm, DetachableModule):
+    """Uncentered LayerNorm over the channels of an [N, C, H, W] map."""
+
+    def __init__(self, num_channels: int, eps: float = 1e-5, affine: bool = True, device=None, dtype=None) -> None:
+        DetachableModule.__init__(self)
+        nn.LayerNorm.__init__(self, num_channels, eps=eps, elementwise_affine=affine, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        _check_4d(x, self, self.normalized_shape[0])
+        var = (x.detach() if self.detach else x).var(dim=1, unbiased=False, keepdim=True)
+        x = x * torch.rsqrt(var + self.eps)
+        return _affine_2d(x, self.weight, self.bias)
+
+
+# timm's name for a channels-first LayerNorm
+DetachableLayerNorm2d = DetachablePositionNorm2d
+
+
+def drop_bias(norm: nn.Module) -> nn.Module:
+    """Remove a norm's additive bias in place (keeps the model dynamic linear)."""
+    if getattr(norm, "bias", None) is None:
+        raise ValueError(f"{type(norm).__name__} has no bias to drop")
+    norm.bias = None
+    return norm
