@@ -1,0 +1,42 @@
+"""The layers compile as one graph (torch.compile(fullgraph=True) raises on a graph break)."""
+import contextlib
+
+import torch
+from torch import nn
+
+from helpers import rel_err
+from timm_bcos import layers as L
+from timm_bcos.layers import explanation_mode
+
+
+def test_layers_compile_without_graph_breaks():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        L.InputEncoding(3),
+        L.BcosConv2d(6, 8, 3, padding=1, b=2, max_out=2),
+        L.BatchNormUncentered2d(8),
+        L.BcosConv2d(8, 8, 3, stride=2, padding=1, groups=2, b=1.5),
+        L.DetachableLayerNorm2d(8),
+        L.GroupNormUncentered2d(2, 8),
+        nn.Flatten(2),
+    )
+    tokens = nn.Sequential(L.BcosAttention(8, 2), L.DetachableLayerNorm(8), L.BcosLinear(8, 4, b=2))
+    x = torch.rand(2, 3, 8, 8)
+
+    def full(inp):
+        feats = model(inp).transpose(1, 2)
+        return L.LogitLayer(-1.0)(tokens(feats).mean(1))
+
+    compiled = torch.compile(full, fullgraph=True, backend="aot_eager")
+    for explain in (False, True):
+        with contextlib.ExitStack() as stack:
+            if explain:
+                stack.enter_context(explanation_mode(model))
+                stack.enter_context(explanation_mode(tokens))
+            xe = x.clone().requires_grad_(True)
+            xc = x.clone().requires_grad_(True)
+            ye, yc = full(xe), compiled(xc)
+            ye.sum().backward()
+            yc.sum().backward()
+        assert rel_err(yc, ye) <= 1e-5
+        assert rel_err(xc.grad, xe.grad) <= 1e-5
