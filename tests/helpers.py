@@ -37,3 +37,48 @@ def assert_dynamic_linear(module, x: torch.Tensor, n_units: int = 5, seed: int =
             err = abs(reconstructed.item() - flat[j].item()) / abs(flat[j].item())
             assert err <= tol, f"unit {j}: sum(grad*x)={reconstructed.item()} vs y={flat[j].item()} (rel {err:.2e})"
     return len(picks)
+
+
+def calibrate_bn(model, x: torch.Tensor, passes: int = 2):
+    """Running statistics set to the batch statistics of `x` (cumulative average), then eval.
+
+    With random weights every B-cos layer shrinks its output; eval-mode batch
+    norms with their initial running variance would let the signal underflow.
+    """
+    norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None
+    model.train()
+    with torch.no_grad():
+        for _ in range(passes):
+            model(x)
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    return model.eval()
+
+
+def model_contributions(model, x: torch.Tensor, classes: torch.Tensor):
+    """Explanation-mode contributions of `classes` (one per image) and the pre-logit-layer outputs.
+
+    Returns (sum of contributions per image, classifier output before the logit
+    layer, logits). Contributions are w.r.t. the encoded 6-channel input (Eq. 15).
+    """
+    from timm_bcos.layers import explanation_mode
+
+    captured = {}
+    enc = model.input_encoding()
+    h1 = enc.register_forward_hook(lambda m, i, o: captured.__setitem__("enc", o.requires_grad_(True) if not o.requires_grad else o) or o.retain_grad())
+    h2 = model.logit_layer.register_forward_hook(lambda m, i, o: captured.__setitem__("pre", i[0]))
+    try:
+        with torch.enable_grad(), explanation_mode(model):
+            logits = model(x)
+            picked = logits.gather(1, classes[:, None]).sum()
+            (grad,) = torch.autograd.grad(picked, captured["enc"])
+    finally:
+        h1.remove()
+        h2.remove()
+    contrib = (grad * captured["enc"]).flatten(1).sum(1)
+    pre = captured["pre"].gather(1, classes[:, None])[:, 0] / model.logit_layer.logit_temperature
+    return contrib.detach(), pre.detach(), logits.detach()

@@ -1,9 +1,10 @@
 """B-cos building blocks. Depends on torch only (no timm)."""
-from .attention import BcosAttention, detachable_attention
+from .attention import BcosAttention, DetachableSoftmax, detachable_attention
 from .bcos_conv import BcosConv2d, v1_output_scale
 from .bcos_linear import BcosLinear
 from .detach import DetachableModule, detachable_modules, explanation_mode
 from .encoding import InputEncoding
+from .gate import DetachableGate
 from .logit import LogitLayer, default_logit_bias
 from .norms import (
     BatchNormUncentered2d,
@@ -21,10 +22,12 @@ __all__ = [
     "BcosAttention",
     "BcosConv2d",
     "BcosLinear",
+    "DetachableGate",
     "DetachableGroupNorm2d",
     "DetachableLayerNorm",
     "DetachableLayerNorm2d",
     "DetachableModule",
+    "DetachableSoftmax",
     "DetachablePositionNorm2d",
     "GroupNormUncentered2d",
     "InputEncoding",

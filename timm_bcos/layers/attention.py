@@ -13,11 +13,29 @@ from .bcos_linear import BcosLinear
 from .detach import DetachableModule
 
 
-def detachable_attention(q: Tensor, k: Tensor, v: Tensor, detach: bool, scale: float | None = None) -> Tensor:
-    """softmax(q k^T * scale) v over [..., tokens, head_dim]; q, k detached when `detach`."""
+def detachable_attention(
+    q: Tensor, k: Tensor, v: Tensor, detach: bool, scale: float | None = None,
+    attn_mask: Tensor | None = None, is_causal: bool = False,
+) -> Tensor:
+    """softmax(q k^T * scale + mask) v over [..., tokens, head_dim]; q, k detached when `detach`."""
     if detach:
         q, k = q.detach(), k.detach()
-    return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+
+class DetachableSoftmax(DetachableModule):
+    """Softmax whose output (an attention matrix) is detached in explanation mode."""
+
+    def __init__(self, dim: int = -1) -> None:
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x.softmax(self.dim)
+        return out.detach() if self.detach else out
+
+    def extra_repr(self) -> str:
+        return f"dim={self.dim}"
 
 
 class BcosAttention(DetachableModule):
@@ -48,7 +66,7 @@ class BcosAttention(DetachableModule):
         self.qkv = nn.Linear(dim, 3 * inner, bias=False)
         self.proj = BcosLinear(inner, dim, b=b, max_out=max_out)
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:
             raise ValueError(
                 f"{type(self).__name__} expects tokens of shape [N, T, {self.qkv.in_features}], "
@@ -57,5 +75,5 @@ class BcosAttention(DetachableModule):
         n, t, _ = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = detachable_attention(q, k, v, self.detach, self.scale)
+        out = detachable_attention(q, k, v, self.detach, self.scale, attn_mask, is_causal)
         return self.proj(out.transpose(1, 2).reshape(n, t, -1))

@@ -10,6 +10,7 @@ from torch.nn.modules.utils import _pair
 
 from ._checks import check_input
 from .detach import DetachableModule
+from .encoding import InputEncoding
 from .functional import bcos_scale, max_out, unit_norm_rows
 
 # Added to the squared patch norm before the square root, as in the reference.
@@ -32,6 +33,10 @@ class BcosConv2d(DetachableModule):
     `weight` has shape [out_channels * max_out, in_channels // groups, kh, kw],
     the same layout as the `bcos` package's `linear.weight`; MaxOut units of one
     output channel are consecutive.
+
+    With `encode_input=True` the layer is a model's stem: it takes plain
+    images with in_channels // 2 channels and applies `InputEncoding` first
+    (a parameter-free child, so state-dict keys do not change).
     """
 
     def __init__(
@@ -47,10 +52,13 @@ class BcosConv2d(DetachableModule):
         max_out: int = 1,
         scale: float | None = None,
         padding_mode: str = "zeros",
+        encode_input: bool = False,
         device=None,
         dtype=None,
     ) -> None:
         super().__init__()
+        if encode_input and in_channels % 2:
+            raise ValueError(f"encode_input needs an even in_channels (2 x image channels), got {in_channels}")
         if b < 1:
             raise ValueError(f"b must be >= 1, got {b}")
         if max_out < 1:
@@ -80,6 +88,7 @@ class BcosConv2d(DetachableModule):
                 device=device, dtype=dtype,
             )
         )
+        self.input_encoding = InputEncoding(in_channels // 2) if encode_input else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -99,6 +108,8 @@ class BcosConv2d(DetachableModule):
         return (squares + PATCH_NORM_EPS).sqrt()
 
     def forward(self, x: Tensor) -> Tensor:
+        if self.input_encoding is not None:
+            x = self.input_encoding(x)
         check_input(x, layer=type(self).__name__, ndim=4, channels=self.in_channels, channel_dim=1)
         w = unit_norm_rows(self.weight)
         out = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)

@@ -1,0 +1,386 @@
+"""The generic conversion pass: a conventional (timm) model in, a B-cos model out.
+
+A table of rules maps module types to their B-cos replacement (paper Sec. 3.3:
+linear transforms -> B-cos transforms; activations, MaxPool and norms removed
+or replaced by ones that keep the model dynamic linear). Families whose head
+must change shape (v2: 1x1 B-cos classifier before global pooling) register a
+`HeadSpec`. Anything without a rule raises `ConversionError` naming its type
+and path; nothing conventional is left behind silently.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from . import layers as L
+from .explain.mixin import attach_bcos_mixin
+from .recipes import Recipe, resolve_recipe
+
+
+class ConversionError(TypeError):
+    """A module that the conversion pass cannot turn into a B-cos module."""
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Where a family's head lives, for the v2 layout pool(classifier(before(x)))."""
+
+    classifier: str                 # path of the final Linear
+    pool: str                       # path of the global pooling module
+    before: tuple[str, ...] = ()    # modules applied to the feature map first
+    after: tuple[str, ...] = ()     # modules applied after pooling (e.g. a flatten)
+    drop_rate_attr: str | None = "drop_rate"  # attribute holding the head dropout rate
+
+
+@dataclass
+class Context:
+    recipe: Recipe
+    carry_weights: bool
+    first_conv: str | None
+    classifier: str | None
+    classifier_as_conv: bool
+
+
+# ----------------------------------------------------------------------------- rules
+KEEP = object()     # sentinel: leave the module as it is
+RECURSE = object()  # sentinel: a container, convert its children
+
+Rule = Callable[[nn.Module, str, Context], Any]
+
+
+def _output_scale(ctx: Context, kernel_size, in_channels: int) -> float | None:
+    if ctx.recipe.v1_output_scale is None:
+        return None
+    return L.v1_output_scale(kernel_size, in_channels, ctx.recipe.v1_output_scale)
+
+
+def _carry(dst: torch.Tensor, src: torch.Tensor, ctx: Context) -> None:
+    if ctx.carry_weights:
+        with torch.no_grad():
+            dst.copy_(src.to(dst.dtype))
+
+
+def conv_rule(m: nn.Conv2d, path: str, ctx: Context) -> nn.Module:
+    if m.padding_mode != "zeros":
+        raise ConversionError(f"{path}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
+    r = ctx.recipe
+    stem = path == ctx.first_conv
+    in_ch = m.in_channels * 2 if stem else m.in_channels
+    new = L.BcosConv2d(
+        in_ch, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
+        b=r.b, max_out=r.max_out, scale=_output_scale(ctx, m.kernel_size, in_ch), encode_input=stem,
+    ).to(m.weight.dtype)
+    w = m.weight.repeat_interleave(r.max_out, dim=0)
+    if stem:  # the inverse channels [1-r, 1-g, 1-b] start at zero weight
+        w = torch.cat([w, torch.zeros_like(w)], dim=1)
+    _carry(new.weight, w, ctx)
+    return new
+
+
+def unsupported(reason: str) -> Rule:
+    def rule(m: nn.Module, path: str, ctx: Context):
+        raise ConversionError(f"{path}: {type(m).__module__}.{type(m).__qualname__} is not supported: {reason}")
+    return rule
+
+
+def linear_rule(m: nn.Linear, path: str, ctx: Context) -> nn.Module:
+    r = ctx.recipe
+    w = m.weight.repeat_interleave(r.max_out, dim=0)
+    if path == ctx.classifier and ctx.classifier_as_conv:
+        new = L.BcosConv2d(m.in_features, m.out_features, 1, b=r.b, max_out=r.max_out).to(m.weight.dtype)
+        _carry(new.weight, w[:, :, None, None], ctx)
+        return new
+    new = L.BcosLinear(m.in_features, m.out_features, b=r.b, max_out=r.max_out,
+                       scale=_output_scale(ctx, 1, m.in_features)).to(m.weight.dtype)
+    _carry(new.weight, w, ctx)
+    return new
+
+
+def _finish_norm(new: nn.Module, old: nn.Module, ctx: Context) -> nn.Module:
+    new = new.to(next(iter(old.parameters()), torch.empty(0)).dtype) if list(old.parameters()) else new
+    for name in ("weight", "bias", "running_var"):
+        src, dst = getattr(old, name, None), getattr(new, name, None)
+        if src is not None and dst is not None and src.shape == dst.shape:
+            _carry(dst, src, ctx)
+    if not ctx.recipe.norm_bias and getattr(new, "bias", None) is not None:
+        L.drop_bias(new)
+    return new
+
+
+def _norm_rule(kind: str, make: dict[str, Callable[[nn.Module], nn.Module]]) -> Rule:
+    def rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
+        choice = ctx.recipe.norms.get(kind, "none")
+        if choice == "none":
+            return nn.Identity()
+        if choice not in make:
+            raise ConversionError(f"{path}: recipe {ctx.recipe.name!r} asks for a {choice!r} replacement "
+                                  f"of a {kind} norm ({type(m).__name__}), which does not exist")
+        return _finish_norm(make[choice](m), m, ctx)
+    return rule
+
+
+def _channels(m: nn.Module) -> int:
+    for attr in ("num_features", "num_channels"):
+        if hasattr(m, attr):
+            return getattr(m, attr)
+    return m.normalized_shape[0]
+
+
+def _affine(m: nn.Module) -> bool:
+    return getattr(m, "weight", None) is not None
+
+
+_bn_uncentered = lambda m: L.BatchNormUncentered2d(_channels(m), eps=m.eps, affine=_affine(m))  # noqa: E731
+
+batch_norm_rule = _norm_rule("batch", {
+    "bn_uncentered": _bn_uncentered,
+    "uncentered": _bn_uncentered,
+})
+layer_norm_rule = _norm_rule("layer", {
+    "centered": lambda m: L.DetachableLayerNorm(m.normalized_shape, eps=m.eps, elementwise_affine=_affine(m)),
+})
+layer_norm2d_rule = _norm_rule("layer2d", {
+    "centered": lambda m: L.DetachablePositionNorm2d(_channels(m), eps=m.eps, affine=_affine(m)),
+    "uncentered": lambda m: L.PositionNormUncentered2d(_channels(m), eps=m.eps, affine=_affine(m)),
+    "bn_uncentered": _bn_uncentered,
+})
+group_norm_rule = _norm_rule("group", {
+    "centered": lambda m: L.DetachableGroupNorm2d(m.num_groups, m.num_channels, eps=m.eps, affine=_affine(m)),
+    "uncentered": lambda m: L.GroupNormUncentered2d(m.num_groups, m.num_channels, eps=m.eps, affine=_affine(m)),
+    "bn_uncentered": _bn_uncentered,
+})
+
+
+def remove(m: nn.Module, path: str, ctx: Context) -> nn.Module:
+    return nn.Identity()
+
+
+def keep(m: nn.Module, path: str, ctx: Context):
+    return KEEP
+
+
+def recurse(m: nn.Module, path: str, ctx: Context):
+    return RECURSE
+
+
+def gate_rule(kind: str) -> Rule:
+    return lambda m, path, ctx: L.DetachableGate(kind)
+
+
+def max_pool_rule(m: nn.MaxPool2d, path: str, ctx: Context) -> nn.Module:
+    if not ctx.recipe.max_pool_to_avg:
+        return KEEP  # max pooling routes inputs: it is dynamic linear, only not in the paper's recipe
+    if m.dilation not in (1, (1, 1)):
+        raise ConversionError(f"{path}: MaxPool2d with dilation {m.dilation} has no AvgPool2d equivalent")
+    return nn.AvgPool2d(m.kernel_size, m.stride, m.padding, ceil_mode=m.ceil_mode)
+
+
+def adaptive_max_pool_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
+    return nn.AdaptiveAvgPool2d(m.output_size) if ctx.recipe.max_pool_to_avg else KEEP
+
+
+def timm_attention_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
+    for norm in ("q_norm", "k_norm"):
+        if not isinstance(getattr(m, norm, nn.Identity()), nn.Identity):
+            raise ConversionError(f"{path}: attention with {norm} is not supported yet")
+    dim = m.qkv.in_features
+    new = L.BcosAttention(dim, num_heads=m.num_heads, head_dim=m.head_dim, b=ctx.recipe.b,
+                          max_out=ctx.recipe.max_out).to(m.qkv.weight.dtype)
+    _carry(new.qkv.weight, m.qkv.weight, ctx)
+    _carry(new.proj.weight, m.proj.weight.repeat_interleave(ctx.recipe.max_out, dim=0), ctx)
+    return new
+
+
+def softmax_rule(m: nn.Softmax, path: str, ctx: Context) -> nn.Module:
+    return L.DetachableSoftmax(m.dim if m.dim is not None else -1)
+
+
+def unfused_attention_rule(m: nn.Module, path: str, ctx: Context):
+    """Attention modules with a fused (SDPA) path: use their explicit softmax path instead,
+    whose Softmax module becomes detachable."""
+    m.fused_attn = False
+    return RECURSE
+
+
+def _timm_types(names: dict[str, Rule]) -> dict[type, Rule]:
+    """Rules for timm classes, looked up by dotted name so missing ones are skipped."""
+    import importlib
+
+    out: dict[type, Rule] = {}
+    for dotted, rule in names.items():
+        mod, _, cls = dotted.rpartition(".")
+        try:
+            out[getattr(importlib.import_module(mod), cls)] = rule
+        except (ImportError, AttributeError):
+            continue
+    return out
+
+
+_ACTIVATIONS = (
+    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.LeakyReLU, nn.ELU, nn.CELU,
+    nn.SELU, nn.PReLU, nn.Tanh, nn.Softplus, nn.Hardtanh,
+)
+
+RULES: dict[type, Rule] = {
+    # already B-cos
+    **{t: keep for t in (
+        L.BcosConv2d, L.BcosLinear, L.BcosAttention, L.DetachableSoftmax, L.InputEncoding, L.LogitLayer, L.DetachableGate,
+        L.BatchNormUncentered2d, L.GroupNormUncentered2d, L.DetachableGroupNorm2d, L.DetachableLayerNorm,
+        L.DetachablePositionNorm2d, L.PositionNormUncentered2d,
+    )},
+    nn.Conv2d: conv_rule,
+    nn.Linear: linear_rule,
+    nn.BatchNorm2d: batch_norm_rule,
+    nn.LayerNorm: layer_norm_rule,
+    nn.GroupNorm: group_norm_rule,
+    **{t: remove for t in _ACTIVATIONS},
+    nn.Sigmoid: gate_rule("sigmoid"),
+    nn.Softmax: softmax_rule,
+    nn.Hardsigmoid: gate_rule("hard_sigmoid"),
+    nn.MaxPool2d: max_pool_rule,
+    nn.AdaptiveMaxPool2d: adaptive_max_pool_rule,
+    # parameter-free linear plumbing
+    **{t: keep for t in (
+        nn.Identity, nn.Dropout, nn.Dropout2d, nn.Flatten, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
+        nn.ZeroPad2d, nn.Upsample,
+    )},
+    nn.Sequential: recurse, nn.ModuleList: recurse, nn.ModuleDict: recurse,
+    **_timm_types({
+        "timm.layers.LayerNorm2d": layer_norm2d_rule,
+        "timm.layers.norm.LayerNorm2d": layer_norm2d_rule,
+        "timm.layers.Conv2dSame": unsupported("TF 'SAME' padding is computed per input size"),
+        "timm.layers.activations.Swish": remove, "timm.layers.activations.Mish": remove,
+        "timm.layers.activations.HardSwish": remove, "timm.layers.activations.HardMish": remove,
+        "timm.layers.activations.GELU": remove, "timm.layers.activations.GELUTanh": remove,
+        "timm.layers.activations.QuickGELU": remove, "timm.layers.activations.PReLU": remove,
+        "timm.layers.activations.Tanh": remove,
+        "timm.layers.activations.Sigmoid": gate_rule("sigmoid"),
+        "timm.layers.activations.HardSigmoid": gate_rule("hard_sigmoid"),
+        "timm.layers.activations_me.SwishMe": remove, "timm.layers.activations_me.HardSwishMe": remove,
+        "timm.layers.activations_me.HardSigmoidMe": gate_rule("hard_sigmoid"),
+        "timm.layers.DropPath": keep,
+        "timm.layers.LayerScale": keep,
+        "timm.layers.LayerScale2d": keep,
+        "timm.layers.Attention": timm_attention_rule,
+        "timm.models.swin_transformer.WindowAttention": unfused_attention_rule,
+        "timm.layers.adaptive_avgmax_pool.FastAdaptiveAvgPool": keep,
+        "timm.layers.adaptive_avgmax_pool.AdaptiveAvgMaxPool2d": unsupported("avg+max pooling; use global_pool='avg'"),
+    }),
+}
+
+# Families whose v2 head is pool(classifier(before(x))): keyed by timm class name.
+HEAD_SPECS: dict[str, HeadSpec] = {
+    "timm.models.resnet.ResNet": HeadSpec(classifier="fc", pool="global_pool"),
+    "timm.models.densenet.DenseNet": HeadSpec(classifier="classifier", pool="global_pool"),
+    "timm.models.vgg.VGG": HeadSpec(classifier="head.fc", pool="head.global_pool", before=("pre_logits",)),
+    "timm.models.convnext.ConvNeXt": HeadSpec(classifier="head.fc", pool="head.global_pool", before=("head.norm",),
+                                              after=("head.flatten",)),
+}
+
+
+def find_rule(module: nn.Module, rules: dict[type, Rule]) -> Rule | None:
+    for cls in type(module).__mro__:
+        if cls in rules:
+            return rules[cls]
+    return None
+
+
+def _head_spec_for(model: nn.Module) -> HeadSpec | None:
+    for cls in type(model).__mro__:
+        spec = HEAD_SPECS.get(f"{cls.__module__}.{cls.__qualname__}")
+        if spec is not None:
+            return spec
+    return None
+
+
+def _first_conv_path(model: nn.Module) -> str | None:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    first = cfg.get("first_conv")
+    if isinstance(first, (list, tuple)):
+        first = first[0]
+    modules = dict(model.named_modules())
+    if first and isinstance(modules.get(first), nn.Conv2d):
+        return first
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            return name
+    return None
+
+
+def _classifier_path(model: nn.Module, spec: HeadSpec | None) -> str | None:
+    if spec is not None:
+        return spec.classifier
+    get = getattr(model, "get_classifier", None)
+    if get is None:
+        return None
+    clf = get()
+    for name, m in model.named_modules():
+        if m is clf:
+            return name
+    return None
+
+
+def convert_modules(module: nn.Module, ctx: Context, rules: dict[type, Rule], prefix: str = "") -> nn.Module:
+    """Replace every child of `module` in place by its B-cos counterpart."""
+    for name, child in list(module.named_children()):
+        path = f"{prefix}{name}"
+        rule = find_rule(child, rules)
+        if rule is None:
+            if next(child.children(), None) is None:
+                raise ConversionError(
+                    f"no B-cos rule for {type(child).__module__}.{type(child).__qualname__} at '{path}'; "
+                    "pass rules={Type: rule} to convert() to add one"
+                )
+            rule = recurse
+        new = rule(child, path, ctx)
+        if new is RECURSE:
+            convert_modules(child, ctx, rules, prefix=f"{path}.")
+        elif new is not KEEP and new is not child:
+            setattr(module, name, new)
+    return module
+
+
+def convert(
+    model: nn.Module,
+    recipe: str | Recipe = "v2",
+    *,
+    carry_weights: bool = False,
+    head: HeadSpec | None | str = "auto",
+    rules: dict[type, Rule] | None = None,
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> nn.Module:
+    """Turn `model` into a B-cos model in place and return it.
+
+    recipe: "v2", "v2_bnu", "v1" or a `Recipe`; `overrides` replace recipe fields
+        (b=2.5, max_out=2, logit_bias=..., norms={"batch": "none"}, ...).
+    carry_weights: copy the conventional weights over (B-cosification);
+        otherwise the B-cos layers keep their own initialisation.
+    head: a `HeadSpec`, "auto" (the registered one for the model's family) or None
+        (keep the family's own head: pool, then a B-cos linear classifier).
+    rules: extra {module type: rule} entries, checked before the built-in table.
+    """
+    r = resolve_recipe(recipe, **overrides)
+    spec = _head_spec_for(model) if head == "auto" else head
+    if not r.head_before_pool:
+        spec = None
+    table = {**RULES, **(rules or {})}
+    ctx = Context(
+        recipe=r,
+        carry_weights=carry_weights,
+        first_conv=_first_conv_path(model),
+        classifier=_classifier_path(model, spec),
+        classifier_as_conv=spec is not None,
+    )
+    if ctx.first_conv is None:
+        raise ConversionError(f"{type(model).__name__} has no Conv2d to carry the input encoding")
+    root_rule = find_rule(model, rules or {})
+    if root_rule is not None:
+        raise ConversionError("convert() takes a whole model; use its rules on submodules directly")
+    convert_modules(model, ctx, table)
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", 0)
+    return attach_bcos_mixin(model, r, spec, ctx, table, num_classes)
