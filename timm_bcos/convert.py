@@ -205,6 +205,24 @@ def unfused_attention_rule(m: nn.Module, path: str, ctx: Context):
     return RECURSE
 
 
+_AVG_POOL_BRANCH_CLASSES: dict[type, type] = {}
+
+
+def pool_branch_to_avg_rule(m: nn.Module, path: str, ctx: Context):
+    """Inception reduction blocks call F.max_pool2d in their forward; swap in a subclass
+    whose pooling branch is a 3x3/2 average pool (same output shape)."""
+    if ctx.recipe.max_pool_to_avg:
+        cls = type(m)
+        if cls not in _AVG_POOL_BRANCH_CLASSES:
+            def _forward(self, x):
+                outputs = cls._forward(self, x)
+                outputs[-1] = torch.nn.functional.avg_pool2d(x, kernel_size=3, stride=2)
+                return outputs
+            _AVG_POOL_BRANCH_CLASSES[cls] = type(f"AvgPool{cls.__name__}", (cls,), {"_forward": _forward})
+        m.__class__ = _AVG_POOL_BRANCH_CLASSES[cls]
+    return RECURSE
+
+
 def _timm_types(names: dict[str, Rule]) -> dict[type, Rule]:
     """Rules for timm classes, looked up by dotted name so missing ones are skipped."""
     import importlib
@@ -266,6 +284,8 @@ RULES: dict[type, Rule] = {
         "timm.layers.LayerScale2d": keep,
         "timm.layers.Attention": timm_attention_rule,
         "timm.models.swin_transformer.WindowAttention": unfused_attention_rule,
+        "timm.models.inception_v3.InceptionB": pool_branch_to_avg_rule,
+        "timm.models.inception_v3.InceptionD": pool_branch_to_avg_rule,
         "timm.layers.adaptive_avgmax_pool.FastAdaptiveAvgPool": keep,
         "timm.layers.adaptive_avgmax_pool.AdaptiveAvgMaxPool2d": unsupported("avg+max pooling; use global_pool='avg'"),
     }),
@@ -275,6 +295,8 @@ RULES: dict[type, Rule] = {
 HEAD_SPECS: dict[str, HeadSpec] = {
     "timm.models.resnet.ResNet": HeadSpec(classifier="fc", pool="global_pool"),
     "timm.models.densenet.DenseNet": HeadSpec(classifier="classifier", pool="global_pool"),
+    "timm.models.inception_v3.InceptionV3": HeadSpec(classifier="fc", pool="global_pool"),
+    "timm_bcos.models.bcos_cifar.CifarConvNet": HeadSpec(classifier="fc", pool="global_pool"),
     "timm.models.vgg.VGG": HeadSpec(classifier="head.fc", pool="head.global_pool", before=("pre_logits",)),
     "timm.models.convnext.ConvNeXt": HeadSpec(classifier="head.fc", pool="head.global_pool", before=("head.norm",),
                                               after=("head.flatten",)),

@@ -50,8 +50,10 @@ RECIPES: dict[str, Recipe] = {
     # v2 ConvNeXt "bnu" variants: every norm becomes an uncentered batch norm
     "v2_bnu": Recipe("v2_bnu", norms={"batch": "bn_uncentered", "layer": "centered",
                                        "layer2d": "bn_uncentered", "group": "bn_uncentered"}),
-    # the CVPR 2022 paper (Sec. 3.3): two MaxOut units, no norms, no activations, no MaxPool
-    "v1": Recipe("v1", max_out=2, norms={"batch": "none", "layer": "none", "layer2d": "none", "group": "none"}),
+    # the CVPR 2022 paper (Sec. 3.3): two MaxOut units, no norms, no activations, no MaxPool;
+    # its code divides every layer by sqrt(k*k*C_in)/100 so plain stacks keep their signal
+    "v1": Recipe("v1", max_out=2, norms={"batch": "none", "layer": "none", "layer2d": "none", "group": "none"},
+                 v1_output_scale=100.0),
 }
 
 

@@ -1,0 +1,134 @@
+"""timm's model contract and dynamic linearity for every registered bcos_* model."""
+import math
+
+import pytest
+import timm
+import torch
+
+import timm_bcos  # noqa: F401  (registers the entrypoints)
+from helpers import calibrate_bn, model_contributions, rel_err
+
+MODELS = timm.list_models("bcos_*")
+EXPECTED = {
+    "bcos_resnet18", "bcos_resnet34", "bcos_resnet50", "bcos_resnet101", "bcos_resnet152",
+    "bcos_resnext50_32x4d", "bcos_densenet121", "bcos_densenet161", "bcos_densenet169",
+    "bcos_densenet201", "bcos_vgg11_bnu", "bcos_convnext_tiny", "bcos_convnext_base",
+    "bcos_convnext_tiny_bnu", "bcos_convnext_base_bnu", "bcos_resnet34_v1", "bcos_densenet121_v1",
+    "bcos_vgg11_v1", "bcos_inception_v3_v1", "bcos_cifar10",
+}
+
+
+def _size(name):
+    return 75 if "inception" in name else 32 if "cifar" in name else 64
+
+
+def test_registry_lists_every_model():
+    assert EXPECTED <= set(MODELS), sorted(EXPECTED - set(MODELS))
+    for name in MODELS:
+        assert timm.is_model(name)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_forward_backward_and_default_cfg(name):
+    model = timm.create_model(name, num_classes=7)
+    cfg = model.pretrained_cfg
+    sd = model.state_dict()
+    assert f"{cfg['first_conv']}.weight" in sd, cfg["first_conv"]
+    assert f"{cfg['classifier']}.weight" in sd, cfg["classifier"]
+    assert tuple(cfg["mean"]) == (0, 0, 0) and tuple(cfg["std"]) == (1, 1, 1)
+    assert "logit_layer.logit_bias" in sd
+    assert math.isclose(model.logit_layer.logit_bias.item(), -math.log(6), rel_tol=1e-6)
+
+    x = torch.rand(2, 3, _size(name), _size(name))
+    out = model(x)
+    assert out.shape == (2, 7)
+    out.sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, f"parameters without gradient: {missing[:5]}"
+
+    feats = model.forward_features(x)
+    assert feats.shape[:2] == (2, model.num_features)
+    pre = model.forward_head(feats, pre_logits=True)
+    assert pre.shape == (2, getattr(model, "head_hidden_size", model.num_features))
+    assert torch.allclose(model.forward_head(feats), out, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_reset_classifier(name):
+    model = timm.create_model(name).eval()
+    x = torch.rand(2, 3, _size(name), _size(name))
+    feats = model.forward_features(x)
+    model.reset_classifier(5)
+    assert model(x).shape == (2, 5)
+    assert math.isclose(model.logit_layer.logit_bias.item(), -math.log(4), rel_tol=1e-6)
+    assert type(model.get_classifier()).__name__ in ("BcosConv2d", "BcosLinear")
+    model.reset_classifier(0)
+    assert model(x).shape == (2, getattr(model, "head_hidden_size", model.num_features))
+    if "vgg" not in name:  # timm's VGG head keeps its conv MLP whatever the pooling
+        model.reset_classifier(0, "")
+        assert model(x).shape == feats.shape
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_features_only(name):
+    model = timm.create_model(name, features_only=True)
+    size = 299 if "inception" in name else _size(name)  # unpadded convs: nominal reductions only at 299
+    x = torch.rand(1, 3, size, size)
+    outs = model(x)
+    assert [o.shape[1] for o in outs] == model.feature_info.channels()
+    for o, r in zip(outs, model.feature_info.reduction()):
+        assert abs(size / o.shape[-1] - r) / r < 0.2, (o.shape, r)
+
+
+# (timm's VGG does not implement gradient checkpointing; neither does bcos_vgg11_*)
+@pytest.mark.parametrize("name", ["bcos_resnet18", "bcos_densenet121", "bcos_convnext_tiny", "bcos_cifar10"])
+def test_grad_checkpointing_gives_the_same_result(name):
+    torch.manual_seed(0)
+    model = timm.create_model(name).double().train()
+    x = torch.rand(2, 3, _size(name), _size(name), dtype=torch.float64)
+    ref = model(x)
+    model.set_grad_checkpointing(True)
+    out = model(x)
+    out.sum().backward()
+    assert rel_err(out - out.mean(1, keepdim=True), ref - ref.mean(1, keepdim=True)) <= 1e-10
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_model_is_dynamic_linear(name):
+    """Completeness (Eq. 13/15): sum of contributions == classifier output before the logit layer.
+
+    float64 and calibrated batch norms: with random weights the logits sit within
+    1e-5..1e-200 of the logit bias, so the check uses the pre-bias output itself.
+    """
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=6).double()
+    x = torch.rand(2, 3, _size(name), _size(name), dtype=torch.float64)
+    calibrate_bn(model, x)
+    contrib, pre, logits = model_contributions(model, x, torch.tensor([1, 4]))
+    assert (pre != 0).all(), "outputs underflowed: the check would be vacuous"
+    assert rel_err(contrib, pre) <= 1e-8
+    assert torch.allclose(logits.gather(1, torch.tensor([[1], [4]]))[:, 0],
+                          pre * model.logit_layer.logit_temperature + model.logit_layer.logit_bias)
+
+
+@pytest.mark.parametrize("name", ["bcos_resnet18", "bcos_cifar10"])
+def test_bcos_kwargs_reach_the_layers(name):
+    model = timm.create_model(name, b=2.5, max_out=3, logit_temperature=0.5, logit_bias=-1.0)
+    convs = [m for m in model.modules() if type(m).__name__ == "BcosConv2d"]
+    assert convs and all(c.b == 2.5 and c.max_out == 3 for c in convs)
+    assert model.logit_layer.logit_temperature.item() == 0.5 and model.logit_layer.logit_bias.item() == -1.0
+
+
+@pytest.mark.parametrize("bad,msg", [
+    (torch.rand(1, 1, 64, 64), r"\[N, 3, H, W\].*\(1, 1, 64, 64\)"),
+    (torch.rand(3, 64, 64), r"\[N, 3, H, W\].*\(3, 64, 64\)"),
+])
+def test_bad_input_says_what_the_model_expects(bad, msg):
+    model = timm.create_model("bcos_resnet18")
+    with pytest.raises(ValueError, match=msg):
+        model(bad)
+
+
+def test_in_chans_other_than_rgb_is_refused():
+    with pytest.raises(ValueError, match="in_chans=3"):
+        timm.create_model("bcos_resnet18", in_chans=1)

@@ -1,0 +1,67 @@
+"""Shared pieces of the bcos_* entrypoints: cfgs and "create the timm model, convert it"."""
+from __future__ import annotations
+
+from dataclasses import fields
+from typing import Any, Callable
+
+import timm
+from timm.models import build_model_with_cfg
+
+from ..convert import HeadSpec, convert
+from ..recipes import Recipe, resolve_recipe
+
+# B-cos models take plain [0, 1] RGB (the [x, 1-x] encoding is their first layer).
+BCOS_MEAN = (0.0, 0.0, 0.0)
+BCOS_STD = (1.0, 1.0, 1.0)
+
+RECIPE_KWARGS = {f.name for f in fields(Recipe)} - {"name"}
+
+
+def bcos_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
+    """timm pretrained cfg with the B-cos v2 evaluation transform (resize 256, crop 224, bilinear)."""
+    return {
+        "url": url,
+        "num_classes": 1000,
+        "input_size": (3, 224, 224),
+        "pool_size": (7, 7),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "mean": BCOS_MEAN,
+        "std": BCOS_STD,
+        "license": "apache-2.0",
+        "paper_ids": "arXiv:2205.10268",
+        **kwargs,
+    }
+
+
+def build_bcos(
+    variant: str,
+    pretrained: bool,
+    *,
+    conventional: str | Callable[..., Any],
+    recipe: str | Recipe = "v2",
+    arch_kwargs: dict[str, Any] | None = None,
+    head: HeadSpec | None | str = "auto",
+    **kwargs: Any,
+):
+    """Create the conventional model, convert it with `recipe`, hand it to timm's builder.
+
+    `kwargs` are timm's usual model kwargs (num_classes, drop_rate, global_pool,
+    features_only, ...) plus recipe fields (b, max_out, logit_bias, ...).
+    """
+    in_chans = kwargs.pop("in_chans", 3)
+    if in_chans != 3:
+        raise ValueError(f"{variant} takes RGB images (in_chans=3, encoded to 6 channels inside); got in_chans={in_chans}")
+    overrides = {k: kwargs.pop(k) for k in list(kwargs) if k in RECIPE_KWARGS}
+    resolved = resolve_recipe(recipe, **overrides)
+
+    def make_model(**model_kwargs: Any):
+        model_kwargs = {**(arch_kwargs or {}), **model_kwargs}
+        if callable(conventional):
+            model = conventional(**model_kwargs)
+        else:
+            model = timm.create_model(conventional, pretrained=False, **model_kwargs)
+        return convert(model, resolved, head=head)
+
+    model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
+    return model

@@ -1,0 +1,107 @@
+"""The paper's CIFAR-10 network (Sec. 4) and its conventional counterpart.
+
+Nine convolutions, kernel 3 (the last 1x1), strides 1,1,2,1,1,2,1,1,1,
+channels 64,64,128,128,128,256,256,256,10 (times `width` except the classes),
+then global average pooling. The conventional network (`cifar_convnet`, with
+`norm=True` for BN + ReLU) follows timm's model contract; `bcos_cifar10`
+is that network converted: B-cos layers with two MaxOut units, no norms and
+no activations (the paper's plain "MaxOut B-cos network").
+"""
+from __future__ import annotations
+
+from torch import Tensor, nn
+from timm.layers import SelectAdaptivePool2d
+from timm.models import generate_default_cfgs, register_model
+
+from ._builder import bcos_cfg, build_bcos
+
+CHANNELS = (64, 64, 128, 128, 128, 256, 256, 256)
+STRIDES = (1, 1, 2, 1, 1, 2, 1, 1)
+
+
+class CifarConvNet(nn.Module):
+    """Plain CIFAR CNN: 8 conv blocks, then a 1x1 classifier (`fc`) and global pooling."""
+
+    def __init__(self, num_classes: int = 10, in_chans: int = 3, width: float = 1.0, norm: bool = False,
+                 drop_rate: float = 0.0, global_pool: str = "avg") -> None:
+        super().__init__()
+        self.num_classes = num_classes
+        self.drop_rate = drop_rate
+        blocks: list[nn.Module] = []
+        cin = in_chans
+        self.feature_info = []
+        for i, (c, s) in enumerate(zip(CHANNELS, STRIDES)):
+            cout = max(1, int(round(c * width)))
+            block = nn.Sequential(
+                nn.Conv2d(cin, cout, 3, s, 1, bias=not norm),
+                nn.BatchNorm2d(cout) if norm else nn.Identity(),
+                nn.ReLU(),
+            )
+            blocks.append(block)
+            cin = cout
+            reduction = 1
+            for st in STRIDES[: i + 1]:
+                reduction *= st
+            self.feature_info.append(dict(num_chs=cout, reduction=reduction, module=f"features.{i}"))
+        self.features = nn.Sequential(*blocks)
+        self.num_features = self.head_hidden_size = cin
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
+        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self.grad_checkpointing = False
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: str | None = None) -> None:
+        self.num_classes = num_classes
+        if global_pool is not None:
+            self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.grad_checkpointing = enable
+
+    def forward_features(self, x: Tensor) -> Tensor:
+        if self.grad_checkpointing:
+            from timm.models import checkpoint_seq
+
+            return checkpoint_seq(self.features, x)
+        return self.features(x)
+
+    def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = nn.functional.dropout(x, self.drop_rate, self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+def _cfg(url: str = "", **kwargs):
+    return bcos_cfg(url, num_classes=10, input_size=(3, 32, 32), pool_size=(8, 8), crop_pct=1.0,
+                    first_conv="features.0.0", classifier="fc", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "bcos_cifar10.untrained": _cfg(),
+    "cifar_convnet.untrained": _cfg(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+})
+
+
+@register_model
+def bcos_cifar10(pretrained=False, width: float = 1.0, **kwargs):
+    """The paper's MaxOut B-cos CIFAR-10 network (B=2 by default; `b`, `max_out`, `width` adjustable)."""
+    kwargs.setdefault("num_classes", 10)
+    return build_bcos("bcos_cifar10", pretrained, conventional=CifarConvNet, recipe="v1",
+                      arch_kwargs=dict(width=width), feature_cfg=dict(flatten_sequential=True), **kwargs)
+
+
+@register_model
+def cifar_convnet(pretrained=False, width: float = 1.0, norm: bool = True, **kwargs):
+    """The conventional counterpart of `bcos_cifar10` (conv + BN + ReLU), the baseline for comparisons."""
+    from timm.models import build_model_with_cfg
+
+    kwargs.setdefault("num_classes", 10)
+    return build_model_with_cfg(CifarConvNet, "cifar_convnet", pretrained, width=width, norm=norm,
+                                feature_cfg=dict(flatten_sequential=True), **kwargs)

@@ -1,0 +1,50 @@
+"""B-cos ConvNeXt (v2 zoo): position norm (centered LayerNorm2d) or uncentered batch norm variants.
+
+timm's ConvNeXt is built with conv_mlp=True so that blocks run channels-first
+like the reference (dwconv -> norm -> 1x1 -> 1x1 -> layer scale).
+"""
+from timm.models import generate_default_cfgs, register_model
+
+from ._builder import bcos_cfg, build_bcos
+
+
+def _cfg(url: str = "", **kwargs):
+    return bcos_cfg(url, first_conv="stem.0", classifier="head.fc", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "bcos_convnext_tiny.untrained": _cfg(),
+    "bcos_convnext_base.untrained": _cfg(),
+    "bcos_convnext_tiny_bnu.untrained": _cfg(),
+    "bcos_convnext_base_bnu.untrained": _cfg(),
+})
+
+
+def _create(variant: str, conventional: str, pretrained: bool, recipe: str, **kwargs):
+    return build_bcos(variant, pretrained, conventional=conventional, recipe=recipe,
+                      arch_kwargs=dict(conv_mlp=True),
+                      feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs)
+
+
+@register_model
+def bcos_convnext_tiny(pretrained=False, **kwargs):
+    """B-cos v2 ConvNeXt-T with detachable position norms."""
+    return _create("bcos_convnext_tiny", "convnext_tiny", pretrained, "v2", **kwargs)
+
+
+@register_model
+def bcos_convnext_base(pretrained=False, **kwargs):
+    """B-cos v2 ConvNeXt-B with detachable position norms."""
+    return _create("bcos_convnext_base", "convnext_base", pretrained, "v2", **kwargs)
+
+
+@register_model
+def bcos_convnext_tiny_bnu(pretrained=False, **kwargs):
+    """B-cos v2 ConvNeXt-T with uncentered batch norms."""
+    return _create("bcos_convnext_tiny_bnu", "convnext_tiny", pretrained, "v2_bnu", **kwargs)
+
+
+@register_model
+def bcos_convnext_base_bnu(pretrained=False, **kwargs):
+    """B-cos v2 ConvNeXt-B with uncentered batch norms."""
+    return _create("bcos_convnext_base_bnu", "convnext_base", pretrained, "v2_bnu", **kwargs)

@@ -1,0 +1,52 @@
+"""B-cos DenseNets: timm's DenseNet, converted (v2 zoo and the paper's v1 DenseNet-121)."""
+from timm.models import generate_default_cfgs, register_model
+
+from ._builder import bcos_cfg, build_bcos
+
+
+def _cfg(url: str = "", **kwargs):
+    return bcos_cfg(url, first_conv="features.conv0", classifier="classifier", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "bcos_densenet121.untrained": _cfg(),
+    "bcos_densenet161.untrained": _cfg(),
+    "bcos_densenet169.untrained": _cfg(),
+    "bcos_densenet201.untrained": _cfg(),
+    "bcos_densenet121_v1.untrained": _cfg(),
+})
+
+
+def _create(variant: str, conventional: str, pretrained: bool, recipe: str = "v2", **kwargs):
+    return build_bcos(variant, pretrained, conventional=conventional, recipe=recipe,
+                      feature_cfg=dict(flatten_sequential=True), **kwargs)
+
+
+@register_model
+def bcos_densenet121(pretrained=False, **kwargs):
+    """B-cos v2 DenseNet-121."""
+    return _create("bcos_densenet121", "densenet121", pretrained, **kwargs)
+
+
+@register_model
+def bcos_densenet161(pretrained=False, **kwargs):
+    """B-cos v2 DenseNet-161."""
+    return _create("bcos_densenet161", "densenet161", pretrained, **kwargs)
+
+
+@register_model
+def bcos_densenet169(pretrained=False, **kwargs):
+    """B-cos v2 DenseNet-169."""
+    return _create("bcos_densenet169", "densenet169", pretrained, **kwargs)
+
+
+@register_model
+def bcos_densenet201(pretrained=False, **kwargs):
+    """B-cos v2 DenseNet-201."""
+    return _create("bcos_densenet201", "densenet201", pretrained, **kwargs)
+
+
+@register_model
+def bcos_densenet121_v1(pretrained=False, **kwargs):
+    """The paper's B-cos DenseNet-121 (Tab. 2): MaxOut 2, no norms, activations or max pooling."""
+    return _create("bcos_densenet121_v1", "densenet121", pretrained, recipe="v1", **kwargs)

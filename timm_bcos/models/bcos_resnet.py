@@ -1,0 +1,70 @@
+"""B-cos ResNets and ResNeXts: timm's ResNet, converted.
+
+v2 (Boehle et al. 2024): uncentered batch norm without bias, B=2, AvgPool in
+the stem, 1x1 B-cos classifier before global pooling. v1 (the CVPR 2022
+paper, Sec. 3.3): no norms, two MaxOut units per neuron.
+"""
+from timm.models import generate_default_cfgs, register_model
+
+from ._builder import bcos_cfg, build_bcos
+
+
+def _cfg(url: str = "", **kwargs):
+    return bcos_cfg(url, first_conv="conv1", classifier="fc", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "bcos_resnet18.untrained": _cfg(),
+    "bcos_resnet34.untrained": _cfg(),
+    "bcos_resnet50.untrained": _cfg(),
+    "bcos_resnet101.untrained": _cfg(),
+    "bcos_resnet152.untrained": _cfg(),
+    "bcos_resnext50_32x4d.untrained": _cfg(),
+    "bcos_resnet34_v1.untrained": _cfg(),
+})
+
+
+def _create(variant: str, conventional: str, pretrained: bool, recipe: str = "v2", **kwargs):
+    return build_bcos(variant, pretrained, conventional=conventional, recipe=recipe, **kwargs)
+
+
+@register_model
+def bcos_resnet18(pretrained=False, **kwargs):
+    """B-cos v2 ResNet-18."""
+    return _create("bcos_resnet18", "resnet18", pretrained, **kwargs)
+
+
+@register_model
+def bcos_resnet34(pretrained=False, **kwargs):
+    """B-cos v2 ResNet-34."""
+    return _create("bcos_resnet34", "resnet34", pretrained, **kwargs)
+
+
+@register_model
+def bcos_resnet50(pretrained=False, **kwargs):
+    """B-cos v2 ResNet-50."""
+    return _create("bcos_resnet50", "resnet50", pretrained, **kwargs)
+
+
+@register_model
+def bcos_resnet101(pretrained=False, **kwargs):
+    """B-cos v2 ResNet-101."""
+    return _create("bcos_resnet101", "resnet101", pretrained, **kwargs)
+
+
+@register_model
+def bcos_resnet152(pretrained=False, **kwargs):
+    """B-cos v2 ResNet-152."""
+    return _create("bcos_resnet152", "resnet152", pretrained, **kwargs)
+
+
+@register_model
+def bcos_resnext50_32x4d(pretrained=False, **kwargs):
+    """B-cos v2 ResNeXt-50 32x4d."""
+    return _create("bcos_resnext50_32x4d", "resnext50_32x4d", pretrained, **kwargs)
+
+
+@register_model
+def bcos_resnet34_v1(pretrained=False, **kwargs):
+    """The paper's B-cos ResNet-34 (Tab. 2): MaxOut 2, no norms, activations or max pooling."""
+    return _create("bcos_resnet34_v1", "resnet34", pretrained, recipe="v1", **kwargs)

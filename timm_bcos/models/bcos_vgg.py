@@ -1,0 +1,33 @@
+"""B-cos VGG-11: v2 with uncentered batch norm ("bnu") and the paper's v1 (MaxOut 2, no norms)."""
+from timm.models import generate_default_cfgs, register_model
+
+from ._builder import bcos_cfg, build_bcos
+
+
+def _cfg(url: str = "", **kwargs):
+    return bcos_cfg(url, first_conv="features.0", classifier="head.fc", **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    "bcos_vgg11_bnu.untrained": _cfg(),
+    "bcos_vgg11_v1.untrained": _cfg(),
+})
+
+
+def _create(variant: str, conventional: str, pretrained: bool, recipe: str, **kwargs):
+    # like timm's VGG: stride-1 features too, so six feature levels
+    out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4, 5))
+    return build_bcos(variant, pretrained, conventional=conventional, recipe=recipe,
+                      feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
+
+
+@register_model
+def bcos_vgg11_bnu(pretrained=False, **kwargs):
+    """B-cos v2 VGG-11 with uncentered batch norm; its 7x7/1x1 conv MLP and classifier run before pooling."""
+    return _create("bcos_vgg11_bnu", "vgg11_bn", pretrained, "v2", **kwargs)
+
+
+@register_model
+def bcos_vgg11_v1(pretrained=False, **kwargs):
+    """The paper's B-cos VGG-11 (Tab. 2): MaxOut 2, no norms, activations or max pooling."""
+    return _create("bcos_vgg11_v1", "vgg11", pretrained, "v1", **kwargs)
