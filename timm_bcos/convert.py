@@ -133,7 +133,11 @@ def _affine(m: nn.Module) -> bool:
     return getattr(m, "weight", None) is not None
 
 
-_bn_uncentered = lambda m: L.BatchNormUncentered2d(_channels(m), eps=m.eps, affine=_affine(m))  # noqa: E731
+def _bn_uncentered(m: nn.Module) -> nn.Module:
+    # a norm of another kind turned into a batch norm takes batch norm's own eps (as in B-cos v2's "bnu" models)
+    eps = m.eps if isinstance(m, nn.BatchNorm2d) else 1e-5
+    return L.BatchNormUncentered2d(_channels(m), eps=eps, affine=_affine(m))
+
 
 batch_norm_rule = _norm_rule("batch", {
     "bn_uncentered": _bn_uncentered,

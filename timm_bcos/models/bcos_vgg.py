@@ -1,4 +1,5 @@
 """B-cos VGG-11: v2 with uncentered batch norm ("bnu") and the paper's v1 (MaxOut 2, no norms)."""
+import timm
 from timm.models import generate_default_cfgs, register_model
 
 from ._builder import bcos_cfg, build_bcos
@@ -14,10 +15,22 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _vgg_with_padded_head(name: str):
+    """timm's VGG with the B-cos v2 head: its 7x7 conv is padded (3) and keeps the 7x7 map,
+    the classifier then runs on every position before global pooling."""
+    def make(**kwargs):
+        model = timm.create_model(name, pretrained=False, **kwargs)
+        model.pre_logits.fc1.padding = (3, 3)
+        # timm upsamples maps smaller than 7x7 before fc1; with padding the reference does not
+        model.pre_logits.input_kernel_size = 1
+        return model
+    return make
+
+
 def _create(variant: str, conventional: str, pretrained: bool, recipe: str, **kwargs):
     # like timm's VGG: stride-1 features too, so six feature levels
     out_indices = kwargs.pop("out_indices", (0, 1, 2, 3, 4, 5))
-    return build_bcos(variant, pretrained, conventional=conventional, recipe=recipe,
+    return build_bcos(variant, pretrained, conventional=_vgg_with_padded_head(conventional), recipe=recipe,
                       feature_cfg=dict(flatten_sequential=True, out_indices=out_indices), **kwargs)
 
 

@@ -1,0 +1,49 @@
+"""Every B-cos v2 architecture: the `bcos` package's model (random weights) converted to timm_bcos
+gives the same outputs and the same explanations (the weights issue's exact-conversion oracle)."""
+import warnings
+
+import pytest
+import timm
+import torch
+
+import timm_bcos  # noqa: F401
+from helpers import calibrate_bn, model_contributions, rel_err
+from timm_bcos.bcos_v2 import BCOS_V2_MODELS, convert_bcos_v2_state_dict
+from timm_bcos.layers import explanation_mode
+
+pretrained = pytest.importorskip("bcos.models.pretrained")
+from bcos.data.transforms import AddInverse  # noqa: E402
+
+
+def _reference(name):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(pretrained, name)(pretrained=False)
+
+
+@pytest.mark.parametrize("bcos_name", list(BCOS_V2_MODELS))
+def test_converted_reference_weights_give_the_same_model(bcos_name):
+    torch.manual_seed(0)
+    size = 224 if "vgg" in bcos_name else 64
+    ref = _reference(bcos_name).double()
+    x = torch.rand(2, 3, size, size, dtype=torch.float64)
+    calibrate_bn(ref, AddInverse()(x))  # realistic BN statistics, carried over by the state dict
+    ours = timm.create_model(BCOS_V2_MODELS[bcos_name]).double().eval()
+    ours.load_state_dict(convert_bcos_v2_state_dict(ref.state_dict(), bcos_name))  # strict
+
+    # logits without the bias (with it, float64 cannot tell the models apart)
+    targets = torch.tensor([3, 7])
+    contrib, pre, logits = model_contributions(ours, x, targets)
+    with torch.no_grad():
+        ref_logits = ref(AddInverse()(x))
+    bias = ref.logit_layer.logit_bias
+    assert torch.allclose(logits, ref_logits, rtol=1e-9, atol=0)
+    assert rel_err(pre, (ref_logits - bias).gather(1, targets[:, None])[:, 0]) <= 1e-8
+
+    # the explanation: dynamic linear weights w.r.t. the encoded input, batched vs the reference
+    enc = AddInverse()(x).requires_grad_(True)
+    with explanation_mode(ref):
+        ref_out = ref(enc)
+        (ref_w,) = torch.autograd.grad(ref_out.gather(1, targets[:, None]).sum(), enc)
+    ref_contrib = (ref_w * enc).flatten(1).sum(1)
+    assert rel_err(contrib, ref_contrib) <= 1e-8
