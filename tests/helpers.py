@@ -45,6 +45,13 @@ def calibrate_bn(model, x: torch.Tensor, passes: int = 2):
     With random weights every B-cos layer shrinks its output; eval-mode batch
     norms with their initial running variance would let the signal underflow.
     """
+    with torch.no_grad():  # random affine parameters, so a bias left in a norm would show
+        for m in model.modules():
+            if isinstance(m, (torch.nn.modules.batchnorm._BatchNorm, torch.nn.LayerNorm, torch.nn.GroupNorm)):
+                if getattr(m, "weight", None) is not None:
+                    m.weight.uniform_(0.5, 1.5)
+                if getattr(m, "bias", None) is not None:
+                    m.bias.normal_(0.0, 0.5)
     norms = [m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)]
     momenta = [m.momentum for m in norms]
     for m in norms:

@@ -90,7 +90,8 @@ def linear_rule(m: nn.Linear, path: str, ctx: Context) -> nn.Module:
     r = ctx.recipe
     w = m.weight.repeat_interleave(r.max_out, dim=0)
     if path == ctx.classifier and ctx.classifier_as_conv:
-        new = L.BcosConv2d(m.in_features, m.out_features, 1, b=r.b, max_out=r.max_out).to(m.weight.dtype)
+        new = L.BcosConv2d(m.in_features, m.out_features, 1, b=r.b, max_out=r.max_out,
+                           scale=_output_scale(ctx, 1, m.in_features)).to(m.weight.dtype)
         _carry(new.weight, w[:, :, None, None], ctx)
         return new
     new = L.BcosLinear(m.in_features, m.out_features, b=r.b, max_out=r.max_out,
