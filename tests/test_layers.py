@@ -218,3 +218,33 @@ def test_input_encoding():
     enc = L.InputEncoding()(x)
     assert enc.shape == (2, 6, 4, 4)
     assert torch.equal(enc[:, 3:], 1 - x)
+
+
+@pytest.mark.parametrize("groups", [1, 2])
+def test_bcos_b2_hand_written_backward_passes_gradcheck(groups):
+    """The B=2 scale has a custom backward: check it w.r.t. input and weight."""
+    torch.manual_seed(0)
+    conv = L.BcosConv2d(4, 4, 3, padding=1, groups=groups, b=2, max_out=2).double()
+    x = torch.randn(2, 4, 5, 5, dtype=torch.float64, requires_grad=True)
+    w = conv.weight.detach().clone().requires_grad_(True)
+    call = torch.func.functional_call
+    assert torch.autograd.gradcheck(lambda inp, weight: call(conv, {"weight": weight}, (inp,)), (x, w))
+    lin = L.BcosLinear(5, 3, b=2).double()
+    xl = torch.randn(4, 5, dtype=torch.float64, requires_grad=True)
+    wl = lin.weight.detach().clone().requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda inp, weight: call(lin, {"weight": weight}, (inp,)), (xl, wl))
+
+
+def test_uncentered_batch_norm_backward_passes_gradcheck():
+    """The training-mode uncentered batch norm has a custom backward (input and weight)."""
+    from timm_bcos.layers.norms import _UncenteredBatchNormTrain
+
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 3, 3, dtype=torch.float64, requires_grad=True) + 0.5
+    w = (torch.rand(3, dtype=torch.float64) + 0.5).requires_grad_(True)
+    assert torch.autograd.gradcheck(lambda inp, weight: _UncenteredBatchNormTrain.apply(inp, weight, 1e-5, False)[0], (x, w))
+    # explanation mode: the variance is a constant, the layer linear in x
+    detached = lambda inp: _UncenteredBatchNormTrain.apply(inp, w.detach(), 1e-5, True)[0]  # noqa: E731
+    _, grad = input_grad(detached, x, out_weights=torch.ones(4, 3, 3, 3, dtype=torch.float64))
+    expected = (w.detach() * torch.rsqrt(x.detach().var((0, 2, 3), unbiased=False) + 1e-5))[None, :, None, None]
+    assert rel_err(grad, expected.expand_as(grad)) <= 1e-12

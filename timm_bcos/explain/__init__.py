@@ -1,4 +1,6 @@
-"""Explanations of B-cos models: the model mixin (and, later, results and rendering)."""
+"""Explanations of B-cos models: the model mixin, batched explanations, rendering."""
+from .explain import explain
 from .mixin import BcosModelMixin
+from .result import Explanation
 
-__all__ = ["BcosModelMixin"]
+__all__ = ["BcosModelMixin", "Explanation", "explain"]

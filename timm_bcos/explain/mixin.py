@@ -27,6 +27,12 @@ class BcosModelMixin:
         """Context manager: every detachable module in explanation mode (see `timm_bcos.explanation_mode`)."""
         return explanation_mode(self)
 
+    def explain(self, x: Tensor, target=None, **kwargs: Any):
+        """Batched explanation of `target` classes (or of neurons of `layer`); see `timm_bcos.explain.explain`."""
+        from .explain import explain
+
+        return explain(self, x, target, **kwargs)
+
     def input_encoding(self) -> InputEncoding:
         """The model's input-encoding module (explanations are taken w.r.t. its output)."""
         for m in self.modules():

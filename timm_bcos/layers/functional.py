@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 # Stabilisers of the B-cos v2 reference; kept identical so converted weights
 # reproduce its outputs exactly (they matter for small |cos| and B != 2).
@@ -24,6 +25,34 @@ def max_out(out: Tensor, units: int, dim: int) -> Tensor:
     return out.unflatten(dim, (size // units, units)).max(dim=dim if dim < 0 else dim + 1).values
 
 
+class _BcosScaleB2(torch.autograd.Function):
+    """y = l |l| / n for B = 2, with a hand-written backward.
+
+    Autograd of abs/div/mul keeps several full-size temporaries; this needs one
+    pass for the forward and three for the backward, which is most of the
+    B-cos overhead on CPUs. With `detach` (explanation mode) the factor |l|/n
+    is a constant, so dy/dl = |l| / n and n gets no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, lin: Tensor, norm: Tensor, detach: bool) -> Tensor:
+        ctx.save_for_backward(lin, norm)
+        ctx.detach = detach
+        return lin.abs().mul_(lin).div_(norm)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        lin, norm = ctx.saved_tensors
+        t = lin.abs().mul_(grad).div_(norm)  # g |l| / n
+        if ctx.detach:
+            return t, None, None
+        grad_norm = None
+        if ctx.needs_input_grad[1]:
+            grad_norm = (t * lin).div_(norm).sum_to_size(norm.shape).neg_()  # -g l |l| / n^2
+        return t.mul_(2), grad_norm, None
+
+
 def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -> Tensor:
     """Eq. 9: multiply w^T x by |cos(x, w)|^(B-1).
 
@@ -32,6 +61,8 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
     """
     if b == 1:
         return linear_out
+    if b == 2 and linear_out.dtype != torch.float16:
+        return _BcosScaleB2.apply(linear_out, input_norm, detach)
     out_for_scale = linear_out.detach() if detach else linear_out
     norm = input_norm.detach() if detach else input_norm
     if b == 2:

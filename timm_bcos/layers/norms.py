@@ -16,7 +16,41 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from torch.autograd.function import once_differentiable
+
 from .detach import DetachableModule
+
+
+class _UncenteredBatchNormTrain(torch.autograd.Function):
+    """y = x * weight / sqrt(var_batch(x) + eps) per channel, with a hand-written backward.
+
+    Returns (y, var). The backward needs one reduction, sum(g * x), for both the
+    weight gradient and the variance term; with `detach` the variance is a constant.
+    """
+
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Tensor | None, eps: float, detach: bool):
+        var, mean = torch.var_mean(x, dim=(0, 2, 3), unbiased=False)
+        inv = torch.rsqrt(var + eps)
+        scale = inv * weight if weight is not None else inv
+        ctx.save_for_backward(x, mean, inv, weight)
+        ctx.detach = detach
+        ctx.mark_non_differentiable(var)
+        return x * scale[:, None, None], var
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor, _grad_var: Tensor):
+        x, mean, inv, weight = ctx.saved_tensors
+        gx_sum = (grad * x).sum((0, 2, 3))
+        scale = inv * weight if weight is not None else inv
+        grad_x = grad * scale[:, None, None]
+        if not ctx.detach:
+            m = x.numel() // x.shape[1]
+            coef = -(scale * inv * inv) * gx_sum / m  # d/dx through var: -(w inv^3 / M) sum(g x) (x - mean)
+            grad_x.addcmul_(x, coef[:, None, None]).sub_((coef * mean)[:, None, None])
+        grad_w = gx_sum * inv if weight is not None and ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, None, None
 
 
 def _affine_2d(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
@@ -51,8 +85,13 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
         _check_4d(x, self, self.num_features)
         use_batch_stats = self.training or self.running_var is None
         if use_batch_stats:
-            stats_input = x.detach() if self.detach else x
-            var = stats_input.var(dim=(0, 2, 3), unbiased=False)
+            if x.dtype == torch.float16:
+                stats_input = x.detach() if self.detach else x
+                var = stats_input.var(dim=(0, 2, 3), unbiased=False)
+                y = x * (torch.rsqrt(var + self.eps) * self.weight if self.weight is not None
+                         else torch.rsqrt(var + self.eps))[:, None, None]
+            else:
+                y, var = _UncenteredBatchNormTrain.apply(x, self.weight, self.eps, self.detach)
             if self.training and self.track_running_stats and self.running_var is not None:
                 self.num_batches_tracked.add_(1)
                 momentum = (
@@ -61,9 +100,12 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
                 with torch.no_grad():
                     self.running_var.lerp_(var.detach(), momentum)
         else:
-            var = self.running_var
-        x = x * torch.rsqrt(var + self.eps)[:, None, None]
-        return _affine_2d(x, self.weight, self.bias)
+            # running variance and weight folded into one per-channel factor: one pass over x
+            scale = torch.rsqrt(self.running_var + self.eps)
+            if self.weight is not None:
+                scale = scale * self.weight
+            y = x * scale[:, None, None]
+        return y + self.bias[:, None, None] if self.bias is not None else y
 
 
 class GroupNormUncentered2d(nn.GroupNorm, DetachableModule):

@@ -1,0 +1,156 @@
+"""Batched explanations W_{1->l}(x) of any B-cos model (paper Sec. 3.2.1, Eqs. 13-15)."""
+from __future__ import annotations
+
+import difflib
+import warnings
+from typing import Sequence
+
+import torch
+from torch import Tensor, nn
+
+from ..layers import explanation_mode
+from .result import Explanation
+
+TargetSpec = "int | Sequence[int] | Tensor | None"
+
+
+def _as_targets(target, n: int, scores: Tensor, topk: int | None) -> Tensor:
+    """[N, K] long tensor of explained indices."""
+    if target is not None and topk is not None:
+        raise ValueError("give either target or topk, not both")
+    if topk is not None:
+        if not 1 <= topk <= scores.shape[1]:
+            raise ValueError(f"topk must be in [1, {scores.shape[1]}], got {topk}")
+        return scores.topk(topk, dim=1).indices
+    if target is None:
+        return scores.argmax(1, keepdim=True)
+    t = torch.as_tensor(target, dtype=torch.long, device=scores.device)
+    if t.dim() == 0:
+        t = t.expand(n)[:, None]
+    elif t.dim() == 1:
+        if t.shape[0] != n:
+            raise ValueError(f"target has {t.shape[0]} entries for {n} images; give one per image, "
+                             f"an int, or an [N, K] tensor")
+        t = t[:, None]
+    elif t.dim() != 2 or t.shape[0] != n:
+        raise ValueError(f"target must be an int, [N] or [N, K]; got shape {tuple(t.shape)} for N={n}")
+    if (t < 0).any() or (t >= scores.shape[1]).any():
+        raise ValueError(f"target indices must be in [0, {scores.shape[1] - 1}], got {t.min().item()}..{t.max().item()}")
+    return t
+
+
+def _submodule(model: nn.Module, layer: str) -> nn.Module:
+    try:
+        return model.get_submodule(layer)
+    except AttributeError:
+        names = [n for n, _ in model.named_modules() if n]
+        close = difflib.get_close_matches(layer, names, n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"{type(model).__name__} has no layer {layer!r}{hint}") from None
+
+
+def _spatial_scores(out: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Per-channel activation used to pick neurons: [N, C] max over positions, and argmax positions."""
+    if out.dim() == 4:
+        n, c, h, w = out.shape
+        flat = out.flatten(2)
+        values, idx = flat.max(-1)
+        return values, torch.stack([idx // w, idx % w], -1)  # [N, C], [N, C, 2]
+    if out.dim() == 2:
+        return out, None
+    raise ValueError(f"layer outputs of shape {tuple(out.shape)} are not supported; expected [N, C, H, W] or [N, C]")
+
+
+def explain(
+    model: nn.Module,
+    x: Tensor,
+    target=None,
+    *,
+    topk: int | None = None,
+    layer: str | None = None,
+    position: tuple[int, int] | Tensor | None = None,
+    delta: tuple | None = None,
+) -> Explanation:
+    """Explain classes (or neurons of `layer`) of a B-cos `model` for a batch of RGB images.
+
+    target: None (the prediction, or the most activated channel of `layer`), an int,
+        one per image ([N]) or several per image ([N, K]); `topk=K` explains the K
+        highest outputs. K targets cost one forward pass and K backward passes.
+    layer, position: explain neurons of an intermediate layer (Figs. 8, 10): `target`
+        picks channels; `position` (row, col) or [N, K, 2] picks the location, by
+        default where each chosen channel is most activated.
+    delta: (c1, c2) explains logit c1 minus logit c2 (Fig. 9); each may be an int or [N].
+
+    Leaves no trace: no .grad on `x` or the parameters, explanation mode and the
+    train/eval state as they were.
+    """
+    if x.dim() != 4:
+        raise ValueError(f"expected a batch of images [N, 3, H, W], got shape {tuple(x.shape)}")
+    if model.training:
+        warnings.warn("explaining a model in training mode: batch statistics make the explanation "
+                      "differ from inference; call model.eval() first", stacklevel=2)
+    if delta is not None and (target is not None or topk is not None or layer is not None):
+        raise ValueError("delta=(c1, c2) cannot be combined with target, topk or layer")
+    encoder = model.input_encoding()
+    state: dict[str, Tensor] = {}
+
+    def capture_encoded(module, inputs, output):
+        leaf = output.detach().requires_grad_(True)
+        state["encoded"] = leaf
+        return leaf
+
+    hooks = [encoder.register_forward_hook(capture_encoded)]
+    if layer is None:
+        hooks.append(model.logit_layer.register_forward_hook(lambda m, i, o: state.__setitem__("pre_bias", i[0])))
+    else:
+        hooks.append(_submodule(model, layer).register_forward_hook(lambda m, i, o: state.__setitem__("layer", o)))
+    try:
+        with torch.enable_grad(), explanation_mode(model):
+            logits = model(x.detach())
+            n = x.shape[0]
+            positions = None
+            reference = None
+            if layer is None:
+                values = state["pre_bias"] / model.logit_layer.logit_temperature.to(logits.dtype)  # logit - bias
+                if delta is not None:
+                    c1, c2 = (_as_targets(c, n, values, None) for c in delta)
+                    targets, reference = c1, c2
+                    explained = values.gather(1, c1) - values.gather(1, c2)
+                else:
+                    targets = _as_targets(target, n, values.detach(), topk)
+                    explained = values.gather(1, targets)
+            else:
+                out = state["layer"]
+                scores, argpos = _spatial_scores(out.detach())
+                targets = _as_targets(target, n, scores, topk)
+                if out.dim() == 4:
+                    if position is None:
+                        positions = argpos.gather(1, targets[..., None].expand(-1, -1, 2))
+                    else:
+                        positions = torch.as_tensor(position, dtype=torch.long).expand(n, targets.shape[1], 2)
+                    h, w = out.shape[-2:]
+                    flat_idx = targets * (h * w) + positions[..., 0] * w + positions[..., 1]
+                    explained = out.flatten(1).gather(1, flat_idx)
+                else:
+                    explained = out.gather(1, targets)
+            encoded = state["encoded"]
+            weights = []
+            k = explained.shape[1]
+            for j in range(k):
+                (g,) = torch.autograd.grad(explained[:, j].sum(), encoded, retain_graph=j < k - 1)
+                weights.append(g)
+    finally:
+        for h in hooks:
+            h.remove()
+    weights_t = torch.stack(weights, 1)
+    enc = encoded.detach()
+    return Explanation(
+        logits=logits.detach(),
+        targets=targets,
+        weights=weights_t,
+        contributions=(weights_t * enc[:, None]).sum(2),
+        encoded_input=enc,
+        explained=explained.detach(),
+        positions=positions,
+        reference_targets=reference,
+    )
