@@ -40,10 +40,12 @@ def test_converted_reference_weights_give_the_same_model(bcos_name):
     assert torch.allclose(logits, ref_logits, rtol=1e-9, atol=0)
     assert rel_err(pre, (ref_logits - bias).gather(1, targets[:, None])[:, 0]) <= 1e-8
 
-    # the explanation: dynamic linear weights w.r.t. the encoded input, batched vs the reference
-    enc = AddInverse()(x).requires_grad_(True)
-    with explanation_mode(ref):
-        ref_out = ref(enc)
-        (ref_w,) = torch.autograd.grad(ref_out.gather(1, targets[:, None]).sum(), enc)
-    ref_contrib = (ref_w * enc).flatten(1).sum(1)
-    assert rel_err(contrib, ref_contrib) <= 1e-8
+    # the explanation: our batched dynamic linear weights equal the reference's explain()
+    expl = ours.explain(x, target=targets)
+    assert rel_err(expl.contributions.flatten(1).sum(1), contrib) <= 1e-10
+    for i in range(2):
+        enc = AddInverse()(x[i:i + 1]).requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref_expl = ref.explain(enc, idx=int(targets[i]))
+        assert rel_err(expl.weights[i, 0], ref_expl["dynamic_linear_weights"][0]) <= 1e-8

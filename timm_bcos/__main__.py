@@ -17,6 +17,9 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="build a B-cos model, explain a batch and print the result")
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(func=_demo)
+    from .cli import add_explain_parser
+
+    add_explain_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

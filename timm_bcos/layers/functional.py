@@ -36,21 +36,23 @@ class _BcosScaleB2(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lin: Tensor, norm: Tensor, detach: bool) -> Tensor:
-        ctx.save_for_backward(lin, norm)
+        inv_norm = norm.reciprocal()  # small ([N, 1, H, W] for convs): cheaper to multiply by
+        ctx.save_for_backward(lin, inv_norm)
         ctx.detach = detach
-        return lin.abs().mul_(lin).div_(norm)
+        return lin.abs().mul_(lin).mul_(inv_norm)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        lin, norm = ctx.saved_tensors
-        t = lin.abs().mul_(grad).div_(norm)  # g |l| / n
+        lin, inv_norm = ctx.saved_tensors
         if ctx.detach:
-            return t, None, None
+            return lin.abs().mul_(grad).mul_(inv_norm), None, None  # g |l| / n
+        grad_lin = lin.abs().mul_(grad).mul_(2 * inv_norm)  # dy/dl = 2 |l| / n
         grad_norm = None
         if ctx.needs_input_grad[1]:
-            grad_norm = (t * lin).div_(norm).sum_to_size(norm.shape).neg_()  # -g l |l| / n^2
-        return t.mul_(2), grad_norm, None
+            # dy/dn = -l |l| / n^2 = -(l * grad_lin / g) / (2 n): reduce first, scale the small result
+            grad_norm = (grad_lin * lin).sum_to_size(inv_norm.shape).mul_(inv_norm).mul_(-0.5)
+        return grad_lin, grad_norm, None
 
 
 def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -> Tensor:

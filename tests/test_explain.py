@@ -1,0 +1,208 @@
+"""model.explain(): completeness, batching, targets, layers, Delta, no trace, rendering."""
+import math
+import warnings
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+import timm_bcos  # noqa: F401
+from helpers import calibrate_bn, rel_err
+
+MODELS = timm.list_models("bcos_*")
+
+
+def _size(name):
+    return 75 if "inception" in name else 32 if "cifar" in name else 64
+
+
+@pytest.fixture(scope="module")
+def small():
+    torch.manual_seed(0)
+    model = timm.create_model("bcos_cifar10", width=0.25).double()
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    return model.eval(), x
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_completeness_for_every_model(name):
+    """Contributions sum to the explained logit minus the logit bias (Eq. 13/15), rel <= 1e-4.
+
+    float64 and calibrated norms (in float32 a random-init logit minus its bias is noise).
+    """
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=6).double()
+    x = torch.rand(2, 3, _size(name), _size(name), dtype=torch.float64)
+    calibrate_bn(model, x)
+    expl = model.explain(x, target=torch.tensor([[1, 4], [0, 5]]))
+    assert expl.weights.shape == (2, 2, 6, _size(name), _size(name))
+    assert expl.contributions.shape == (2, 2, _size(name), _size(name))
+    assert (expl.explained != 0).all()
+    assert rel_err(expl.contributions.flatten(2).sum(-1), expl.explained) <= 1e-4
+    # `explained` is logit - bias, consistent with the logits themselves
+    bias = model.logit_layer.logit_bias.item()
+    picked = expl.logits.gather(1, expl.targets)
+    assert torch.allclose(picked - bias, expl.explained * model.logit_layer.logit_temperature.item(), atol=1e-12)
+
+
+def test_intermediate_neurons_are_complete(small):
+    model, x = small
+    expl = model.explain(x, layer="features.5", topk=3)
+    assert expl.targets.shape == (3, 3) and expl.positions.shape == (3, 3, 2)
+    assert rel_err(expl.contributions.flatten(2).sum(-1), expl.explained) <= 1e-8
+    # the chosen neuron is the most activated position of each chosen channel
+    feats = {}
+    h = model.get_submodule("features.5").register_forward_hook(lambda m, i, o: feats.__setitem__("o", o))
+    model(x)
+    h.remove()
+    for n in range(3):
+        c = expl.targets[n, 0]
+        r, col = expl.positions[n, 0]
+        assert feats["o"][n, c, r, col] == feats["o"][n, c].max()
+    fixed = model.explain(x, layer="features.5", target=2, position=(1, 1))
+    assert torch.equal(fixed.explained[:, 0], feats["o"][:, 2, 1, 1].detach())
+
+
+def test_multi_target_equals_one_at_a_time_and_repeats_are_identical(small):
+    model, x = small
+    many = model.explain(x, target=torch.tensor([[1, 7], [2, 3], [9, 0]]))
+    for j in range(2):
+        one = model.explain(x, target=many.targets[:, j])
+        assert torch.equal(one.weights[:, 0], many.weights[:, j])
+    again = model.explain(x, target=torch.tensor([[1, 7], [2, 3], [9, 0]]))
+    assert torch.equal(again.weights, many.weights)
+
+
+def test_batched_equals_per_image(small):
+    model, x = small
+    batch = model.explain(x, topk=2)
+    for i in range(x.shape[0]):
+        single = model.explain(x[i:i + 1], target=batch.targets[i:i + 1])
+        assert rel_err(single.weights[0], batch.weights[i]) <= 1e-12
+
+
+def test_target_forms(small):
+    model, x = small
+    assert torch.equal(model.explain(x).targets[:, 0], model(x).argmax(1))
+    assert (model.explain(x, target=4).targets == 4).all()
+    top = model.explain(x, topk=5)
+    assert torch.equal(top.targets, model(x).topk(5, 1).indices)
+    with pytest.raises(ValueError, match="one per image"):
+        model.explain(x, target=[1, 2])
+    with pytest.raises(ValueError, match=r"in \[0, 9\]"):
+        model.explain(x, target=10)
+    with pytest.raises(ValueError, match="no layer 'features.55'.*did you mean"):
+        model.explain(x, layer="features.55")
+    with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
+        model.explain(x[0])
+
+
+def test_delta_explanation_is_the_difference(small):
+    model, x = small
+    d = model.explain(x, delta=(3, 8))
+    a, b = model.explain(x, target=3), model.explain(x, target=8)
+    assert rel_err(d.contributions, a.contributions - b.contributions) <= 1e-12
+    assert rel_err(d.explained, a.explained - b.explained) <= 1e-12
+
+
+def test_leaves_no_trace(small):
+    model, x = small
+    x = x.clone().requires_grad_(True)
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        model.explain(x)
+    assert model.training
+    model.eval()
+    with torch.no_grad():
+        e1 = model.explain(x)
+    e2 = model.explain(x)
+    assert x.grad is None
+    assert all(p.grad is None for p in model.parameters())
+    assert not any(getattr(m, "is_in_explanation_mode", False) for m in model.modules())
+    assert torch.equal(e1.weights, e2.weights)
+    assert not model.training
+
+
+def test_rgba_rendering_follows_the_paper(small):
+    model, x = small
+    expl = model.explain(x, topk=2)
+    rgba = expl.rgba()
+    assert rgba.shape == (3, 2, 32, 32, 4) and rgba.dtype == np.float32
+    assert (rgba >= 0).all() and (rgba <= 1).all()
+    neg = (expl.contributions <= 0).numpy()
+    assert (rgba[..., 3][neg] == 0).all()  # only positively contributing pixels are shown
+    # opacity: ||w|| / p99.5, clipped at 1
+    w = expl.weights[0, 0]
+    norm = w.norm(dim=0)
+    norm[expl.contributions[0, 0] <= 0] = 0
+    p = torch.quantile(norm.flatten(), 0.995)
+    assert np.allclose(rgba[0, 0, ..., 3], (norm / p).clamp(0, 1).numpy(), atol=1e-6)
+
+
+def test_rgba_colour_decodes_the_weight_angle():
+    """A weight aligned with colour [r, g, b, 1-r, 1-g, 1-b] renders as that colour."""
+    from timm_bcos.explain.render import weights_to_rgba
+
+    colour = torch.tensor([0.9, 0.2, 0.5], dtype=torch.float64)
+    w = torch.cat([colour, 1 - colour])[None, :, None, None].expand(1, 6, 4, 4) * 3.0
+    rgba = weights_to_rgba(w, w / 3.0)
+    assert np.allclose(rgba[0, 1, 1, :3], colour.numpy(), atol=1e-6)
+    assert np.allclose(rgba[0, ..., 3], 1.0)
+
+
+def test_grid_png_is_written(tmp_path, small):
+    from timm_bcos.explain.render import save_explanation_grid
+
+    model, x = small
+    out = save_explanation_grid(tmp_path / "grid.png", x, model.explain(x, topk=2), class_names=[str(i) for i in range(10)])
+    assert out.exists() and out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not list(tmp_path.glob(".*tmp"))
+
+
+def test_captum_style_attribution_sums_to_the_logit(small):
+    from timm_bcos.explain import BcosAttribution
+
+    model, x = small
+    attr = BcosAttribution(model).attribute(x, target=torch.tensor([1, 2, 3]))
+    assert attr.shape == x.shape
+    expl = model.explain(x, target=torch.tensor([1, 2, 3]))
+    assert rel_err(attr.flatten(1).sum(1), expl.explained[:, 0]) <= 1e-10
+
+
+def test_weights_are_the_detached_map_not_the_plain_gradient(small):
+    """B-cos layers are 1-homogeneous, so sum(grad * x) equals the output with or without
+    explanation mode; the weights themselves differ (here by the factor B=2 per layer path)."""
+    model, x = small
+    expl = model.explain(x, target=2)
+    captured = {}
+    h = model.input_encoding().register_forward_hook(lambda m, i, o: captured.__setitem__("e", o.detach().requires_grad_(True)) or captured["e"])
+    logits = model(x)
+    h.remove()
+    (plain,) = torch.autograd.grad(logits[:, 2].sum(), captured["e"])
+    assert rel_err(plain, expl.weights[:, 0]) > 1e-2
+    assert rel_err((plain * captured["e"]).flatten(1).sum(1), expl.explained[:, 0]) <= 1e-4  # up to eps terms
+
+
+def test_cli_explains_images_and_reports_bad_input(tmp_path, capsys):
+    from PIL import Image
+
+    from timm_bcos.__main__ import main
+
+    paths = []
+    for i in range(2):
+        p = tmp_path / f"img{i}.png"
+        Image.fromarray((np.random.default_rng(i).random((40, 40, 3)) * 255).astype("uint8")).save(p)
+        paths.append(str(p))
+    out = tmp_path / "grid.png"
+    assert main(["explain", "--model", "bcos_cifar10", *paths, "--topk", "2", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    assert "wrote" in capsys.readouterr().out
+    with pytest.raises(SystemExit, match="unknown model 'bcos_resnet5'.*bcos_resnet50"):
+        main(["explain", "--model", "bcos_resnet5", paths[0], "--out", str(out)])
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    with pytest.raises(SystemExit, match="cannot read image .*bad.png"):
+        main(["explain", "--model", "bcos_cifar10", str(bad), "--out", str(out)])
+    with pytest.raises(SystemExit, match="image not found"):
+        main(["explain", "--model", "bcos_cifar10", str(tmp_path / "missing.png"), "--out", str(out)])
