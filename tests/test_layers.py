@@ -248,3 +248,17 @@ def test_uncentered_batch_norm_backward_passes_gradcheck():
     _, grad = input_grad(detached, x, out_weights=torch.ones(4, 3, 3, 3, dtype=torch.float64))
     expected = (w.detach() * torch.rsqrt(x.detach().var((0, 2, 3), unbiased=False) + 1e-5))[None, :, None, None]
     assert rel_err(grad, expected.expand_as(grad)) <= 1e-12
+
+
+def test_bfloat16_autocast_trains():
+    """Mixed precision: the hand-written backward passes accept bf16 activations with fp32 weights."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(L.BcosConv2d(6, 8, 3, padding=1), L.BatchNormUncentered2d(8),
+                                L.BcosConv2d(8, 4, 1)).train()
+    x = torch.rand(2, 6, 8, 8)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+    out.float().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+    ref = model(x).sum()
+    assert abs(out.float().sum().item() - ref.item()) <= 0.05 * abs(ref.item()) + 1e-3

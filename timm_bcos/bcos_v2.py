@@ -8,10 +8,13 @@ added here.
 from __future__ import annotations
 
 import math
+import os
 import re
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
+from torch import nn
 
 # bcos.models.pretrained entrypoint -> timm_bcos model name
 BCOS_V2_MODELS: dict[str, str] = {
@@ -122,3 +125,101 @@ def convert_bcos_v2_state_dict(
     out["logit_layer.logit_bias"] = torch.tensor(float(logit_bias), dtype=torch.float64)
     out["logit_layer.logit_temperature"] = torch.tensor(float(logit_temperature), dtype=torch.float64)
     return out
+
+
+# ----------------------------------------------------------------------------- released weights
+RELEASE_BASE = "https://github.com/B-cos/B-cos-v2/releases/download/v0.0.1-weights"
+
+# The one switch to the Hub: once the converted repos are published (hub/publish.py),
+# set this (or the TIMM_BCOS_HUB_ORG environment variable) to the Hub account and
+# pretrained=True downloads the safetensors repos instead of the release .pth files.
+HUB_ORG: str | None = None
+
+
+@dataclass(frozen=True)
+class Release:
+    bcos_name: str     # bcos.models.pretrained entrypoint
+    model: str         # timm_bcos model name
+    tag: str           # timm pretrained tag
+    file: str          # release file name
+    top1: float        # published ImageNet top-1 / top-5 (bcos package README)
+    top5: float
+
+    @property
+    def url(self) -> str:
+        return f"{RELEASE_BASE}/{self.file}"
+
+    @property
+    def hub_repo(self) -> str:
+        return f"{self.model}.{self.tag}"
+
+
+RELEASES: tuple[Release, ...] = (
+    Release("resnet18", "bcos_resnet18", "bcos_v2_in1k", "resnet_18-68b4160fff.pth", 68.736, 87.430),
+    Release("resnet34", "bcos_resnet34", "bcos_v2_in1k", "resnet_34-a63425a03e.pth", 72.284, 90.052),
+    Release("resnet50", "bcos_resnet50", "bcos_v2_in1k", "resnet_50-ead259efe4.pth", 75.882, 92.064),
+    Release("resnet101", "bcos_resnet101", "bcos_v2_in1k", "resnet_101-84c3658278.pth", 76.532, 92.538),
+    Release("resnet152", "bcos_resnet152", "bcos_v2_in1k", "resnet_152-42051a77c1.pth", 76.484, 92.398),
+    Release("resnext50_32x4d", "bcos_resnext50_32x4d", "bcos_v2_in1k", "resnext_50_32x4d-57af241ab9.pth", 75.820, 91.810),
+    Release("densenet121", "bcos_densenet121", "bcos_v2_in1k", "densenet_121-b8daf96afb.pth", 73.612, 91.106),
+    Release("densenet161", "bcos_densenet161", "bcos_v2_in1k", "densenet_161-9e9ea51353.pth", 76.622, 92.554),
+    Release("densenet169", "bcos_densenet169", "bcos_v2_in1k", "densenet_169-7037ee0604.pth", 75.186, 91.786),
+    Release("densenet201", "bcos_densenet201", "bcos_v2_in1k", "densenet_201-00ac87066f.pth", 75.480, 91.992),
+    Release("vgg11_bnu", "bcos_vgg11_bnu", "bcos_v2_in1k", "vgg_11_bnu-34036029f0.pth", 69.310, 88.388),
+    Release("convnext_tiny", "bcos_convnext_tiny", "bcos_v2_in1k", "convnext_tiny_pn-539b1bfb37.pth", 77.488, 93.192),
+    Release("convnext_base", "bcos_convnext_base", "bcos_v2_in1k", "convnext_base_pn-b0495852c6.pth", 79.650, 94.614),
+    Release("convnext_tiny_bnu", "bcos_convnext_tiny_bnu", "bcos_v2_in1k", "convnext_tiny_bnu-dbd7f5ef9d.pth", 76.826, 93.090),
+    Release("convnext_base_bnu", "bcos_convnext_base_bnu", "bcos_v2_in1k", "convnext_base_bnu-7c32a704b3.pth", 80.142, 94.834),
+    Release("densenet121_long", "bcos_densenet121", "bcos_v2_long_in1k", "densenet_121_long-5175461597.pth", 77.302, 93.234),
+    Release("resnet50_long", "bcos_resnet50", "bcos_v2_long_in1k", "resnet_50_long-ef38a88533.pth", 79.468, 94.452),
+    Release("resnet152_long", "bcos_resnet152", "bcos_v2_long_in1k", "resnet_152_long-0b4b434939.pth", 80.144, 94.116),
+)
+
+
+def hub_org() -> str | None:
+    return os.environ.get("TIMM_BCOS_HUB_ORG") or HUB_ORG
+
+
+def released_cfgs(model: str, make_cfg: Callable[..., dict]) -> dict[str, dict]:
+    """timm pretrained cfgs ("<model>.<tag>") of the released checkpoints of `model`."""
+    org = hub_org()
+    out = {}
+    for r in RELEASES:
+        if r.model != model:
+            continue
+        source = dict(hf_hub_id=f"{org}/{r.hub_repo}") if org else dict(url=r.url)
+        out[f"{r.model}.{r.tag}"] = make_cfg(
+            **source,
+            license="other",  # ImageNet-derived weights: research, non-commercial
+            origin_url="https://github.com/B-cos/B-cos-v2",
+            paper_name="B-cos Alignment for Inherently Interpretable CNNs and Vision Transformers",
+            notes=(f"B-cos v2 release weights ({r.file}), converted on load by timm_bcos; "
+                   f"published ImageNet-1k top-1 {r.top1:.3f}, top-5 {r.top5:.3f}",),
+        )
+    return out
+
+
+def _reference_family(model: nn.Module) -> str:
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "") or type(model).__name__.lower()
+    for family in _FAMILY_RENAMES:
+        if family in arch:
+            return family
+    return ""
+
+
+def bcos_v2_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """timm `pretrained_filter_fn`: convert a reference (`.linear.weight`) checkpoint on load.
+
+    Our own layout passes through unchanged. The logit-layer buffers of a checkpoint
+    for another number of classes are dropped so the model keeps -log(C-1) for its C.
+    """
+    if any(k.endswith(".linear.weight") for k in state_dict):
+        family = _reference_family(model)
+        name = {"vgg": "vgg11_bnu", "convnext": "convnext_tiny"}.get(family, "resnet18")
+        state_dict = convert_bcos_v2_state_dict(state_dict, name)
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
+    w = state_dict.get(f"{classifier}.weight") if classifier else None
+    own = getattr(model, "state_dict", dict)().get(f"{classifier}.weight") if classifier else None
+    if w is not None and own is not None and w.shape[0] != own.shape[0]:
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logit_layer.")}
+    return state_dict

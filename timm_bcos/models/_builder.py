@@ -7,6 +7,7 @@ from typing import Any, Callable
 import timm
 from timm.models import build_model_with_cfg
 
+from ..bcos_v2 import bcos_v2_filter_fn, released_cfgs
 from ..convert import HeadSpec, convert
 from ..recipes import Recipe, resolve_recipe
 
@@ -15,6 +16,8 @@ BCOS_MEAN = (0.0, 0.0, 0.0)
 BCOS_STD = (1.0, 1.0, 1.0)
 
 RECIPE_KWARGS = {f.name for f in fields(Recipe)} - {"name"}
+# timm kwargs that shape the model and so belong in a saved config's model_args
+_ARCH_KWARGS = {"num_classes", "global_pool", "drop_rate", "drop_path_rate"}
 
 
 def bcos_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
@@ -34,6 +37,15 @@ def bcos_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     }
 
 
+def model_cfgs(models: list[str], make_cfg: Callable[..., dict]) -> dict[str, dict]:
+    """For each model: its released weights' tags first (the default for pretrained=True), then `.untrained`."""
+    cfgs: dict[str, dict] = {}
+    for name in models:
+        cfgs.update(released_cfgs(name, make_cfg))
+        cfgs[f"{name}.untrained"] = make_cfg()
+    return cfgs
+
+
 def build_bcos(
     variant: str,
     pretrained: bool,
@@ -42,6 +54,7 @@ def build_bcos(
     recipe: str | Recipe = "v2",
     arch_kwargs: dict[str, Any] | None = None,
     head: HeadSpec | None | str = "auto",
+    arch_kwargs_public: dict[str, Any] | None = None,
     **kwargs: Any,
 ):
     """Create the conventional model, convert it with `recipe`, hand it to timm's builder.
@@ -63,5 +76,12 @@ def build_bcos(
             model = timm.create_model(conventional, pretrained=False, **model_kwargs)
         return convert(model, resolved, head=head)
 
+    kwargs.setdefault("pretrained_filter_fn", bcos_v2_filter_fn)
     model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
+    # what save_pretrained writes as model_args, so the folder re-creates this model
+    model.bcos_model_args = {
+        **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
+        **(arch_kwargs_public or {}),
+        **overrides,
+    }
     return model

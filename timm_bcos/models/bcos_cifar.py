@@ -94,7 +94,8 @@ def bcos_cifar10(pretrained=False, width: float = 1.0, **kwargs):
     """The paper's MaxOut B-cos CIFAR-10 network (B=2 by default; `b`, `max_out`, `width` adjustable)."""
     kwargs.setdefault("num_classes", 10)
     return build_bcos("bcos_cifar10", pretrained, conventional=CifarConvNet, recipe="v1",
-                      arch_kwargs=dict(width=width), feature_cfg=dict(flatten_sequential=True), **kwargs)
+                      arch_kwargs=dict(width=width), arch_kwargs_public=dict(width=width),
+                      feature_cfg=dict(flatten_sequential=True), **kwargs)
 
 
 @register_model

@@ -5,19 +5,19 @@ like the reference (dwconv -> norm -> 1x1 -> 1x1 -> layer scale).
 """
 from timm.models import generate_default_cfgs, register_model
 
-from ._builder import bcos_cfg, build_bcos
+from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 
 def _cfg(url: str = "", **kwargs):
     return bcos_cfg(url, first_conv="stem.0", classifier="head.fc", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    "bcos_convnext_tiny.untrained": _cfg(),
-    "bcos_convnext_base.untrained": _cfg(),
-    "bcos_convnext_tiny_bnu.untrained": _cfg(),
-    "bcos_convnext_base_bnu.untrained": _cfg(),
-})
+default_cfgs = generate_default_cfgs(model_cfgs([
+    "bcos_convnext_tiny",
+    "bcos_convnext_base",
+    "bcos_convnext_tiny_bnu",
+    "bcos_convnext_base_bnu",
+], _cfg))
 
 
 def _create(variant: str, conventional: str, pretrained: bool, recipe: str, **kwargs):

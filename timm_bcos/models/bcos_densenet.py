@@ -1,20 +1,20 @@
 """B-cos DenseNets: timm's DenseNet, converted (v2 zoo and the paper's v1 DenseNet-121)."""
 from timm.models import generate_default_cfgs, register_model
 
-from ._builder import bcos_cfg, build_bcos
+from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 
 def _cfg(url: str = "", **kwargs):
     return bcos_cfg(url, first_conv="features.conv0", classifier="classifier", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    "bcos_densenet121.untrained": _cfg(),
-    "bcos_densenet161.untrained": _cfg(),
-    "bcos_densenet169.untrained": _cfg(),
-    "bcos_densenet201.untrained": _cfg(),
-    "bcos_densenet121_v1.untrained": _cfg(),
-})
+default_cfgs = generate_default_cfgs(model_cfgs([
+    "bcos_densenet121",
+    "bcos_densenet161",
+    "bcos_densenet169",
+    "bcos_densenet201",
+    "bcos_densenet121_v1",
+], _cfg))
 
 
 def _create(variant: str, conventional: str, pretrained: bool, recipe: str = "v2", **kwargs):

@@ -6,22 +6,22 @@ paper, Sec. 3.3): no norms, two MaxOut units per neuron.
 """
 from timm.models import generate_default_cfgs, register_model
 
-from ._builder import bcos_cfg, build_bcos
+from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 
 def _cfg(url: str = "", **kwargs):
     return bcos_cfg(url, first_conv="conv1", classifier="fc", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    "bcos_resnet18.untrained": _cfg(),
-    "bcos_resnet34.untrained": _cfg(),
-    "bcos_resnet50.untrained": _cfg(),
-    "bcos_resnet101.untrained": _cfg(),
-    "bcos_resnet152.untrained": _cfg(),
-    "bcos_resnext50_32x4d.untrained": _cfg(),
-    "bcos_resnet34_v1.untrained": _cfg(),
-})
+default_cfgs = generate_default_cfgs(model_cfgs([
+    "bcos_resnet18",
+    "bcos_resnet34",
+    "bcos_resnet50",
+    "bcos_resnet101",
+    "bcos_resnet152",
+    "bcos_resnext50_32x4d",
+    "bcos_resnet34_v1",
+], _cfg))
 
 
 def _create(variant: str, conventional: str, pretrained: bool, recipe: str = "v2", **kwargs):

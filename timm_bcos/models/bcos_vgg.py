@@ -2,17 +2,17 @@
 import timm
 from timm.models import generate_default_cfgs, register_model
 
-from ._builder import bcos_cfg, build_bcos
+from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 
 def _cfg(url: str = "", **kwargs):
     return bcos_cfg(url, first_conv="features.0", classifier="head.fc", **kwargs)
 
 
-default_cfgs = generate_default_cfgs({
-    "bcos_vgg11_bnu.untrained": _cfg(),
-    "bcos_vgg11_v1.untrained": _cfg(),
-})
+default_cfgs = generate_default_cfgs(model_cfgs([
+    "bcos_vgg11_bnu",
+    "bcos_vgg11_v1",
+], _cfg))
 
 
 def _vgg_with_padded_head(name: str):

@@ -1,0 +1,163 @@
+"""Save and publish B-cos models in the layout timm reads (`local-dir:` / `hf-hub:`).
+
+A folder holds `model.safetensors`, `config.json` (architecture, num_classes,
+label names, the pretrained cfg with its evaluation transform, model args) and a
+`README.md` model card. Load it back with `timm.create_model("local-dir:PATH")`
+or, once uploaded, `timm.create_model("hf-hub:ORG/REPO")` (after `import timm_bcos`).
+"""
+from __future__ import annotations
+
+import json
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any, Sequence
+
+from torch import nn
+
+CARD_TEMPLATE = """---
+tags:
+- image-classification
+- timm
+- timm_bcos
+- b-cos
+- interpretability
+library_name: timm
+license: {license}
+{model_index}---
+# {repo_name}
+
+A B-cos network ({architecture}) for [timm](https://github.com/huggingface/pytorch-image-models),
+packaged by [timm_bcos](https://github.com/). B-cos networks are dynamic linear: in
+explanation mode every output is W(x) x, and W(x) is the model's own faithful explanation.
+
+```python
+import timm, timm_bcos
+model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
+cfg = timm.data.resolve_data_config({{}}, model=model)     # plain [0, 1] RGB: mean 0, std 1
+expl = model.explain(timm.data.create_transform(**cfg)(img).unsqueeze(0))
+```
+
+{details}
+
+## Papers
+- Böhle, Fritz, Schiele. *B-cos Networks: Alignment is All We Need for Interpretability.* CVPR 2022.
+- Böhle, Singh, Fritz, Schiele. *B-cos Alignment for Inherently Interpretable CNNs and Vision Transformers.* TPAMI 2024.
+
+## Licence
+{licence_text}
+"""
+
+IMAGENET_LICENCE = ("The weights were trained on ImageNet-1k; they are for research and other "
+                    "non-commercial use, following the ImageNet terms of access.")
+
+
+def _model_index(repo_name: str, dataset: str, metrics: dict[str, float] | None) -> str:
+    if not metrics:
+        return ""
+    lines = [
+        "model-index:",
+        f"- name: {repo_name}",
+        "  results:",
+        "  - task:",
+        "      type: image-classification",
+        "    dataset:",
+        f"      name: {dataset}",
+        f"      type: {dataset}",
+        "    metrics:",
+    ]
+    for name, value in metrics.items():
+        lines += [f"    - type: {name}", f"      value: {value}"]
+    return "\n".join(lines) + "\n"
+
+
+def model_card(model: nn.Module, repo_id: str, *, metrics: dict[str, float] | None = None,
+               dataset: str = "imagenet-1k", licence: str = "other", licence_text: str = IMAGENET_LICENCE,
+               details: str = "") -> str:
+    cfg = getattr(model, "pretrained_cfg", {}) or {}
+    arch = cfg.get("architecture", type(model).__name__)
+    repo_name = repo_id.split("/")[-1]
+    return CARD_TEMPLATE.format(
+        license=licence, model_index=_model_index(repo_name, dataset, metrics), repo_name=repo_name,
+        architecture=arch, repo_id=repo_id, details=details, licence_text=licence_text,
+    )
+
+
+def save_pretrained(
+    model: nn.Module,
+    folder: str | Path,
+    *,
+    model_args: dict[str, Any] | None = None,
+    label_names: Sequence[str] | None = None,
+    metrics: dict[str, float] | None = None,
+    repo_id: str | None = None,
+    card: str | None = None,
+    pretrained_cfg_overlay: dict[str, Any] | None = None,
+) -> Path:
+    """Write `model` to `folder` (created or replaced whole, never half-written).
+
+    model_args default to the kwargs the model was created with (e.g. width, num_classes).
+    """
+    from timm.models._hub import save_for_hf
+
+    folder = Path(folder)
+    args = dict(getattr(model, "bcos_model_args", {}) or {})
+    args.update(model_args or {})
+    args.setdefault("num_classes", getattr(model, "num_classes", None))
+    cfg_overlay = dict(pretrained_cfg_overlay or {})
+    if label_names is not None:
+        if len(label_names) != args["num_classes"]:
+            raise ValueError(f"{len(label_names)} label names for a model with {args['num_classes']} classes")
+        cfg_overlay["label_names"] = list(label_names)
+    original_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.pretrained_cfg = {**original_cfg, **cfg_overlay}
+        for key in ("url", "file", "hf_hub_id", "source", "state_dict"):
+            model.pretrained_cfg.pop(key, None)
+        save_for_hf(model, str(tmp), model_args={k: v for k, v in args.items() if v is not None},
+                    model_config={"label_names": list(label_names)} if label_names is not None else None,
+                    safe_serialization=True)
+        text = card or model_card(model, repo_id or f"ORG/{folder.name}", metrics=metrics)
+        (tmp / "README.md").write_text(text)
+        _replace_dir(tmp, folder)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        model.pretrained_cfg = original_cfg
+    return folder
+
+
+def _replace_dir(src: Path, dst: Path) -> None:
+    if dst.exists():
+        old = dst.with_name(f".{dst.name}.old")
+        shutil.rmtree(old, ignore_errors=True)
+        dst.rename(old)
+        src.rename(dst)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        src.rename(dst)
+
+
+def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,
+                commit_message: str = "Add B-cos model") -> str:
+    """Upload a folder written by `save_pretrained` (create_repo + upload_folder)."""
+    from huggingface_hub import create_repo, upload_folder
+
+    folder = Path(folder)
+    for required in ("model.safetensors", "config.json", "README.md"):
+        if not (folder / required).is_file():
+            raise FileNotFoundError(f"{folder} has no {required}; write it with timm_bcos.hub.save_pretrained")
+    create_repo(repo_id, private=private, token=token, exist_ok=True)
+    upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message)
+    return repo_id
+
+
+def read_config(folder: str | Path) -> dict[str, Any]:
+    path = Path(folder) / "config.json"
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found: not a saved timm_bcos model folder") from None
