@@ -33,7 +33,10 @@ def convert_file(pth: Path, bcos_name: str, out: Path, repo_id: str | None = Non
     tag = release.tag if release else "untrained"
     model = timm.create_model(f"{model_name}.{tag}", pretrained=False)
     converted = convert_bcos_v2_state_dict(state, bcos_name)
-    result = model.load_state_dict(converted, strict=False)
+    try:
+        result = model.load_state_dict(converted, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        raise SystemExit(f"error: {pth} does not fit {model_name} (bcos '{bcos_name}'): {e}") from None
     if result.missing_keys or result.unexpected_keys:
         raise SystemExit(
             f"error: {pth} does not fit {model_name} (bcos '{bcos_name}'): "
