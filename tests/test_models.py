@@ -132,3 +132,10 @@ def test_bad_input_says_what_the_model_expects(bad, msg):
 def test_in_chans_other_than_rgb_is_refused():
     with pytest.raises(ValueError, match="in_chans=3"):
         timm.create_model("bcos_resnet18", in_chans=1)
+
+
+@pytest.mark.parametrize("name,small", [("bcos_densenet121", 16), ("bcos_inception_v3_v1", 64), ("bcos_convnext_tiny", 24)])
+def test_images_below_the_minimum_size_are_refused(name, small):
+    model = timm.create_model(name)
+    with pytest.raises(ValueError, match=rf"needs images of at least \d+x\d+ pixels, got {small}x{small}"):
+        model(torch.rand(1, 3, small, small))

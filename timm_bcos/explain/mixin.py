@@ -40,6 +40,17 @@ class BcosModelMixin:
                 return m
         raise RuntimeError(f"{type(self).__name__} has no InputEncoding module")
 
+    # ------------------------------------------------------------------ input checks
+    def forward_features(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
+        cfg = getattr(self, "pretrained_cfg", None) or {}
+        min_size = cfg.get("min_input_size")
+        if min_size is not None and x.dim() == 4 and (x.shape[-2] < min_size[-2] or x.shape[-1] < min_size[-1]):
+            raise ValueError(
+                f"{cfg.get('architecture', type(self).__name__)} needs images of at least "
+                f"{min_size[-2]}x{min_size[-1]} pixels, got {x.shape[-2]}x{x.shape[-1]}"
+            )
+        return super().forward_features(x, *args, **kwargs)
+
     # ------------------------------------------------------------------ head
     def _submodule(self, path: str) -> nn.Module:
         return self.get_submodule(path)

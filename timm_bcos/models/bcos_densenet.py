@@ -5,7 +5,7 @@ from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 
 def _cfg(url: str = "", **kwargs):
-    return bcos_cfg(url, first_conv="features.conv0", classifier="classifier", **kwargs)
+    return bcos_cfg(url, first_conv="features.conv0", classifier="classifier", min_input_size=(3, 32, 32), **kwargs)
 
 
 default_cfgs = generate_default_cfgs(model_cfgs([

@@ -7,7 +7,7 @@ from ._builder import bcos_cfg, build_bcos
 
 def _cfg(url: str = "", **kwargs):
     return bcos_cfg(url, first_conv="Conv2d_1a_3x3.conv", classifier="fc",
-                    input_size=(3, 299, 299), pool_size=(8, 8), **kwargs)
+                    input_size=(3, 299, 299), pool_size=(8, 8), min_input_size=(3, 75, 75), **kwargs)
 
 
 default_cfgs = generate_default_cfgs({
