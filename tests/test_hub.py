@@ -117,9 +117,17 @@ def test_truncated_safetensors_names_the_file(saved):
     _, folder = saved
     f = folder / "model.safetensors"
     f.write_bytes(f.read_bytes()[:100])
-    with pytest.raises(Exception) as err:
+    with pytest.raises(RuntimeError, match=r"could not load pretrained weights for bcos_cifar10 from "
+                                           r"file '.*model\.safetensors'.*deserializ"):
         timm.create_model(f"local-dir:{folder}", pretrained=True)
-    assert "model.safetensors" in str(err.value) or "deserializ" in str(err.value).lower()
+
+
+def test_missing_file_and_untrained_tag_say_so(tmp_path):
+    with pytest.raises(RuntimeError, match=r"bcos_resnet18 from file '.*nothere\.pth'"):
+        timm.create_model("bcos_resnet18.bcos_v2_in1k", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "nothere.pth")))
+    with pytest.raises(RuntimeError, match="bcos_cifar10 from nowhere: this tag has no weights"):
+        timm.create_model("bcos_cifar10.untrained", pretrained=True)
 
 
 def test_label_names_must_match_num_classes(tmp_path):

@@ -15,11 +15,22 @@ EXPECTED = {
     "bcos_densenet201", "bcos_vgg11_bnu", "bcos_convnext_tiny", "bcos_convnext_base",
     "bcos_convnext_tiny_bnu", "bcos_convnext_base_bnu", "bcos_resnet34_v1", "bcos_densenet121_v1",
     "bcos_vgg11_v1", "bcos_inception_v3_v1", "bcos_cifar10",
+    *(f"bcos_simple_vit_{s}_patch16_224" for s in ("ti", "s", "b", "l")),
+    *(f"bcos_vitc_{s}_patch1_14" for s in ("ti", "s", "b", "l")),
 }
 
 
 def _size(name):
-    return 75 if "inception" in name else 32 if "cifar" in name else 64
+    return 224 if "vit" in name else 75 if "inception" in name else 32 if "cifar" in name else 64
+
+
+def _without_position_embedding(model):
+    """ViTs add a fixed position embedding whatever the input (an input-independent term, like a
+    bias); completeness is exact without it, which is what these tests check."""
+    if getattr(model, "pos_embed", None) is not None:
+        with torch.no_grad():
+            model.pos_embed.zero_()
+    return model
 
 
 def test_registry_lists_every_model():
@@ -43,11 +54,14 @@ def test_forward_backward_and_default_cfg(name):
     out = model(x)
     assert out.shape == (2, 7)
     out.sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    missing = [n for n, p in model.named_parameters() if p.requires_grad and p.grad is None]
     assert not missing, f"parameters without gradient: {missing[:5]}"
 
     feats = model.forward_features(x)
-    assert feats.shape[:2] == (2, model.num_features)
+    if feats.dim() == 3:  # ViTs: tokens [N, T, C]
+        assert feats.shape[0] == 2 and feats.shape[-1] == model.num_features
+    else:
+        assert feats.shape[:2] == (2, model.num_features)
     pre = model.forward_head(feats, pre_logits=True)
     assert pre.shape == (2, getattr(model, "head_hidden_size", model.num_features))
     assert torch.allclose(model.forward_head(feats), out, rtol=1e-5, atol=1e-6)
@@ -78,6 +92,7 @@ def test_features_only(name):
     assert [o.shape[1] for o in outs] == model.feature_info.channels()
     for o, r in zip(outs, model.feature_info.reduction()):
         assert abs(size / o.shape[-1] - r) / r < 0.2, (o.shape, r)
+    assert all(torch.isfinite(o).all() for o in outs)
 
 
 # (timm's VGG does not implement gradient checkpointing; neither does bcos_vgg11_*)
@@ -101,7 +116,7 @@ def test_every_model_is_dynamic_linear(name):
     1e-5..1e-200 of the logit bias, so the check uses the pre-bias output itself.
     """
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=6).double()
+    model = _without_position_embedding(timm.create_model(name, num_classes=6).double())
     x = torch.rand(2, 3, _size(name), _size(name), dtype=torch.float64)
     calibrate_bn(model, x)
     contrib, pre, logits = model_contributions(model, x, torch.tensor([1, 4]))

@@ -36,6 +36,8 @@ BCOS_V2_MODELS: dict[str, str] = {
     "convnext_base": "bcos_convnext_base",
     "convnext_tiny_bnu": "bcos_convnext_tiny_bnu",
     "convnext_base_bnu": "bcos_convnext_base_bnu",
+    **{f"simple_vit_{s}_patch16_224": f"bcos_simple_vit_{s}_patch16_224" for s in ("ti", "s", "b", "l")},
+    **{f"vitc_{s}_patch1_14": f"bcos_vitc_{s}_patch1_14" for s in ("ti", "s", "b", "l")},
 }
 
 _VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
@@ -87,9 +89,48 @@ def _rename_convnext(key: str) -> str:
     return f"stages.{(idx - 2) // 2}.blocks.{block}.{tail}"
 
 
+_VIT_RENAMES = (
+    (r"transformer\.encoder_(\d+)\.attn\.norm\.", r"blocks.\1.norm1."),
+    (r"transformer\.encoder_(\d+)\.attn\.to_qkv\.", r"blocks.\1.attn.qkv."),
+    (r"transformer\.encoder_(\d+)\.attn\.to_out\.", r"blocks.\1.attn.proj."),
+    (r"transformer\.encoder_(\d+)\.ff\.net\.norm\.", r"blocks.\1.norm2."),
+    (r"transformer\.encoder_(\d+)\.ff\.net\.linear1\.", r"blocks.\1.mlp.fc1."),
+    (r"transformer\.encoder_(\d+)\.ff\.net\.linear2\.", r"blocks.\1.mlp.fc2."),
+    (r"linear_head\.norm\.", "fc_norm."),
+    (r"linear_head\.linear\.", "head."),
+    (r"to_patch_embedding\.conv_stem\.", "patch_embed.proj."),
+    (r"to_patch_embedding\.linear\.", "to_patch_embedding."),
+)
+
+
+def _rename_vit(key: str) -> str:
+    key = key[2:] if key.startswith("0.") else key  # the reference wraps its ViTs: Sequential(vit, logit layer)
+    for pattern, repl in _VIT_RENAMES:
+        key = re.sub(pattern, repl, key)
+    return key
+
+
+def _vit_patch_projection(state: dict[str, torch.Tensor]) -> None:
+    """The reference's patch projection is a B-cos linear on (p1 p2 c)-flattened patches; ours is the
+    equivalent B-cos conv (kernel = stride = patch) or, after a conv stem, a 1x1 conv."""
+    w = state.pop("to_patch_embedding.weight")
+    stem = sorted(int(k.split(".")[2]) for k in state if k.startswith("patch_embed.proj.") and k.endswith("weight"))
+    if stem:
+        state[f"patch_embed.proj.{stem[-1] + 2}.weight"] = w[:, :, None, None]
+    else:
+        c = 6
+        p = int(round((w.shape[1] / c) ** 0.5))
+        state["patch_embed.proj.weight"] = w.reshape(w.shape[0], p, p, c).permute(0, 3, 1, 2).contiguous()
+    from .models.bcos_vit import sincos_pos_embed
+
+    state["pos_embed"] = sincos_pos_embed(14, 14, w.shape[0]).to(w.dtype)
+
+
 _FAMILY_RENAMES: dict[str, Callable[[str], str]] = {
     "vgg": _rename_vgg,
     "convnext": _rename_convnext,
+    "simple_vit": _rename_vit,
+    "vitc": _rename_vit,
 }
 
 
@@ -115,8 +156,10 @@ def convert_bcos_v2_state_dict(
         if new_key.endswith("gamma") and value.dim() == 3:  # layer_scale [C, 1, 1] -> gamma [C]
             value = value.reshape(-1)
         out[new_key] = value
+    if "to_patch_embedding.weight" in out:
+        _vit_patch_projection(out)
     if num_classes is None:
-        classifier = [v for k, v in out.items() if k.endswith(("fc.weight", "classifier.weight"))]
+        classifier = [v for k, v in out.items() if k.endswith(("fc.weight", "classifier.weight", "head.weight"))]
         if not classifier:
             raise ValueError(f"cannot infer num_classes for {bcos_name!r}: no classifier weight found")
         num_classes = classifier[-1].shape[0]
@@ -173,6 +216,22 @@ RELEASES: tuple[Release, ...] = (
     Release("densenet121_long", "bcos_densenet121", "bcos_v2_long_in1k", "densenet_121_long-5175461597.pth", 77.302, 93.234),
     Release("resnet50_long", "bcos_resnet50", "bcos_v2_long_in1k", "resnet_50_long-ef38a88533.pth", 79.468, 94.452),
     Release("resnet152_long", "bcos_resnet152", "bcos_v2_long_in1k", "resnet_152_long-0b4b434939.pth", 80.144, 94.116),
+    Release("simple_vit_ti_patch16_224", "bcos_simple_vit_ti_patch16_224", "bcos_v2_in1k",
+            "bcos_simple_vit_ti_patch16_224-4b0824b1c1.pth", 59.960, 81.838),
+    Release("simple_vit_s_patch16_224", "bcos_simple_vit_s_patch16_224", "bcos_v2_in1k",
+            "bcos_simple_vit_s_patch16_224-75e99d1f73.pth", 69.246, 88.096),
+    Release("simple_vit_b_patch16_224", "bcos_simple_vit_b_patch16_224", "bcos_v2_in1k",
+            "bcos_simple_vit_b_patch16_224-1fc4750806.pth", 74.408, 91.156),
+    Release("simple_vit_l_patch16_224", "bcos_simple_vit_l_patch16_224", "bcos_v2_in1k",
+            "bcos_simple_vit_l_patch16_224-9613b2ad0a.pth", 75.060, 91.378),
+    Release("vitc_ti_patch1_14", "bcos_vitc_ti_patch1_14", "bcos_v2_in1k", "bcos_vitc_ti_patch1_14-ddd6193a77.pth",
+            67.260, 86.774),
+    Release("vitc_s_patch1_14", "bcos_vitc_s_patch1_14", "bcos_v2_in1k", "bcos_vitc_s_patch1_14-cf55c88f0c.pth",
+            74.504, 91.288),
+    Release("vitc_b_patch1_14", "bcos_vitc_b_patch1_14", "bcos_v2_in1k", "bcos_vitc_b_patch1_14-a13c46397b.pth",
+            77.152, 92.926),
+    Release("vitc_l_patch1_14", "bcos_vitc_l_patch1_14", "bcos_v2_in1k", "bcos_vitc_l_patch1_14-8739e18b8d.pth",
+            77.782, 92.966),
 )
 
 
@@ -215,7 +274,8 @@ def bcos_v2_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
     """
     if any(k.endswith(".linear.weight") for k in state_dict):
         family = _reference_family(model)
-        name = {"vgg": "vgg11_bnu", "convnext": "convnext_tiny"}.get(family, "resnet18")
+        name = {"vgg": "vgg11_bnu", "convnext": "convnext_tiny", "simple_vit": "simple_vit_ti_patch16_224",
+                "vitc": "vitc_ti_patch1_14"}.get(family, "resnet18")
         state_dict = convert_bcos_v2_state_dict(state_dict, name)
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     w = state_dict.get(f"{classifier}.weight") if classifier else None

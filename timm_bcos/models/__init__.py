@@ -1,4 +1,4 @@
 """Importing this package registers every bcos_* entrypoint with timm."""
-from . import bcos_cifar, bcos_convnext, bcos_densenet, bcos_inception, bcos_resnet, bcos_vgg
+from . import bcos_cifar, bcos_convnext, bcos_densenet, bcos_inception, bcos_resnet, bcos_vgg, bcos_vit
 
-__all__ = ["bcos_cifar", "bcos_convnext", "bcos_densenet", "bcos_inception", "bcos_resnet", "bcos_vgg"]
+__all__ = ["bcos_cifar", "bcos_convnext", "bcos_densenet", "bcos_inception", "bcos_resnet", "bcos_vgg", "bcos_vit"]

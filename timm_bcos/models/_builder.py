@@ -1,6 +1,7 @@
 """Shared pieces of the bcos_* entrypoints: cfgs and "create the timm model, convert it"."""
 from __future__ import annotations
 
+import os
 from dataclasses import fields
 from typing import Any, Callable
 
@@ -46,6 +47,29 @@ def model_cfgs(models: list[str], make_cfg: Callable[..., dict]) -> dict[str, di
     return cfgs
 
 
+def _weights_source(variant: str, kwargs: dict[str, Any]) -> str:
+    """Where timm would read the weights from: a file, a Hub repo or a URL."""
+    from timm.models._pretrained import PretrainedCfg
+    from timm.models import resolve_pretrained_cfg
+
+    try:
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                     pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+        cfg = cfg.to_dict() if isinstance(cfg, PretrainedCfg) else dict(cfg)
+    except Exception:  # pragma: no cover - only used to word an error
+        return "its pretrained cfg"
+    for key in ("file", "hf_hub_id", "url"):
+        if cfg.get(key):
+            where = cfg[key]
+            if key == "file" and os.path.isdir(where):  # local-dir: the weights file inside the folder
+                for name in ("model.safetensors", "pytorch_model.bin"):
+                    if os.path.exists(os.path.join(where, name)):
+                        where = os.path.join(where, name)
+                        break
+            return f"{key} {where!r}"
+    return "nowhere: this tag has no weights (see timm.list_pretrained('bcos_*'))"
+
+
 def build_bcos(
     variant: str,
     pretrained: bool,
@@ -77,7 +101,16 @@ def build_bcos(
         return convert(model, resolved, head=head)
 
     kwargs.setdefault("pretrained_filter_fn", bcos_v2_filter_fn)
-    model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
+    if pretrained and _weights_source(variant, kwargs).startswith("nowhere"):
+        # timm would only log a warning and hand back random weights
+        raise RuntimeError(f"could not load pretrained weights for {variant} from {_weights_source(variant, kwargs)}")
+    try:
+        model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
+    except Exception as e:
+        if not pretrained:
+            raise
+        raise RuntimeError(f"could not load pretrained weights for {variant} from {_weights_source(variant, kwargs)}: "
+                           f"{type(e).__name__}: {e}") from e
     # what save_pretrained writes as model_args, so the folder re-creates this model
     model.bcos_model_args = {
         **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},

@@ -1,0 +1,150 @@
+"""B-cos vision transformers (B-cos v2 zoo): simple ViT and ViT-C, built on timm's VisionTransformer.
+
+The reference ("Better plain ViT baselines", B-cos v2): no class token, a fixed 2D
+sin-cos position embedding, pre-norm blocks with bias-free centered LayerNorms, a
+plain linear qkv (q and k only shape the attention matrix, which explanation mode
+detaches), B-cos linear projections and MLPs without activations, mean pooling,
+then LayerNorm and a B-cos linear classifier. ViT-C replaces the 16x16 patch
+projection by a stem of 3x3 B-cos convolutions with GroupNorm(1) and a 1x1 projection.
+
+The position embedding is added whatever the input: explanations account for
+everything else, so contributions sum to the logit minus its bias up to the
+embedding's share (as in the reference).
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from timm.layers import PatchEmbed
+from timm.models import VisionTransformer, generate_default_cfgs, register_model
+from torch import nn
+
+from ._builder import bcos_cfg, build_bcos, model_cfgs
+
+
+def sincos_pos_embed(h: int, w: int, dim: int, temperature: float = 10_000.0) -> torch.Tensor:
+    """[1, h*w, dim] fixed 2D sin-cos embedding, in the reference's (x sin, x cos, y sin, y cos) order."""
+    if dim % 4:
+        raise ValueError(f"embedding dim must be a multiple of 4 for the sin-cos embedding, got {dim}")
+    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    omega = torch.arange(dim // 4) / (dim // 4 - 1)
+    omega = 1.0 / (temperature ** omega)
+    y = y.flatten()[:, None] * omega[None, :]
+    x = x.flatten()[:, None] * omega[None, :]
+    return torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1)[None]
+
+
+class ConvStemPatchEmbed(PatchEmbed):
+    """timm's PatchEmbed whose projection is a conv stem (Xiao et al., "Early convolutions
+    help transformers see better"): 3x3 convs (stride 2 where channels grow), GroupNorm(1),
+    ReLU, then a 1x1 projection. `patch_size` is the stem's total stride."""
+
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, stem_channels=(), **kwargs):
+        kwargs.pop("bias", None)
+        super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                         bias=False, **kwargs)
+        layers: list[nn.Module] = []
+        cin, encoded = in_chans, 2 * in_chans  # strides follow the reference, which sees the 6-channel encoding
+        for c in stem_channels:
+            layers += [nn.Conv2d(cin, c, 3, 2 if c > encoded else 1, 1, bias=False), nn.GroupNorm(1, c), nn.ReLU()]
+            cin = encoded = c
+        layers.append(nn.Conv2d(cin, embed_dim, 1, bias=False))
+        self.proj = nn.Sequential(*layers)
+
+
+def _simple_vit(stem_channels=None, **kwargs) -> VisionTransformer:
+    """The conventional counterpart, with the reference's fixed position embedding."""
+    kwargs.setdefault("img_size", 224)
+    model = VisionTransformer(
+        patch_size=16, class_token=False, global_pool="avg", fc_norm=True, qkv_bias=False,
+        norm_layer=partial(nn.LayerNorm, eps=1e-5),
+        embed_layer=partial(ConvStemPatchEmbed, stem_channels=stem_channels) if stem_channels else PatchEmbed,
+        **kwargs,
+    )
+    h, w = model.patch_embed.grid_size
+    with torch.no_grad():
+        model.pos_embed.copy_(sincos_pos_embed(h, w, model.embed_dim))
+    model.pos_embed.requires_grad_(False)
+    return model
+
+
+def _cfg(url: str = "", first_conv: str = "patch_embed.proj", **kwargs):
+    return bcos_cfg(url, first_conv=first_conv, classifier="head", pool_size=None,
+                    min_input_size=(3, 224, 224), **kwargs)
+
+
+def _cfg_c(url: str = "", **kwargs):
+    return _cfg(url, first_conv="patch_embed.proj.0", **kwargs)
+
+
+_ARCHS = {
+    "bcos_simple_vit_ti_patch16_224": dict(embed_dim=192, depth=12, num_heads=3, mlp_ratio=4),
+    "bcos_simple_vit_s_patch16_224": dict(embed_dim=384, depth=12, num_heads=6, mlp_ratio=4),
+    "bcos_simple_vit_b_patch16_224": dict(embed_dim=768, depth=12, num_heads=12, mlp_ratio=4),
+    "bcos_simple_vit_l_patch16_224": dict(embed_dim=1024, depth=14, num_heads=16, mlp_ratio=4),
+    "bcos_vitc_ti_patch1_14": dict(embed_dim=192, depth=11, num_heads=3, mlp_ratio=4, stem_channels=(24, 48, 96, 192)),
+    "bcos_vitc_s_patch1_14": dict(embed_dim=384, depth=11, num_heads=6, mlp_ratio=4, stem_channels=(48, 96, 192, 384)),
+    "bcos_vitc_b_patch1_14": dict(embed_dim=768, depth=11, num_heads=12, mlp_ratio=4,
+                                  stem_channels=(64, 128, 128, 256, 256, 512)),
+    "bcos_vitc_l_patch1_14": dict(embed_dim=1024, depth=13, num_heads=16, mlp_ratio=4,
+                                  stem_channels=(64, 128, 128, 256, 256, 512)),
+}
+
+default_cfgs = generate_default_cfgs({
+    **model_cfgs([n for n in _ARCHS if "simple" in n], _cfg),
+    **model_cfgs([n for n in _ARCHS if "vitc" in n], _cfg_c),
+})
+
+
+def _create(variant: str, pretrained: bool, **kwargs):
+    return build_bcos(variant, pretrained, conventional=_simple_vit, recipe="v2", arch_kwargs=_ARCHS[variant],
+                      feature_cfg=dict(feature_cls="getter"), **kwargs)
+
+
+@register_model
+def bcos_simple_vit_ti_patch16_224(pretrained=False, **kwargs):
+    """B-cos v2 simple ViT-Ti/16."""
+    return _create("bcos_simple_vit_ti_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def bcos_simple_vit_s_patch16_224(pretrained=False, **kwargs):
+    """B-cos v2 simple ViT-S/16."""
+    return _create("bcos_simple_vit_s_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def bcos_simple_vit_b_patch16_224(pretrained=False, **kwargs):
+    """B-cos v2 simple ViT-B/16."""
+    return _create("bcos_simple_vit_b_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def bcos_simple_vit_l_patch16_224(pretrained=False, **kwargs):
+    """B-cos v2 simple ViT-L/16 (depth 14, as released)."""
+    return _create("bcos_simple_vit_l_patch16_224", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_ti_patch1_14(pretrained=False, **kwargs):
+    """B-cos v2 ViT-C-Ti: conv stem, then a ViT on the 14x14 grid."""
+    return _create("bcos_vitc_ti_patch1_14", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_s_patch1_14(pretrained=False, **kwargs):
+    """B-cos v2 ViT-C-S."""
+    return _create("bcos_vitc_s_patch1_14", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_b_patch1_14(pretrained=False, **kwargs):
+    """B-cos v2 ViT-C-B."""
+    return _create("bcos_vitc_b_patch1_14", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_l_patch1_14(pretrained=False, **kwargs):
+    """B-cos v2 ViT-C-L."""
+    return _create("bcos_vitc_l_patch1_14", pretrained, **kwargs)
