@@ -179,3 +179,14 @@ def test_convert_script_rejects_other_architectures_and_pickles(tmp_path):
     with pytest.raises(SystemExit, match="cannot read .*pickled.pth as a tensor-only state dict"):
         _run_script("convert_bcos_v2", str(tmp_path / "pickled.pth"), "--name", "resnet18", "--out", str(tmp_path / "o"))
     assert not (tmp_path / "o").exists()
+
+
+def test_checkpoint_of_another_architecture_names_source_and_keys(tmp_path):
+    pretrained = pytest.importorskip("bcos.models.pretrained")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        other = pretrained.resnet34(pretrained=False)
+    torch.save(other.state_dict(), tmp_path / "r34.pth")
+    with pytest.raises(RuntimeError, match=r"(?s)bcos_resnet18 from file '.*r34\.pth'.*Unexpected key\(s\).*layer1\.2"):
+        timm.create_model("bcos_resnet18.bcos_v2_in1k", pretrained=True,
+                          pretrained_cfg_overlay=dict(file=str(tmp_path / "r34.pth")))
