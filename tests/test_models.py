@@ -154,3 +154,17 @@ def test_images_below_the_minimum_size_are_refused(name, small):
     model = timm.create_model(name)
     with pytest.raises(ValueError, match=rf"needs images of at least \d+x\d+ pixels, got {small}x{small}"):
         model(torch.rand(1, 3, small, small))
+
+
+def test_cifar_network_with_uncentered_batch_norm():
+    from timm_bcos.layers import BatchNormUncentered2d
+
+    torch.manual_seed(0)
+    model = timm.create_model("bcos_cifar10", width=0.25, norm=True).double()
+    norms = [m for m in model.modules() if isinstance(m, BatchNormUncentered2d)]
+    assert len(norms) == 8 and all(n.bias is None for n in norms)
+    assert model.bcos_model_args["norm"] is True
+    x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
+    calibrate_bn(model, x)
+    contrib, pre, _ = model_contributions(model, x, torch.tensor([0, 1, 2]))
+    assert rel_err(contrib, pre) <= 1e-8

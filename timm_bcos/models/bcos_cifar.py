@@ -90,11 +90,19 @@ default_cfgs = generate_default_cfgs({
 
 
 @register_model
-def bcos_cifar10(pretrained=False, width: float = 1.0, **kwargs):
-    """The paper's MaxOut B-cos CIFAR-10 network (B=2 by default; `b`, `max_out`, `width` adjustable)."""
+def bcos_cifar10(pretrained=False, width: float = 1.0, norm: bool = False, **kwargs):
+    """The paper's MaxOut B-cos CIFAR-10 network (B=2 by default; `b`, `max_out`, `width` adjustable).
+
+    `norm=True` keeps a batch norm after every convolution as an uncentered batch norm
+    without bias (the B-cos v2 way to keep a deep stack's signal) instead of relying on
+    the v1 output scale alone.
+    """
     kwargs.setdefault("num_classes", 10)
+    if norm:
+        kwargs.setdefault("norms", {"batch": "bn_uncentered"})
+    arch = dict(width=width, norm=norm)
     return build_bcos("bcos_cifar10", pretrained, conventional=CifarConvNet, recipe="v1",
-                      arch_kwargs=dict(width=width), arch_kwargs_public=dict(width=width),
+                      arch_kwargs=arch, arch_kwargs_public=arch,
                       feature_cfg=dict(flatten_sequential=True), **kwargs)
 
 
