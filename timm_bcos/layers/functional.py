@@ -37,16 +37,21 @@ class _BcosScaleB2(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lin: Tensor, norm: Tensor, detach: bool) -> Tensor:
         inv_norm = norm.reciprocal()  # small ([N, 1, H, W] for convs): cheaper to multiply by
-        ctx.save_for_backward(lin, inv_norm)
         ctx.detach = detach
+        if detach:  # explanation mode: the backward needs only the constant factor |l| / n
+            scale = lin.abs().mul_(inv_norm)
+            ctx.save_for_backward(scale)
+            return scale * lin
+        ctx.save_for_backward(lin, inv_norm)
         return lin.abs().mul_(lin).mul_(inv_norm)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        lin, inv_norm = ctx.saved_tensors
         if ctx.detach:
-            return lin.abs().mul_(grad).mul_(inv_norm), None, None  # g |l| / n
+            (scale,) = ctx.saved_tensors
+            return grad * scale, None, None  # g |l| / n
+        lin, inv_norm = ctx.saved_tensors
         grad_lin = lin.abs().mul_(grad).mul_(2 * inv_norm)  # dy/dl = 2 |l| / n
         grad_norm = None
         if ctx.needs_input_grad[1]:
