@@ -89,3 +89,29 @@ def model_contributions(model, x: torch.Tensor, classes: torch.Tensor):
     contrib = (grad * captured["enc"]).flatten(1).sum(1)
     pre = captured["pre"].gather(1, classes[:, None])[:, 0] / model.logit_layer.logit_temperature
     return contrib.detach(), pre.detach(), logits.detach()
+
+
+def image_size(name: str) -> int:
+    """A small input each registered model accepts."""
+    return 224 if "vit" in name else 75 if "inception" in name else 32 if "cifar" in name else 64
+
+
+def without_position_embedding(model):
+    """ViTs add a fixed position embedding whatever the input (an input-independent term, like a
+    bias); completeness is exact without it, which is what these tests check."""
+    if getattr(model, "pos_embed", None) is not None:
+        with torch.no_grad():
+            model.pos_embed.zero_()
+    return model
+
+
+def reference_model(name: str):
+    """`bcos.models.pretrained.<name>` with random weights (the reference's own warning silenced)."""
+    import warnings
+
+    import pytest
+
+    pretrained = pytest.importorskip("bcos.models.pretrained")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return getattr(pretrained, name)(pretrained=False)

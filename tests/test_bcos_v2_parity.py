@@ -7,18 +7,11 @@ import timm
 import torch
 
 import timm_bcos  # noqa: F401
-from helpers import calibrate_bn, model_contributions, rel_err
+from helpers import calibrate_bn, model_contributions, reference_model, rel_err
 from timm_bcos.bcos_v2 import BCOS_V2_MODELS, convert_bcos_v2_state_dict
-from timm_bcos.layers import explanation_mode
 
 pretrained = pytest.importorskip("bcos.models.pretrained")
 from bcos.data.transforms import AddInverse  # noqa: E402
-
-
-def _reference(name):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return getattr(pretrained, name)(pretrained=False)
 
 
 @pytest.mark.parametrize("bcos_name", list(BCOS_V2_MODELS))
@@ -26,7 +19,7 @@ def test_converted_reference_weights_give_the_same_model(bcos_name):
     torch.manual_seed(0)
     size = 224 if "vgg" in bcos_name or "vit" in bcos_name else 64
     n = 1 if "vit" in bcos_name else 2  # the large ViTs in float64 are slow on 2 cores
-    ref = _reference(bcos_name).double()
+    ref = reference_model(bcos_name).double()
     x = torch.rand(n, 3, size, size, dtype=torch.float64)
     calibrate_bn(ref, AddInverse()(x))  # realistic BN statistics, carried over by the state dict
     ours = timm.create_model(BCOS_V2_MODELS[bcos_name]).double().eval()

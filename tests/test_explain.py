@@ -1,6 +1,4 @@
 """model.explain(): completeness, batching, targets, layers, Delta, no trace, rendering."""
-import math
-import warnings
 
 import numpy as np
 import pytest
@@ -8,22 +6,9 @@ import timm
 import torch
 
 import timm_bcos  # noqa: F401
-from helpers import calibrate_bn, rel_err
+from helpers import calibrate_bn, image_size, rel_err, without_position_embedding
 
 MODELS = timm.list_models("bcos_*")
-
-
-def _size(name):
-    return 224 if "vit" in name else 75 if "inception" in name else 32 if "cifar" in name else 64
-
-
-def _without_position_embedding(model):
-    """ViTs add a fixed position embedding whatever the input (an input-independent term, like a
-    bias); completeness is exact without it, which is what these tests check."""
-    if getattr(model, "pos_embed", None) is not None:
-        with torch.no_grad():
-            model.pos_embed.zero_()
-    return model
 
 
 @pytest.fixture(scope="module")
@@ -41,12 +26,12 @@ def test_completeness_for_every_model(name):
     float64 and calibrated norms (in float32 a random-init logit minus its bias is noise).
     """
     torch.manual_seed(0)
-    model = _without_position_embedding(timm.create_model(name, num_classes=6).double())
-    x = torch.rand(2, 3, _size(name), _size(name), dtype=torch.float64)
+    model = without_position_embedding(timm.create_model(name, num_classes=6).double())
+    x = torch.rand(2, 3, image_size(name), image_size(name), dtype=torch.float64)
     calibrate_bn(model, x)
     expl = model.explain(x, target=torch.tensor([[1, 4], [0, 5]]))
-    assert expl.weights.shape == (2, 2, 6, _size(name), _size(name))
-    assert expl.contributions.shape == (2, 2, _size(name), _size(name))
+    assert expl.weights.shape == (2, 2, 6, image_size(name), image_size(name))
+    assert expl.contributions.shape == (2, 2, image_size(name), image_size(name))
     assert (expl.explained != 0).all()
     assert rel_err(expl.contributions.flatten(2).sum(-1), expl.explained) <= 1e-4
     # `explained` is logit - bias, consistent with the logits themselves

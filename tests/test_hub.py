@@ -4,13 +4,13 @@ import math
 import os
 import subprocess
 import sys
-import warnings
 
 import pytest
 import timm
 import torch
 
 import timm_bcos  # noqa: F401
+from helpers import reference_model
 from timm_bcos.bcos_v2 import convert_bcos_v2_state_dict
 from timm_bcos.hub import save_pretrained
 
@@ -76,10 +76,7 @@ def test_offline_hub_cache_round_trip(saved, tmp_path):
 
 
 def _reference_resnet18():
-    pretrained = pytest.importorskip("bcos.models.pretrained")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ref = pretrained.resnet18(pretrained=False)
+    ref = reference_model("resnet18")
     with torch.no_grad():
         for name, buf in ref.named_buffers():
             if name.endswith("running_var"):
@@ -168,11 +165,7 @@ def test_publish_dry_run_writes_loadable_folders(tmp_path):
 
 
 def test_convert_script_rejects_other_architectures_and_pickles(tmp_path):
-    pretrained = pytest.importorskip("bcos.models.pretrained")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        other = pretrained.resnet34(pretrained=False)
-    torch.save(other.state_dict(), tmp_path / "r34.pth")
+    torch.save(reference_model("resnet34").state_dict(), tmp_path / "r34.pth")
     with pytest.raises(SystemExit, match="does not fit bcos_resnet18.*unexpected"):
         _run_script("convert_bcos_v2", str(tmp_path / "r34.pth"), "--name", "resnet18", "--out", str(tmp_path / "o"))
     torch.save({"fn": print}, tmp_path / "pickled.pth")  # a pickled global, not a tensor
@@ -182,11 +175,7 @@ def test_convert_script_rejects_other_architectures_and_pickles(tmp_path):
 
 
 def test_checkpoint_of_another_architecture_names_source_and_keys(tmp_path):
-    pretrained = pytest.importorskip("bcos.models.pretrained")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        other = pretrained.resnet34(pretrained=False)
-    torch.save(other.state_dict(), tmp_path / "r34.pth")
+    torch.save(reference_model("resnet34").state_dict(), tmp_path / "r34.pth")
     with pytest.raises(RuntimeError, match=r"(?s)bcos_resnet18 from file '.*r34\.pth'.*Unexpected key\(s\).*layer1\.2"):
         timm.create_model("bcos_resnet18.bcos_v2_in1k", pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "r34.pth")))

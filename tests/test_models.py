@@ -6,7 +6,7 @@ import timm
 import torch
 
 import timm_bcos  # noqa: F401  (registers the entrypoints)
-from helpers import calibrate_bn, model_contributions, rel_err
+from helpers import calibrate_bn, image_size, model_contributions, rel_err, without_position_embedding
 
 MODELS = timm.list_models("bcos_*")
 EXPECTED = {
@@ -18,19 +18,6 @@ EXPECTED = {
     *(f"bcos_simple_vit_{s}_patch16_224" for s in ("ti", "s", "b", "l")),
     *(f"bcos_vitc_{s}_patch1_14" for s in ("ti", "s", "b", "l")),
 }
-
-
-def _size(name):
-    return 224 if "vit" in name else 75 if "inception" in name else 32 if "cifar" in name else 64
-
-
-def _without_position_embedding(model):
-    """ViTs add a fixed position embedding whatever the input (an input-independent term, like a
-    bias); completeness is exact without it, which is what these tests check."""
-    if getattr(model, "pos_embed", None) is not None:
-        with torch.no_grad():
-            model.pos_embed.zero_()
-    return model
 
 
 def test_registry_lists_every_model():
@@ -50,7 +37,7 @@ def test_forward_backward_and_default_cfg(name):
     assert "logit_layer.logit_bias" in sd
     assert math.isclose(model.logit_layer.logit_bias.item(), -math.log(6), rel_tol=1e-6)
 
-    x = torch.rand(2, 3, _size(name), _size(name))
+    x = torch.rand(2, 3, image_size(name), image_size(name))
     out = model(x)
     assert out.shape == (2, 7)
     out.sum().backward()
@@ -70,7 +57,7 @@ def test_forward_backward_and_default_cfg(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_reset_classifier(name):
     model = timm.create_model(name).eval()
-    x = torch.rand(2, 3, _size(name), _size(name))
+    x = torch.rand(2, 3, image_size(name), image_size(name))
     feats = model.forward_features(x)
     model.reset_classifier(5)
     assert model(x).shape == (2, 5)
@@ -86,7 +73,7 @@ def test_reset_classifier(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_features_only(name):
     model = timm.create_model(name, features_only=True)
-    size = 299 if "inception" in name else _size(name)  # unpadded convs: nominal reductions only at 299
+    size = 299 if "inception" in name else image_size(name)  # unpadded convs: nominal reductions only at 299
     x = torch.rand(1, 3, size, size)
     outs = model(x)
     assert [o.shape[1] for o in outs] == model.feature_info.channels()
@@ -100,7 +87,7 @@ def test_features_only(name):
 def test_grad_checkpointing_gives_the_same_result(name):
     torch.manual_seed(0)
     model = timm.create_model(name).double().train()
-    x = torch.rand(2, 3, _size(name), _size(name), dtype=torch.float64)
+    x = torch.rand(2, 3, image_size(name), image_size(name), dtype=torch.float64)
     ref = model(x)
     model.set_grad_checkpointing(True)
     out = model(x)
@@ -116,8 +103,8 @@ def test_every_model_is_dynamic_linear(name):
     1e-5..1e-200 of the logit bias, so the check uses the pre-bias output itself.
     """
     torch.manual_seed(0)
-    model = _without_position_embedding(timm.create_model(name, num_classes=6).double())
-    x = torch.rand(2, 3, _size(name), _size(name), dtype=torch.float64)
+    model = without_position_embedding(timm.create_model(name, num_classes=6).double())
+    x = torch.rand(2, 3, image_size(name), image_size(name), dtype=torch.float64)
     calibrate_bn(model, x)
     contrib, pre, logits = model_contributions(model, x, torch.tensor([1, 4]))
     assert (pre != 0).all(), "outputs underflowed: the check would be vacuous"

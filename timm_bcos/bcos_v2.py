@@ -149,7 +149,13 @@ def convert_bcos_v2_state_dict(
     """
     if bcos_name not in BCOS_V2_MODELS:
         raise ValueError(f"unknown B-cos v2 model {bcos_name!r}; known: {sorted(BCOS_V2_MODELS)}")
-    rename = next((fn for family, fn in _FAMILY_RENAMES.items() if bcos_name.startswith(family)), lambda k: k)
+    family = next((f for f in _FAMILY_RENAMES if bcos_name.startswith(f)), "")
+    return _convert(state_dict, family, num_classes, logit_bias, logit_temperature)
+
+
+def _convert(state_dict: dict[str, torch.Tensor], family: str, num_classes: int | None,
+             logit_bias: float | None, logit_temperature: float) -> dict[str, torch.Tensor]:
+    rename = _FAMILY_RENAMES.get(family, lambda k: k)
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         new_key = rename(key.replace(".linear.weight", ".weight"))
@@ -161,7 +167,8 @@ def convert_bcos_v2_state_dict(
     if num_classes is None:
         classifier = [v for k, v in out.items() if k.endswith(("fc.weight", "classifier.weight", "head.weight"))]
         if not classifier:
-            raise ValueError(f"cannot infer num_classes for {bcos_name!r}: no classifier weight found")
+            raise ValueError(f"cannot infer num_classes of this {family or 'resnet/densenet'} checkpoint: "
+                             "no classifier weight found")
         num_classes = classifier[-1].shape[0]
     if logit_bias is None:
         logit_bias = -math.log(num_classes - 1)
@@ -273,13 +280,10 @@ def bcos_v2_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
     for another number of classes are dropped so the model keeps -log(C-1) for its C.
     """
     if any(k.endswith(".linear.weight") for k in state_dict):
-        family = _reference_family(model)
-        name = {"vgg": "vgg11_bnu", "convnext": "convnext_tiny", "simple_vit": "simple_vit_ti_patch16_224",
-                "vitc": "vitc_ti_patch1_14"}.get(family, "resnet18")
-        state_dict = convert_bcos_v2_state_dict(state_dict, name)
+        state_dict = _convert(state_dict, _reference_family(model), None, None, 1.0)
     classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     w = state_dict.get(f"{classifier}.weight") if classifier else None
-    own = getattr(model, "state_dict", dict)().get(f"{classifier}.weight") if classifier else None
-    if w is not None and own is not None and w.shape[0] != own.shape[0]:
+    own = getattr(model.get_submodule(classifier), "weight", None) if w is not None else None
+    if own is not None and w.shape[0] != own.shape[0]:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logit_layer.")}
     return state_dict

@@ -101,7 +101,9 @@ def linear_rule(m: nn.Linear, path: str, ctx: Context) -> nn.Module:
 
 
 def _finish_norm(new: nn.Module, old: nn.Module, ctx: Context) -> nn.Module:
-    new = new.to(next(iter(old.parameters()), torch.empty(0)).dtype) if list(old.parameters()) else new
+    param = next(old.parameters(), None)
+    if param is not None:
+        new = new.to(param.dtype)
     for name in ("weight", "bias", "running_var"):
         src, dst = getattr(old, name, None), getattr(new, name, None)
         if src is not None and dst is not None and src.shape == dst.shape:

@@ -7,7 +7,6 @@ or, once uploaded, `timm.create_model("hf-hub:ORG/REPO")` (after `import timm_bc
 """
 from __future__ import annotations
 
-import json
 import shutil
 import tempfile
 from pathlib import Path
@@ -153,11 +152,3 @@ def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, toke
     create_repo(repo_id, private=private, token=token, exist_ok=True)
     upload_folder(repo_id=repo_id, folder_path=str(folder), token=token, commit_message=commit_message)
     return repo_id
-
-
-def read_config(folder: str | Path) -> dict[str, Any]:
-    path = Path(folder) / "config.json"
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found: not a saved timm_bcos model folder") from None

@@ -3,15 +3,12 @@ from __future__ import annotations
 
 import difflib
 import warnings
-from typing import Sequence
 
 import torch
 from torch import Tensor, nn
 
 from ..layers import explanation_mode
 from .result import Explanation
-
-TargetSpec = "int | Sequence[int] | Tensor | None"
 
 
 def _as_targets(target, n: int, scores: Tensor, topk: int | None) -> Tensor:

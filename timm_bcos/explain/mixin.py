@@ -19,8 +19,12 @@ from ..layers import InputEncoding, LogitLayer, default_logit_bias, explanation_
 class BcosModelMixin:
     """Adds the logit layer, the v2 head order and explanation helpers to a timm model."""
 
-    bcos_recipe: Any
     bcos_head: Any
+
+    @property
+    def bcos_recipe(self):
+        """The recipe this model was converted with."""
+        return self._bcos_context.recipe
 
     # ------------------------------------------------------------------ explanation
     def explanation_mode(self):
@@ -110,7 +114,6 @@ def _bcos_class(cls: type) -> type:
 
 def attach_bcos_mixin(model: nn.Module, recipe: Any, head: Any, ctx: Any, rules: dict, num_classes: int) -> nn.Module:
     model.__class__ = _bcos_class(type(model))
-    model.bcos_recipe = recipe
     model.bcos_head = head
     model._bcos_context = ctx
     model._bcos_rules = rules

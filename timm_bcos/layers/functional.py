@@ -68,7 +68,7 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
     """
     if b == 1:
         return linear_out
-    if b == 2 and linear_out.dtype != torch.float16:
+    if b == 2:
         return _BcosScaleB2.apply(linear_out, input_norm, detach)
     out_for_scale = linear_out.detach() if detach else linear_out
     norm = input_norm.detach() if detach else input_norm

@@ -96,13 +96,7 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
         _check_4d(x, self, self.num_features)
         use_batch_stats = self.training or self.running_var is None
         if use_batch_stats:
-            if x.dtype == torch.float16:
-                stats_input = x.detach() if self.detach else x
-                var = stats_input.var(dim=(0, 2, 3), unbiased=False)
-                y = x * (torch.rsqrt(var + self.eps) * self.weight if self.weight is not None
-                         else torch.rsqrt(var + self.eps))[:, None, None]
-            else:
-                y, var = _UncenteredBatchNormTrain.apply(x, self.weight, self.eps, self.detach)
+            y, var = _UncenteredBatchNormTrain.apply(x, self.weight, self.eps, self.detach)
             if self.training and self.track_running_stats and self.running_var is not None:
                 self.num_batches_tracked.add_(1)
                 momentum = (

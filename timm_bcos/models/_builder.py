@@ -101,16 +101,17 @@ def build_bcos(
         return convert(model, resolved, head=head)
 
     kwargs.setdefault("pretrained_filter_fn", bcos_v2_filter_fn)
-    if pretrained and _weights_source(variant, kwargs).startswith("nowhere"):
-        # timm would only log a warning and hand back random weights
-        raise RuntimeError(f"could not load pretrained weights for {variant} from {_weights_source(variant, kwargs)}")
-    try:
+    if not pretrained:
         model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
-    except Exception as e:
-        if not pretrained:
-            raise
-        raise RuntimeError(f"could not load pretrained weights for {variant} from {_weights_source(variant, kwargs)}: "
-                           f"{type(e).__name__}: {e}") from e
+    else:
+        source = _weights_source(variant, kwargs)
+        if source.startswith("nowhere"):  # timm would only log a warning and hand back random weights
+            raise RuntimeError(f"could not load pretrained weights for {variant} from {source}")
+        try:
+            model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
+        except Exception as e:
+            raise RuntimeError(f"could not load pretrained weights for {variant} from {source}: "
+                               f"{type(e).__name__}: {e}") from e
     # what save_pretrained writes as model_args, so the folder re-creates this model
     model.bcos_model_args = {
         **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
