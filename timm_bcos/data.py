@@ -1,0 +1,215 @@
+"""Image-classification data from Hugging Face `datasets` (a Hub id or a local folder).
+
+Images are decoded here rather than by `datasets`, so that one unreadable file is
+skipped and counted instead of ending a run. Random augmentation is seeded per
+(seed, epoch, index): the same sample gets the same crop whatever the number of
+processes or workers, and a resumed run sees the images an uninterrupted one saw.
+"""
+from __future__ import annotations
+
+import io
+import random
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, Sampler
+
+_TORCH_RNG = torch.default_generator
+IMAGE_COLUMNS = ("image", "img", "pixel_values", "picture")
+LABEL_COLUMNS = ("label", "labels", "fine_label", "class", "target")
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as asked (missing split or column)."""
+
+
+@dataclass
+class ImageDatasetInfo:
+    image_column: str
+    label_column: str
+    num_classes: int
+    label_names: list[str] | None
+
+
+def _find_column(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str,
+                 source: str) -> str:
+    if wanted is not None:
+        if wanted not in columns:
+            raise DataError(f"{source} has no {what} column {wanted!r}; its columns are {list(columns)}")
+        return wanted
+    for name in candidates:
+        if name in columns:
+            return name
+    raise DataError(
+        f"{source}: no {what} column found; expected one of {list(candidates)}, the columns are "
+        f"{list(columns)}. Name it with --{what}-column."
+    )
+
+
+def load_split(source: str, split: str, *, cache_dir: str | None = None, image_column: str | None = None,
+               label_column: str | None = None, max_samples: int | None = None):
+    """Load one split of a Hub data set or a local folder (parquet layout or class subfolders).
+
+    `split` accepts `datasets` slicing ("train[:500]"). Returns (dataset, ImageDatasetInfo);
+    the image column is left undecoded (bytes/paths) for `ImageClassificationDataset`.
+    """
+    import datasets
+
+    base_split = split.split("[")[0]
+    local = Path(source)
+    if not local.is_dir() and (local.suffix or source.startswith((".", "/"))):
+        raise DataError(f"data set folder not found: {source}")
+    try:
+        splits = datasets.get_dataset_split_names(source, cache_dir=cache_dir)
+    except Exception as e:  # datasets raises many types for a missing or malformed source
+        raise DataError(f"cannot open data set {source!r}: {type(e).__name__}: {e}") from e
+    if splits and base_split not in splits:
+        raise DataError(f"data set {source!r} has no split {base_split!r}; its splits are {splits}")
+    ds = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
+    image_col = _find_column(ds.column_names, image_column, IMAGE_COLUMNS, "image", f"data set {source!r}")
+    label_col = _find_column(ds.column_names, label_column, LABEL_COLUMNS, "label", f"data set {source!r}")
+    if max_samples is not None:
+        ds = ds.select(range(min(max_samples, len(ds))))
+    feature = ds.features[label_col]
+    if isinstance(feature, datasets.ClassLabel):
+        num_classes, names = feature.num_classes, list(feature.names)
+    else:
+        labels = ds[label_col]
+        num_classes, names = int(max(labels)) + 1, None
+    if isinstance(ds.features[image_col], datasets.Image):
+        ds = ds.cast_column(image_col, datasets.Image(decode=False))
+    return ds, ImageDatasetInfo(image_col, label_col, num_classes, names)
+
+
+def decode_image(value):
+    """A PIL RGB image from what `datasets` stores (bytes/path dict, path, PIL image or array)."""
+    from PIL import Image
+
+    if isinstance(value, dict):
+        img = Image.open(io.BytesIO(value["bytes"])) if value.get("bytes") else Image.open(value["path"])
+    elif isinstance(value, (str, Path)):
+        img = Image.open(value)
+    elif isinstance(value, Image.Image):
+        img = value
+    else:
+        img = Image.fromarray(np.asarray(value))
+    img.load()
+    return img.convert("RGB")
+
+
+class ImageClassificationDataset(Dataset):
+    """(image tensor, label) pairs; undecodable images come back as None (see `collate_skipping`)."""
+
+    def __init__(self, hf_dataset, info: ImageDatasetInfo, transform: Callable, seed: int = 0) -> None:
+        self.data = hf_dataset
+        self.info = info
+        self.transform = transform
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        """Batched row access: one arrow read per batch instead of one per image (~10x cheaper)."""
+        indices = [int(i) for i in indices]
+        rows = self.data[indices]
+        return [self._sample(i, img, label) for i, img, label in
+                zip(indices, rows[self.info.image_column], rows[self.info.label_column])]
+
+    def _sample(self, index: int, value, label):
+        try:
+            img = decode_image(value)
+        except Exception:  # PIL raises several types for corrupt files; the collate step counts them
+            return None
+        # Seed torch's and Python's global RNGs (what torchvision and timm transforms draw from)
+        # for this sample only; numpy's is left alone (seeding it costs ~4x the whole transform).
+        sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        torch_state, py_state = _TORCH_RNG.get_state(), random.getstate()
+        _TORCH_RNG.manual_seed(sample_seed)
+        random.seed(sample_seed)
+        try:
+            x = self.transform(img)
+        finally:
+            _TORCH_RNG.set_state(torch_state)
+            random.setstate(py_state)
+        return x, int(label)
+
+
+def collate_skipping(samples) -> dict[str, torch.Tensor]:
+    """Stack the decodable samples; `skipped` counts the undecodable ones (None) in the batch."""
+    kept = [s for s in samples if s is not None]
+    skipped = torch.tensor(len(samples) - len(kept))
+    if not kept:
+        return {"images": torch.empty(0), "labels": torch.empty(0, dtype=torch.long), "skipped": skipped}
+    images = torch.stack([s[0] for s in kept])
+    labels = torch.tensor([s[1] for s in kept], dtype=torch.long)
+    return {"images": images, "labels": labels, "skipped": skipped}
+
+
+class EpochSampler(Sampler[int]):
+    """A permutation per epoch drawn from (seed, epoch) alone, so a resumed run can replay it."""
+
+    def __init__(self, length: int, seed: int = 0, shuffle: bool = True) -> None:
+        self.length = length
+        self.seed = seed
+        self.shuffle = shuffle
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return self.length
+
+    def __iter__(self):
+        if not self.shuffle:
+            return iter(range(self.length))
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+
+class PadCropFlip:
+    """The CIFAR training transform (zero-pad, random crop, horizontal flip, to [0, 1], normalise)
+    on tensors: ~10x cheaper than the PIL pipeline, which matters on a 2-core machine."""
+
+    def __init__(self, size, pad: int = 4, hflip: float = 0.5, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
+        self.size = tuple(size)
+        self.pad = pad
+        self.hflip = hflip
+        self.mean = torch.tensor(mean, dtype=torch.float32).view(3, 1, 1)
+        self.std = torch.tensor(std, dtype=torch.float32).view(3, 1, 1)
+
+    def __call__(self, img) -> torch.Tensor:
+        x = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+        x = torch.nn.functional.pad(x, (self.pad,) * 4)
+        h, w = self.size
+        top = int(torch.randint(0, x.shape[1] - h + 1, (1,)))
+        left = int(torch.randint(0, x.shape[2] - w + 1, (1,)))
+        x = x[:, top:top + h, left:left + w]
+        if float(torch.rand(())) < self.hflip:
+            x = x.flip(-1)
+        return (x.float() / 255.0 - self.mean) / self.std
+
+
+def build_transform(model, *, is_training: bool, crop: str = "rrc", pad: int = 4, **timm_kwargs) -> Callable:
+    """timm's transform for `model`'s pretrained cfg; `crop="pad"` is the CIFAR recipe (pad, random crop, flip)."""
+    from timm.data import create_transform, resolve_data_config
+
+    cfg = resolve_data_config({}, model=model)
+    if is_training and crop == "pad":
+        return PadCropFlip(cfg["input_size"][-2:], pad, hflip=timm_kwargs.get("hflip", 0.5),
+                           mean=cfg["mean"], std=cfg["std"])
+    if crop not in ("rrc", "pad"):
+        raise ValueError(f"crop must be 'rrc' (timm's random resized crop) or 'pad' (CIFAR), got {crop!r}")
+    kwargs = {k: v for k, v in timm_kwargs.items() if v is not None}
+    return create_transform(**cfg, is_training=is_training, **kwargs)

@@ -1,0 +1,97 @@
+"""Spatial attribution maps, one per (image, target), from the model itself or post-hoc methods.
+
+Every method maps (model, images [N, 3, H, W] in [0, 1], targets [N]) to [N, H, W]:
+attributions summed over colour channels. Post-hoc methods come from Captum and act on
+`normalised(model)`, so baselines and inputs live in the same [0, 1] image space for
+B-cos and conventional models alike.
+"""
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+AttributionFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
+
+
+class Normalised(nn.Module):
+    """`model` behind its pretrained cfg's mean/std normalisation (identity for B-cos models)."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        cfg = getattr(model, "pretrained_cfg", None) or {}
+        mean = torch.tensor(cfg.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32)
+        std = torch.tensor(cfg.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32)
+        self.model = model
+        self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
+        self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.model((x - self.mean) / self.std)
+
+
+def last_feature_layer(model: nn.Module) -> nn.Module:
+    """The module producing the last feature map (GradCAM's layer): timm's feature_info, last entry."""
+    info = getattr(model, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(model).__name__} has no feature_info to find GradCAM's layer; pass gradcam_layer")
+    last = info[-1]
+    return model.get_submodule(last["module"] if isinstance(last, dict) else last.module_name())
+
+
+def own_contributions(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """The B-cos model's own explanation: Eq. 15 contributions summed over the 6 encoded channels."""
+    if not hasattr(model, "explain"):
+        raise TypeError(f"{type(model).__name__} is not a B-cos model: it has no own explanation")
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    if tuple(cfg.get("mean", (0, 0, 0))) != (0, 0, 0) or tuple(cfg.get("std", (1, 1, 1))) != (1, 1, 1):
+        raise ValueError("own contributions expect a B-cos model on plain [0, 1] RGB (mean 0, std 1)")
+    return model.explain(images, target=targets).contributions[:, 0]
+
+
+def _captum(method: str, **kwargs) -> AttributionFn:
+    def attribute(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        import captum.attr as ca
+
+        wrapped = Normalised(model).to(images.device).eval()
+        x = images.detach().clone().requires_grad_(True)
+        t = targets.tolist()
+        if method == "grad":
+            a = ca.Saliency(wrapped).attribute(x, target=t, abs=False)
+        elif method == "ixg":
+            a = ca.InputXGradient(wrapped).attribute(x, target=t)
+        elif method == "ig":
+            a = ca.IntegratedGradients(wrapped).attribute(x, target=t, baselines=0.0, **kwargs)
+        elif method == "deeplift":
+            a = ca.DeepLift(wrapped).attribute(x, target=t, baselines=0.0)
+        elif method == "gradcam":
+            layer = kwargs.get("layer") or last_feature_layer(model)
+            cam = ca.LayerGradCam(wrapped, layer).attribute(x, target=t)
+            a = F.interpolate(cam, size=images.shape[-2:], mode="bilinear", align_corners=False)
+        else:  # pragma: no cover - guarded by ATTRIBUTION_METHODS
+            raise ValueError(method)
+        return a.detach().sum(1)
+
+    return attribute
+
+
+ATTRIBUTION_METHODS: dict[str, AttributionFn] = {
+    "own": own_contributions,
+    "grad": _captum("grad"),
+    "ixg": _captum("ixg"),
+    "ig": _captum("ig", n_steps=20, internal_batch_size=64),
+    "deeplift": _captum("deeplift"),
+    "gradcam": _captum("gradcam"),
+}
+METHOD_LABELS = {"own": "B-cos (own)", "grad": "Grad", "ixg": "IxG", "ig": "IntGrad", "deeplift": "DeepLIFT",
+                 "gradcam": "GradCAM"}
+
+
+def attribution_maps(model: nn.Module, images: Tensor, targets: Tensor, method: str) -> Tensor:
+    """[N, H, W] attributions of `targets` [N] for `images` [N, 3, H, W] by `method` (see ATTRIBUTION_METHODS)."""
+    if method not in ATTRIBUTION_METHODS:
+        raise ValueError(f"unknown attribution method {method!r}; expected one of {sorted(ATTRIBUTION_METHODS)}")
+    with torch.enable_grad():
+        return ATTRIBUTION_METHODS[method](model, images, targets)

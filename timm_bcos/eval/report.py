@@ -1,0 +1,74 @@
+"""Pointing-game summaries: a markdown table and a box plot in the style of the paper's Fig. 6."""
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+
+def summarise(scores: Tensor) -> dict[str, float]:
+    s = scores.double()
+    q = torch.quantile(s, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
+    return {"mean": float(s.mean()), "q1": float(q[0]), "median": float(q[1]), "q3": float(q[2]), "n": len(s)}
+
+
+def markdown_table(results: dict[str, dict[str, Tensor]], labels: dict[str, str] | None = None) -> str:
+    """results: {model: {method: scores}} -> one row per (model, method)."""
+    labels = labels or {}
+    rows = ["| model | method | mean | median | Q1 | Q3 | n |", "|---|---|---:|---:|---:|---:|---:|"]
+    for model, per_method in results.items():
+        for method, scores in per_method.items():
+            s = summarise(scores)
+            rows.append(f"| {model} | {labels.get(method, method)} | {s['mean']:.3f} | {s['median']:.3f} | "
+                        f"{s['q1']:.3f} | {s['q3']:.3f} | {s['n']} |")
+    return "\n".join(rows) + "\n"
+
+
+def box_plot(results: dict[str, dict[str, Tensor]], path: str | Path, *, title: str = "",
+             labels: dict[str, str] | None = None, chance: float | None = None) -> Path:
+    """One group of boxes per model, one box per method; written atomically as PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = labels or {}
+    methods = list(dict.fromkeys(m for per in results.values() for m in per))
+    fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(methods) * len(results), 3.6))
+    colours = plt.get_cmap("tab10")
+    pos, data, cols = [], [], []
+    for gi, (model, per_method) in enumerate(results.items()):
+        for mi, method in enumerate(methods):
+            if method in per_method:
+                pos.append(gi * (len(methods) + 1) + mi)
+                data.append(per_method[method].numpy())
+                cols.append(colours(mi))
+    parts = ax.boxplot(data, positions=pos, widths=0.7, patch_artist=True, showfliers=False)
+    for patch, c in zip(parts["boxes"], cols):
+        patch.set_facecolor(c)
+    ax.set_xticks([gi * (len(methods) + 1) + (len(methods) - 1) / 2 for gi in range(len(results))])
+    ax.set_xticklabels(list(results))
+    if chance is not None:
+        ax.axhline(chance, color="grey", ls="--", lw=1, label="uniform")
+    handles = [plt.Rectangle((0, 0), 1, 1, color=colours(i)) for i in range(len(methods))]
+    ax.legend(handles, [labels.get(m, m) for m in methods], fontsize=7, ncol=len(methods), loc="upper center",
+              bbox_to_anchor=(0.5, -0.12))
+    ax.set_ylabel("localisation score")
+    ax.set_ylim(0, 1)
+    ax.set_title(title)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path

@@ -1,0 +1,536 @@
+#!/usr/bin/env python
+"""Train or fine-tune any timm model (B-cos or conventional) with Hugging Face Accelerate.
+
+From one CPU process to multi-node GPUs, the same script:
+
+  pip install -e ".[train]"                  # from a clone of timm_bcos
+  # CIFAR-10, the paper's 9-layer B-cos network, one process:
+  python train_scripts/train.py --config train_scripts/configs/cifar10_bcos.yaml \\
+      --dataset uoft-cs/cifar10 --output runs/cifar10
+  # ImageNet, B-cos v2 recipe, 8 GPUs (accelerate configs in train_scripts/configs/accelerate/):
+  accelerate launch --config_file train_scripts/configs/accelerate/8gpu.yaml train_scripts/train.py \\
+      --config train_scripts/configs/imagenet_bcos_v2.yaml --model bcos_resnet50 \\
+      --dataset ILSVRC/imagenet-1k --output runs/resnet50
+  # fine-tune a released B-cos model on your own folder (one subfolder per class):
+  accelerate launch train_scripts/train.py --config train_scripts/configs/finetune.yaml \\
+      --model bcos_resnet50 --pretrained --dataset path/to/folder --output runs/mine
+
+Every option can be set in the YAML file (same names, with underscores) and overridden
+on the command line. --batch-size is the global batch (split across processes), so a
+recipe means the same thing on 1 or 64 GPUs. Interrupted runs continue with
+--resume latest, exactly where they stopped (model, optimiser, EMA, data position, RNG).
+At the end the EMA (or best) weights are exported in the Hugging Face Hub layout to
+OUTPUT/export (model.safetensors + config.json + README.md with the measured accuracy).
+"""
+from __future__ import annotations
+
+import argparse
+import difflib
+import json
+import math
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML file of option values (train_scripts/configs/*.yaml)")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", help="timm model name (bcos_* or conventional); see timm.list_models()")
+    g.add_argument("--model-kwargs", type=json.loads, default={},
+                   help='JSON dict of extra create_model kwargs, e.g. \'{"width": 0.5, "norm": true}\'')
+    g.add_argument("--pretrained", action="store_true", help="start from the model's pretrained weights")
+    g.add_argument("--checkpoint", help="start from these weights (.safetensors, or a .pth state dict)")
+    g.add_argument("--bcosify-from", help="start a B-cos model from this conventional timm model's "
+                   "pretrained weights (timm_bcos.convert with carry_weights=True)")
+    g.add_argument("--recipe", default="v2", help="B-cos recipe for --bcosify-from (v2, v2_bnu, v1)")
+    g.add_argument("--num-classes", type=int, help="default: the number of classes in the data set")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset", help="Hub data set id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or a local "
+                   "folder (Hub parquet layout, or one subfolder of images per class)")
+    g.add_argument("--train-split", default="train", help="%(default)s; slicing works: 'train[:10%%]'")
+    g.add_argument("--val-split", default="validation", help="%(default)s; '' to skip evaluation")
+    g.add_argument("--image-column", help="default: found automatically (image, img, ...)")
+    g.add_argument("--label-column", help="default: found automatically (label, labels, ...)")
+    g.add_argument("--max-train-samples", type=int)
+    g.add_argument("--max-val-samples", type=int)
+    g.add_argument("--cache-dir", help="datasets cache folder")
+    g.add_argument("--workers", type=int, default=2, help="data loader workers per process (%(default)s)")
+    g = p.add_argument_group("augmentation")
+    g.add_argument("--crop", default="rrc", choices=["rrc", "pad"],
+                   help="rrc: timm's random resized crop; pad: pad 4 + random crop (CIFAR) (%(default)s)")
+    g.add_argument("--auto-augment", help="timm auto-augment spec, e.g. rand-m9-mstd0.5 (RandAugment)")
+    g.add_argument("--hflip", type=float, default=0.5)
+    g.add_argument("--scale", type=float, nargs=2, default=None, help="random resized crop scale range")
+    g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
+    g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
+    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing (with mixup/cutmix)")
+    g = p.add_argument_group("optimisation")
+    g.add_argument("--loss", default="bce", choices=["bce", "bce_uniform_off", "ce"],
+                   help="bce: paper Eq. 16; bce_uniform_off: v2 (off-labels 1/C); ce: conventional")
+    g.add_argument("--opt", default="adam", help="any timm optimizer (adam, adamw, sgd, lamb, ...)")
+    g.add_argument("--lr", type=float, default=1e-3)
+    g.add_argument("--weight-decay", type=float, default=0.0)
+    g.add_argument("--momentum", type=float, default=0.9, help="for SGD-like optimizers")
+    g.add_argument("--batch-size", type=int, default=64, help="global batch size (%(default)s)")
+    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("--epochs", type=int, default=100)
+    g.add_argument("--sched", default="cosine", help="timm scheduler: cosine, step, multistep, none")
+    g.add_argument("--warmup-epochs", type=float, default=0)
+    g.add_argument("--warmup-lr", type=float, default=1e-6)
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--decay-epochs", type=float, default=30, help="step schedule period")
+    g.add_argument("--decay-milestones", type=int, nargs="+", default=[60], help="multistep epochs")
+    g.add_argument("--decay-rate", type=float, default=0.1)
+    g.add_argument("--clip-grad", type=float, help="clip value (with --clip-mode)")
+    g.add_argument("--clip-mode", default="agc", choices=["agc", "norm", "value"],
+                   help="agc: adaptive gradient clipping as in the B-cos v2 recipes (%(default)s)")
+    g.add_argument("--ema-decay", type=float, default=0.0, help="model EMA decay (0: off), e.g. 0.9998")
+    g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
+                   help="default: what `accelerate launch` / its config says")
+    g.add_argument("--seed", type=int, default=0)
+    g = p.add_argument_group("checkpoints and output")
+    g.add_argument("--output", default="runs/train", help="output folder (%(default)s)")
+    g.add_argument("--checkpoint-every", type=int, default=0,
+                   help="also save a checkpoint every N optimizer steps (0: only at epoch ends)")
+    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--resume", help="a checkpoint folder, or 'latest' (the newest in OUTPUT/checkpoints)")
+    g.add_argument("--export", default="ema", choices=["ema", "best", "last", "none"],
+                   help="weights exported to OUTPUT/export at the end (ema falls back to best) (%(default)s)")
+    g.add_argument("--log-every", type=int, default=50, help="optimizer steps between log lines")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--no-tensorboard", action="store_true")
+    g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (for tests)")
+    return p
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = build_parser()
+    pre, _ = parser.parse_known_args(argv)
+    if pre.config:
+        import yaml
+
+        path = Path(pre.config)
+        if not path.is_file():
+            parser.error(f"config file not found: {pre.config}")
+        values = yaml.safe_load(path.read_text()) or {}
+        known = {a.dest for a in parser._actions}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            parser.error(f"{pre.config}: unknown options {unknown}; valid ones are the --long-options "
+                         "of train.py with underscores")
+        parser.set_defaults(**values)
+    args = parser.parse_args(argv)
+    for required in ("model", "dataset"):
+        if not getattr(args, required):
+            parser.error(f"--{required} is required (on the command line or in --config)")
+    return args
+
+
+def fail(message: str) -> "NoReturn":  # noqa: F821
+    print(f"error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def check_model_name(name: str) -> None:
+    import timm
+
+    import timm_bcos  # noqa: F401  (registers bcos_*)
+
+    if timm.is_model(name) or name.startswith(("hf-hub:", "local-dir:")):
+        return
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models()."
+    fail(f"unknown model {name!r}.{hint}")
+
+
+def load_weights_file(path: str) -> dict[str, torch.Tensor]:
+    p = Path(path)
+    if not p.is_file():
+        fail(f"checkpoint not found: {path}")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(p)
+    state = torch.load(p, map_location="cpu", weights_only=True)
+    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+
+
+def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, model_name: str) -> None:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: {tuple(state[k].shape)} vs {tuple(own[k].shape)}" for k in own
+              if k in state and state[k].shape != own[k].shape]
+    if missing or unexpected or shapes:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (e.g. {missing[:3]})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[:3]})")
+        if shapes:
+            parts.append(f"{len(shapes)} shape mismatches (e.g. {shapes[:3]})")
+        fail(f"{source} does not fit model {model_name}: {'; '.join(parts)}. "
+             "Is it a checkpoint of another model or of other --model-kwargs / --num-classes?")
+    model.load_state_dict(state)
+
+
+def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
+    import timm
+
+    import timm_bcos
+
+    check_model_name(args.model)
+    kwargs = dict(args.model_kwargs)
+    if args.bcosify_from:
+        check_model_name(args.bcosify_from)
+        conventional = timm.create_model(args.bcosify_from, pretrained=True, **kwargs)
+        model = timm_bcos.convert(conventional, args.recipe, carry_weights=True)
+        if model.num_classes != num_classes:
+            model.reset_classifier(num_classes)
+    else:
+        model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **kwargs)
+    if args.checkpoint:
+        load_into(model, load_weights_file(args.checkpoint), args.checkpoint, args.model)
+    return model
+
+
+class TrainState:
+    """Where the run is: registered with Accelerate so that save_state/load_state carry it."""
+
+    def __init__(self) -> None:
+        self.epoch = 0
+        self.batches_in_epoch = 0  # data position inside `epoch`
+        self.update = 0  # optimizer steps so far
+        self.best_top1 = -1.0
+        self.best_epoch = -1
+
+    def state_dict(self) -> dict:
+        return dict(vars(self))
+
+    def load_state_dict(self, state: dict) -> None:
+        vars(self).update(state)
+
+
+def run_meta(args: argparse.Namespace, num_classes: int) -> dict:
+    return {"model": args.model, "model_kwargs": args.model_kwargs, "num_classes": num_classes,
+            "bcosify_from": args.bcosify_from}
+
+
+def find_checkpoint(args: argparse.Namespace) -> Path | None:
+    if not args.resume:
+        return None
+    if args.resume == "latest":
+        ckpts = sorted((Path(args.output) / "checkpoints").glob("step_*"))
+        if not ckpts:
+            print(f"no checkpoint in {args.output}/checkpoints; starting from scratch", flush=True)
+            return None
+        return ckpts[-1]
+    path = Path(args.resume)
+    if not (path / "train_meta.json").is_file():
+        fail(f"--resume {args.resume}: not a checkpoint folder of train.py (no train_meta.json)")
+    return path
+
+
+def save_checkpoint(accelerator, args, state: TrainState, meta: dict) -> None:
+    """accelerator.save_state into a temporary folder, renamed when complete (a kill never leaves half)."""
+    root = Path(args.output) / "checkpoints"
+    name = f"step_{state.update:09d}"
+    tmp = root / f".tmp_{name}"
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp))
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        (tmp / "train_meta.json").write_text(json.dumps({**meta, **state.state_dict()}, indent=1))
+        final = root / name
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+        for old in sorted(root.glob("step_*"))[: -args.keep_checkpoints or None]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+def evaluate(model, loader, accelerator) -> dict[str, float]:
+    from timm_bcos.losses import top_k_correct
+
+    was_training = model.training
+    model.eval()
+    correct = {1: 0, 5: 0}
+    seen = 0
+    with torch.no_grad():
+        for batch in loader:
+            logits = model(batch["images"])
+            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
+            for k, v in top_k_correct(logits.float(), labels).items():
+                correct[k] += int(v)
+            seen += labels.numel()
+    model.train(was_training)
+    return {"top1": 100.0 * correct[1] / max(seen, 1), "top5": 100.0 * correct[5] / max(seen, 1), "n": seen}
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from accelerate import Accelerator, DataLoaderConfiguration
+    from accelerate.utils import set_seed
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.scheduler import create_scheduler_v2
+    from timm.utils import ModelEmaV3, dispatch_clip_grad
+
+    import timm_bcos  # noqa: F401
+    from timm_bcos.data import DataError, EpochSampler, ImageClassificationDataset, build_transform, \
+        collate_skipping, load_split
+    from timm_bcos.losses import create_loss
+
+    output = Path(args.output)
+    use_tb = not args.no_tensorboard
+    if use_tb:
+        try:
+            import tensorboard  # noqa: F401
+        except ImportError:
+            use_tb = False
+    accelerator = Accelerator(
+        gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
+        dataloader_config=DataLoaderConfiguration(split_batches=True), rng_types=[],
+        log_with="tensorboard" if use_tb else None, project_dir=str(output),
+    )
+    say = accelerator.print
+    if args.batch_size % (accelerator.num_processes * args.grad_accum):
+        fail(f"--batch-size {args.batch_size} must be divisible by processes x --grad-accum "
+             f"({accelerator.num_processes} x {args.grad_accum})")
+    set_seed(args.seed)
+
+    check_model_name(args.model)
+    try:
+        train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir,
+                                    image_column=args.image_column, label_column=args.label_column,
+                                    max_samples=args.max_train_samples)
+        val_hf = None
+        if args.val_split:
+            val_hf, _ = load_split(args.dataset, args.val_split, cache_dir=args.cache_dir,
+                                   image_column=info.image_column, label_column=info.label_column,
+                                   max_samples=args.max_val_samples)
+    except DataError as e:
+        fail(str(e))
+    num_classes = args.num_classes or info.num_classes
+    model = create_model(args, num_classes)
+    meta = run_meta(args, num_classes)
+
+    per_step = args.batch_size // args.grad_accum
+    train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip,
+                               auto_augment=args.auto_augment, scale=args.scale and tuple(args.scale))
+    train_ds = ImageClassificationDataset(train_hf, info, train_tf, seed=args.seed)
+    sampler = EpochSampler(len(train_ds), seed=args.seed)
+    train_loader = torch.utils.data.DataLoader(
+        train_ds, batch_size=per_step, sampler=sampler, drop_last=True, num_workers=args.workers,
+        collate_fn=collate_skipping, generator=torch.Generator(),
+    )
+    if len(train_loader) == 0:
+        fail(f"{len(train_ds)} training images are fewer than one batch of {per_step}")
+    val_loader = None
+    if val_hf is not None:
+        val_ds = ImageClassificationDataset(val_hf, info, build_transform(model, is_training=False))
+        val_loader = torch.utils.data.DataLoader(val_ds, batch_size=per_step, num_workers=args.workers,
+                                                 collate_fn=collate_skipping)
+
+    mixup = None
+    if args.mixup > 0 or args.cutmix > 0:
+        mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
+                      num_classes=num_classes)
+    criterion = create_loss(args.loss)
+    optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
+                                    momentum=args.momentum)
+    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if val_loader is not None:
+        val_loader = accelerator.prepare(val_loader)
+    updates_per_epoch = len(train_loader) // args.grad_accum
+    scheduler = None
+    if args.sched != "none":
+        scheduler, _ = create_scheduler_v2(
+            optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+            decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, min_lr=args.min_lr,
+            warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, step_on_epochs=False,
+            updates_per_epoch=updates_per_epoch,
+        )
+    ema = None
+    if args.ema_decay > 0:
+        ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.ema_decay)
+        accelerator.register_for_checkpointing(ema)
+    state = TrainState()
+    accelerator.register_for_checkpointing(state)
+
+    ckpt = find_checkpoint(args)
+    if ckpt is not None:
+        saved = json.loads((ckpt / "train_meta.json").read_text())
+        differs = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
+        if differs:
+            fail(f"checkpoint {ckpt} is from another run: " +
+                 ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differs.items()))
+        try:
+            accelerator.load_state(str(ckpt))
+        except Exception as e:
+            fail(f"cannot resume from {ckpt}: {type(e).__name__}: {e}")
+        say(f"resumed from {ckpt}: epoch {state.epoch}, {state.batches_in_epoch} batches in, "
+            f"step {state.update}", flush=True)
+
+    if use_tb:
+        accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in vars(args).items()})
+    say(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
+        f"{len(train_ds)} train / {len(val_loader.dataset) if val_loader else 0} val images, "
+        f"{num_classes} classes, {accelerator.num_processes} process(es), global batch {args.batch_size}, "
+        f"{updates_per_epoch} steps/epoch", flush=True)
+
+    from tqdm.auto import tqdm
+
+    total_updates = args.epochs * updates_per_epoch
+    if args.max_steps is not None:
+        total_updates = min(total_updates, args.max_steps)
+    bar = tqdm(total=total_updates, initial=state.update, unit="step", dynamic_ncols=True,
+               disable=args.no_progress or not accelerator.is_local_main_process)
+    metrics: dict[str, float] = {}
+    stop = False
+    skipped_total = 0
+    model.train()
+    if scheduler is not None:
+        scheduler.step_update(state.update)
+    while state.epoch < args.epochs and not stop:
+        epoch = state.epoch
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) \
+            if state.batches_in_epoch else train_loader
+        window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        for batch in loader:
+            images, labels = batch["images"], batch["labels"]
+            skipped_total += int(batch["skipped"])
+            if mixup is not None:
+                images, labels = mixup(images, labels)
+            with accelerator.accumulate(model):
+                loss = criterion(model(images), labels)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and args.clip_grad:
+                    accelerator.unscale_gradients()
+                    dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            state.batches_in_epoch += 1
+            window_loss += float(loss.detach()) * images.shape[0]
+            window_images += images.shape[0]
+            if not accelerator.sync_gradients:
+                continue
+            state.update += 1
+            if scheduler is not None:
+                scheduler.step_update(state.update)
+            if ema is not None:
+                ema.update(accelerator.unwrap_model(model), step=state.update)
+            bar.update(1)
+            if state.update % args.log_every == 0 or state.batches_in_epoch == len(train_loader):
+                elapsed = time.perf_counter() - window_start
+                line = {"train/loss": window_loss / max(window_images, 1),
+                        "train/lr": optimizer.param_groups[0]["lr"],
+                        "train/images_per_s": window_images * accelerator.num_processes / max(elapsed, 1e-9),
+                        "epoch": epoch + state.batches_in_epoch / len(train_loader)}
+                bar.set_postfix(loss=f"{line['train/loss']:.4f}", ips=f"{line['train/images_per_s']:.0f}")
+                if use_tb:
+                    accelerator.log(line, step=state.update)
+                if args.no_progress:
+                    say(json.dumps({"step": state.update, **{k: round(v, 6) for k, v in line.items()}}),
+                        flush=True)
+                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+            if args.max_steps is not None and state.update >= args.max_steps:
+                stop = True
+            if (args.checkpoint_every and state.update % args.checkpoint_every == 0
+                    and state.batches_in_epoch < len(train_loader)):
+                save_checkpoint(accelerator, args, state, meta)
+            if stop:
+                break
+        if stop and state.batches_in_epoch < len(train_loader):
+            break
+        # epoch end: evaluate, remember the best, checkpoint
+        if val_loader is not None:
+            metrics = evaluate(model, val_loader, accelerator)
+            if ema is not None:
+                ema_metrics = evaluate(ema.module, val_loader, accelerator)
+                metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "n"})
+            if metrics["top1"] > state.best_top1:
+                state.best_top1, state.best_epoch = metrics["top1"], epoch
+                if accelerator.is_main_process:
+                    save_weights(accelerator.unwrap_model(model), output / "best.safetensors")
+            if use_tb:
+                accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.update)
+        skipped = int(accelerator.reduce(torch.tensor(skipped_total, device=accelerator.device), "sum"))
+        say(json.dumps({"epoch": epoch, "step": state.update, **{k: round(v, 3) for k, v in metrics.items()},
+                        "skipped_images": skipped}), flush=True)
+        state.epoch += 1
+        state.batches_in_epoch = 0
+        save_checkpoint(accelerator, args, state, meta)
+    bar.close()
+
+    if args.export != "none" and accelerator.is_main_process and state.epoch >= args.epochs:
+        export(args, accelerator.unwrap_model(model), ema, state, metrics, info, output)
+    finish(accelerator)
+    return 0
+
+
+def save_weights(model: torch.nn.Module, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def export(args, model, ema, state: TrainState, metrics: dict, info, output: Path) -> None:
+    from timm_bcos.hub import save_pretrained
+
+    which = args.export
+    if which == "ema" and ema is None:
+        which = "best"
+    if which == "best" and not (output / "best.safetensors").is_file():
+        which = "last"
+    if which == "ema":
+        weights = ema.module.state_dict()
+        accuracy = {"top1": metrics.get("ema_top1"), "top5": metrics.get("ema_top5")}
+    elif which == "best":
+        from safetensors.torch import load_file
+
+        weights = load_file(output / "best.safetensors")
+        accuracy = {"top1": state.best_top1}
+    else:
+        weights = model.state_dict()
+        accuracy = {"top1": metrics.get("top1"), "top5": metrics.get("top5")}
+    model.load_state_dict(weights)
+    accuracy = {k: round(v, 2) for k, v in accuracy.items() if v is not None and not math.isnan(v)}
+    folder = save_pretrained(model.cpu(), output / "export", model_args=dict(args.model_kwargs),
+                             label_names=info.label_names, metrics=accuracy or None,
+                             repo_id=f"ORG/{args.model}-{Path(args.dataset).name}")
+    print(f"exported the {which} weights to {folder} (accuracy on {args.val_split or 'no split'}: "
+          f"{accuracy or 'not measured'})", flush=True)
+
+
+def finish(accelerator) -> None:
+    """Deterministic shutdown: with torch 2.14 gloo, interpreter teardown of a 2-process run
+    aborts in about one run of three, so multi-process workers leave through os._exit."""
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    if accelerator.num_processes > 1:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
