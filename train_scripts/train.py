@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
                    help="default: what `accelerate launch` / its config says")
     g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--cpu", action="store_true", help="train on the CPU even where GPUs are present")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--output", default="runs/train", help="output folder (%(default)s)")
     g.add_argument("--checkpoint-every", type=int, default=0,
@@ -258,24 +259,6 @@ def save_checkpoint(accelerator, args, state: TrainState, meta: dict) -> None:
     accelerator.wait_for_everyone()
 
 
-def evaluate(model, loader, accelerator) -> dict[str, float]:
-    from timm_bcos.losses import top_k_correct
-
-    was_training = model.training
-    model.eval()
-    correct = {1: 0, 5: 0}
-    seen = 0
-    with torch.no_grad():
-        for batch in loader:
-            logits = model(batch["images"])
-            logits, labels = accelerator.gather_for_metrics((logits, batch["labels"]))
-            for k, v in top_k_correct(logits.float(), labels).items():
-                correct[k] += int(v)
-            seen += labels.numel()
-    model.train(was_training)
-    return {"top1": 100.0 * correct[1] / max(seen, 1), "top5": 100.0 * correct[5] / max(seen, 1), "n": seen}
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
     from accelerate import Accelerator, DataLoaderConfiguration
@@ -288,6 +271,7 @@ def main(argv=None) -> int:
     import timm_bcos  # noqa: F401
     from timm_bcos.data import DataError, EpochSampler, ImageClassificationDataset, build_transform, \
         collate_skipping, load_split
+    from timm_bcos.eval.accuracy import evaluate_accuracy
     from timm_bcos.losses import create_loss
 
     output = Path(args.output)
@@ -298,7 +282,7 @@ def main(argv=None) -> int:
         except ImportError:
             use_tb = False
     accelerator = Accelerator(
-        gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
+        cpu=args.cpu, gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True), rng_types=[],
         log_with="tensorboard" if use_tb else None, project_dir=str(output),
     )
@@ -407,6 +391,7 @@ def main(argv=None) -> int:
         train_ds.set_epoch(epoch)
         loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) \
             if state.batches_in_epoch else train_loader
+        loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
         window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
         for batch in loader:
             images, labels = batch["images"], batch["labels"]
@@ -456,9 +441,9 @@ def main(argv=None) -> int:
             break
         # epoch end: evaluate, remember the best, checkpoint
         if val_loader is not None:
-            metrics = evaluate(model, val_loader, accelerator)
+            metrics = evaluate_accuracy(model, val_loader, accelerator=accelerator)
             if ema is not None:
-                ema_metrics = evaluate(ema.module, val_loader, accelerator)
+                ema_metrics = evaluate_accuracy(ema.module, val_loader, accelerator=accelerator)
                 metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "n"})
             if metrics["top1"] > state.best_top1:
                 state.best_top1, state.best_epoch = metrics["top1"], epoch

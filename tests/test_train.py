@@ -1,0 +1,325 @@
+"""train_scripts/train.py: runs that really train (CPU, a few hundred CIFAR-10 images),
+two processes against one, kill + resume against uninterrupted, and bad input."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN = ROOT / "train_scripts" / "train.py"
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
+
+needs_cifar = pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
+
+
+def _env(tmp_path: Path) -> dict:
+    env = dict(os.environ)
+    env.update(HF_DATASETS_CACHE=str(tmp_path / "hf_datasets"), HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1", TOKENIZERS_PARALLELISM="false")
+    return env
+
+
+def run_train(tmp_path: Path, *args: str, launcher: list[str] | None = None, check: bool = True,
+              timeout: int = 600) -> subprocess.CompletedProcess:
+    cmd = (launcher or [sys.executable]) + [str(TRAIN), "--no-progress", "--no-tensorboard", "--workers", "0",
+                                            *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), cwd=ROOT, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
+    return proc
+
+
+def json_lines(text: str) -> list[dict]:
+    out = []
+    for line in text.splitlines():
+        if line.startswith("{"):
+            out.append(json.loads(line))
+    return out
+
+
+def load_weights(path: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(path)
+
+
+# a tiny configuration: the paper's CIFAR network at 1/8 width, few images
+TINY = ["--model", "bcos_cifar10", "--dataset", str(CIFAR), "--val-split", "test", "--crop", "pad",
+        "--lr", "0.003", "--sched", "none"]
+
+
+@needs_cifar
+def test_short_run_lowers_loss_and_beats_chance(tmp_path):
+    out = tmp_path / "run"
+    proc = run_train(tmp_path, *TINY, "--model-kwargs", '{"width": 0.25, "norm": true, "max_out": 1}',
+                     "--train-split", "train[:1000]", "--val-split", "test[:500]", "--batch-size", "32",
+                     "--epochs", "4", "--lr", "0.002", "--sched", "cosine", "--log-every", "5",
+                     "--output", str(out), "--export", "last")
+    lines = json_lines(proc.stdout)
+    losses = [d["train/loss"] for d in lines if "train/loss" in d]
+    epochs = [d for d in lines if "top1" in d]
+    assert len(epochs) == 4
+    assert sum(losses[-3:]) / 3 < 0.85 * sum(losses[:3]) / 3, losses
+    # 500 held-out images, chance 10% (sd 1.3%): 20% is 7 standard deviations above it
+    assert epochs[-1]["top1"] > 20.0, epochs
+    export = out / "export"
+    config = json.loads((export / "config.json").read_text())
+    assert config["architecture"] == "bcos_cifar10"
+    assert config["model_args"]["width"] == 0.25
+    assert "top1" in (export / "README.md").read_text()
+    # the export loads back through timm's local-dir: and predicts like the trained model
+    import timm
+
+    import timm_bcos  # noqa: F401
+
+    model = timm.create_model(f"local-dir:{export}").eval()
+    state = load_weights(export / "model.safetensors")
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
+
+
+TWO_PROC = [*TINY, "--model-kwargs", '{"width": 0.125}', "--train-split", "train[:256]",
+            "--val-split", "test[:64]", "--batch-size", "32", "--epochs", "2", "--export", "last",
+            "--checkpoint-every", "1", "--keep-checkpoints", "100"]
+
+
+@needs_cifar
+def test_two_processes_reach_the_one_process_result(tmp_path):
+    one = tmp_path / "one"
+    two = tmp_path / "two"
+    run_train(tmp_path, *TWO_PROC, "--output", str(one))
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+                str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2"]
+    proc = run_train(tmp_path, *TWO_PROC, "--cpu", "--output", str(two), launcher=launcher)
+    assert "2 process(es)" in proc.stdout
+    w1 = load_weights(one / "export" / "model.safetensors")
+    w2 = load_weights(two / "export" / "model.safetensors")
+    assert w1.keys() == w2.keys()
+    import timm
+
+    import timm_bcos  # noqa: F401
+
+    torch.manual_seed(0)  # train.py's --seed 0 before creating the model
+    init = timm.create_model("bcos_cifar10", width=0.125).state_dict()
+
+    def relative_gap(a, b):
+        moved = torch.cat([(a[k] - init[k]).flatten() for k in a if a[k].is_floating_point()])
+        apart = torch.cat([(a[k] - b[k]).flatten() for k in a if a[k].is_floating_point()])
+        assert moved.norm() > 1e-3, "did not train"
+        return float(apart.norm() / moved.norm())
+
+    # Same global batches, gradients averaged over the processes: the same training up to
+    # float summation order. Step by step that is ~1e-7 of the distance moved; Adam amplifies
+    # it over a run (its update is ~lr * sign(grad) where a gradient is ~0), so the end of the
+    # run is held to a looser bar. Training each process on the whole batch, or on the same
+    # half, is off by ~1 at the first step already.
+    for step in ("step_000000001", "step_000000002", "step_000000008"):
+        s1 = load_weights(one / "checkpoints" / step / "model.safetensors")
+        s2 = load_weights(two / "checkpoints" / step / "model.safetensors")
+        assert relative_gap(s1, s2) < 1e-4, (step, relative_gap(s1, s2))
+    assert relative_gap(w1, w2) < 0.05
+
+
+RESUME = [*TINY, "--model-kwargs", '{"width": 0.125, "drop_rate": 0.3}', "--train-split", "train[:256]",
+          "--val-split", "test[:64]", "--batch-size", "16", "--epochs", "3", "--export", "ema",
+          "--ema-decay", "0.9", "--mixup", "0.4", "--sched", "cosine", "--warmup-epochs", "1",
+          "--checkpoint-every", "5", "--keep-checkpoints", "50"]
+
+
+@needs_cifar
+def test_kill_and_resume_equals_uninterrupted(tmp_path):
+    full = tmp_path / "full"
+    run_train(tmp_path, *RESUME, "--output", str(full))
+    cut = tmp_path / "cut"
+    cmd = [sys.executable, str(TRAIN), "--no-progress", "--no-tensorboard", "--workers", "0", *RESUME,
+           "--output", str(cut)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=_env(tmp_path), cwd=ROOT)
+    target = cut / "checkpoints" / "step_000000020"  # mid-epoch 2 (16 steps per epoch)
+    deadline = time.time() + 300
+    while not target.is_dir() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert target.is_dir(), "the run never wrote the checkpoint to resume from"
+    assert not (cut / "export").exists(), "killed too late: the run had already finished"
+    for later in (cut / "checkpoints").glob("step_*"):
+        if later.name > target.name:
+            import shutil
+
+            shutil.rmtree(later)  # resume from step 20 itself, mid-epoch
+    resumed = run_train(tmp_path, *RESUME, "--output", str(cut), "--resume", "latest")
+    assert "resumed from" in resumed.stdout and "epoch 1, 4 batches in" in resumed.stdout
+    a = load_weights(full / "export" / "model.safetensors")
+    b = load_weights(cut / "export" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# ---------------------------------------------------------------- bad input
+
+
+def make_parquet_dataset(root: Path, splits: dict[str, int], *, image_col="image", label_col="label",
+                         corrupt: int = 0) -> Path:
+    """A local data set in the Hub parquet layout from the first CIFAR-10 test images."""
+    import datasets
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(CIFAR / "data" / "test-00000-of-00001.parquet").slice(0, max(splits.values()))
+    rows = table.to_pylist()
+    for name, n in splits.items():
+        images = [dict(r["image"]) for r in rows[:n]]
+        for i in range(corrupt):
+            images[i] = {"bytes": b"not an image at all", "path": None}
+        data = {image_col: images, label_col: [r["label"] for r in rows[:n]]}
+        ds = datasets.Dataset.from_dict(data).cast_column(image_col, datasets.Image())
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(str(root / "data" / f"{name}-00000-of-00001.parquet"))
+    return root
+
+
+def test_help_shows_the_way_from_install_to_multi_gpu():
+    out = subprocess.run([sys.executable, str(TRAIN), "--help"], capture_output=True, text=True, check=True).stdout
+    for needle in ("accelerate launch", "pip install", "8gpu.yaml", "--pretrained", "--resume", "--bcosify-from"):
+        assert needle in out
+
+
+def test_unknown_model_suggests_close_names(tmp_path):
+    proc = run_train(tmp_path, "--model", "bcos_resnet5", "--dataset", str(tmp_path), check=False)
+    assert proc.returncode == 2
+    assert "unknown model 'bcos_resnet5'" in proc.stderr and "bcos_resnet50" in proc.stderr
+
+
+@needs_cifar
+def test_dataset_without_label_column(tmp_path):
+    data = make_parquet_dataset(tmp_path / "d", {"train": 8}, label_col="category")
+    proc = run_train(tmp_path, "--model", "bcos_cifar10", "--dataset", str(data), "--val-split", "", check=False)
+    assert proc.returncode == 2
+    assert "no label column found" in proc.stderr and "'category'" in proc.stderr
+    named = run_train(tmp_path, "--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125}', "--dataset",
+                      str(data), "--val-split", "", "--label-column", "category", "--batch-size", "8",
+                      "--epochs", "1", "--output", str(tmp_path / "o"), "--export", "none")
+    assert '"epoch": 0' in named.stdout
+
+
+@needs_cifar
+def test_missing_split(tmp_path):
+    data = make_parquet_dataset(tmp_path / "d", {"train": 8})
+    proc = run_train(tmp_path, "--model", "bcos_cifar10", "--dataset", str(data), "--val-split", "validation",
+                     check=False)
+    assert proc.returncode == 2
+    assert "no split 'validation'" in proc.stderr and "['train']" in proc.stderr
+
+
+def test_missing_dataset_folder(tmp_path):
+    proc = run_train(tmp_path, "--model", "bcos_cifar10", "--dataset", str(tmp_path / "nope"), check=False)
+    assert proc.returncode == 2 and "data set folder not found" in proc.stderr
+
+
+@needs_cifar
+def test_undecodable_images_are_skipped_and_counted(tmp_path):
+    data = make_parquet_dataset(tmp_path / "d", {"train": 32, "test": 16}, corrupt=3)
+    proc = run_train(tmp_path, "--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125}', "--dataset",
+                     str(data), "--val-split", "test", "--batch-size", "16", "--epochs", "1",
+                     "--output", str(tmp_path / "o"), "--export", "none")
+    epoch = [d for d in json_lines(proc.stdout) if "top1" in d][0]
+    assert epoch["skipped_images"] == 3
+    assert epoch["n"] == 13  # the 3 undecodable test images are not scored either
+
+
+@needs_cifar
+def test_checkpoint_of_another_model(tmp_path):
+    data = make_parquet_dataset(tmp_path / "d", {"train": 16})
+    base = ["--dataset", str(data), "--val-split", "", "--batch-size", "8", "--epochs", "1"]
+    run_train(tmp_path, "--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125}', *base,
+              "--output", str(tmp_path / "a"), "--export", "last")
+    other = ["--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.25}', *base]
+    proc = run_train(tmp_path, *other, "--output", str(tmp_path / "a"), "--resume", "latest", check=False)
+    assert proc.returncode == 2 and "is from another run" in proc.stderr and "width" in proc.stderr
+    proc = run_train(tmp_path, *other, "--output", str(tmp_path / "b"),
+                     "--checkpoint", str(tmp_path / "a" / "export" / "model.safetensors"), check=False)
+    assert proc.returncode == 2 and "does not fit model bcos_cifar10" in proc.stderr
+    assert "shape mismatches" in proc.stderr
+
+
+# ---------------------------------------------------------------- units
+
+
+def test_bce_loss_is_eq16_and_v2_off_labels():
+    from timm_bcos.losses import BcosBCELoss
+
+    logits = torch.tensor([[2.0, -1.0, 0.5]])
+    target = torch.tensor([0])
+    p = torch.sigmoid(logits)[0]
+    expected = -(torch.log(p[0]) + torch.log(1 - p[1]) + torch.log(1 - p[2])) / 3
+    assert torch.allclose(BcosBCELoss()(logits, target), expected)
+    t = torch.tensor([1.0, 1 / 3, 1 / 3])
+    expected_v2 = -(t * torch.log(p) + (1 - t) * torch.log(1 - p)).mean()
+    assert torch.allclose(BcosBCELoss("uniform")(logits, target), expected_v2)
+    with pytest.raises(ValueError, match="targets must be"):
+        BcosBCELoss()(logits, torch.zeros(1, 4))
+
+
+def test_top_k_correct():
+    from timm_bcos.losses import top_k_correct
+
+    logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.5], [0.2, 0.3, 0.4]])
+    labels = torch.tensor([1, 2, 0])
+    got = top_k_correct(logits, labels, ks=(1, 2, 5))
+    assert (int(got[1]), int(got[2]), int(got[5])) == (1, 2, 3)
+
+
+def test_epoch_sampler_depends_only_on_seed_and_epoch():
+    from timm_bcos.data import EpochSampler
+
+    a, b = EpochSampler(50, seed=3), EpochSampler(50, seed=3)
+    a.set_epoch(2)
+    b.set_epoch(2)
+    assert list(a) == list(b) and sorted(a) == list(range(50))
+    b.set_epoch(3)
+    assert list(a) != list(b)
+    assert list(EpochSampler(5, shuffle=False)) == [0, 1, 2, 3, 4]
+
+
+def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone():
+    from PIL import Image
+
+    from timm_bcos.data import ImageDatasetInfo, ImageClassificationDataset, PadCropFlip
+
+    img = Image.fromarray((torch.rand(32, 32, 3) * 255).byte().numpy())
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    rows = {"image": [{"bytes": buf.getvalue(), "path": None}] * 4, "label": [0, 1, 2, 3]}
+
+    class Rows(list):
+        def __getitem__(self, idx):
+            return {k: [v[i] for i in idx] for k, v in rows.items()} if isinstance(idx, list) else \
+                {k: v[idx] for k, v in rows.items()}
+
+    ds = ImageClassificationDataset(Rows([0] * 4), ImageDatasetInfo("image", "label", 4, None),
+                                    PadCropFlip((32, 32), pad=4))
+    torch.manual_seed(123)
+    before = torch.rand(3)
+    torch.manual_seed(123)
+    first = ds.__getitems__([0, 1, 2, 3])
+    assert torch.equal(torch.rand(3), before)  # the global RNG did not move
+    again = [ds[i] for i in range(4)]
+    assert all(torch.equal(x[0], y[0]) for x, y in zip(first, again))
+    assert not all(torch.equal(first[0][0], x[0]) for x in first[1:])  # different samples, different crops
+    ds.set_epoch(1)
+    assert not all(torch.equal(ds[i][0], first[i][0]) for i in range(4))
+
+
+def test_collate_counts_undecodable():
+    from timm_bcos.data import collate_skipping
+
+    batch = collate_skipping([(torch.zeros(3, 2, 2), 1), None, (torch.ones(3, 2, 2), 0)])
+    assert batch["images"].shape == (2, 3, 2, 2) and batch["labels"].tolist() == [1, 0]
+    assert int(batch["skipped"]) == 1
