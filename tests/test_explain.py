@@ -200,13 +200,3 @@ def test_cli_explains_images_and_reports_bad_input(tmp_path, capsys):
         main(["explain", "--model", "bcos_cifar10", str(bad), "--out", str(out)])
     with pytest.raises(SystemExit, match="image not found"):
         main(["explain", "--model", "bcos_cifar10", str(tmp_path / "missing.png"), "--out", str(out)])
-
-
-def test_demo_writes_its_grid(tmp_path, capsys):
-    from timm_bcos.__main__ import main
-
-    out = tmp_path / "demo.png"
-    assert main(["demo", "--out", str(out)]) == 0
-    assert out.read_bytes()[:4] == b"\x89PNG"
-    printed = capsys.readouterr().out
-    assert printed.count("sum of contributions") == 4 and "RANDOM weights" in printed

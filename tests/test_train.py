@@ -81,7 +81,7 @@ def test_short_run_lowers_loss_and_beats_chance(tmp_path):
 
     import timm_bcos  # noqa: F401
 
-    model = timm.create_model(f"local-dir:{export}").eval()
+    model = timm.create_model(f"local-dir:{export}", pretrained=True).eval()
     state = load_weights(export / "model.safetensors")
     assert all(torch.equal(model.state_dict()[k], v) for k, v in state.items())
 

@@ -14,8 +14,7 @@ def _demo(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m timm_bcos")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="build a B-cos model, explain a few images, write a PNG grid")
-    demo.add_argument("--seed", type=int, default=0)
+    demo = sub.add_parser("demo", help="the shipped CIFAR-10 B-cos model explains sample images (PNG grid)")
     demo.add_argument("--out", default="outputs/demo.png")
     demo.set_defaults(func=_demo)
     from .cli import add_explain_parser

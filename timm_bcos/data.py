@@ -213,3 +213,29 @@ def build_transform(model, *, is_training: bool, crop: str = "rrc", pad: int = 4
         raise ValueError(f"crop must be 'rrc' (timm's random resized crop) or 'pad' (CIFAR), got {crop!r}")
     kwargs = {k: v for k, v in timm_kwargs.items() if v is not None}
     return create_transform(**cfg, is_training=is_training, **kwargs)
+
+
+def load_image_tensors(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
+                       interpolation: str = "bilinear", max_samples: int | None = None,
+                       cache_dir: str | None = None, image_column: str | None = None,
+                       label_column: str | None = None):
+    """A whole split as plain [0, 1] RGB tensors [N, 3, H, W] (timm's eval resize + centre crop)
+    and labels [N]; undecodable images are left out. Returns (images, labels, info, skipped)."""
+    from timm.data import create_transform
+
+    ds, info = load_split(source, split, cache_dir=cache_dir, image_column=image_column,
+                          label_column=label_column, max_samples=max_samples)
+    transform = create_transform(input_size=tuple(input_size), crop_pct=crop_pct, interpolation=interpolation,
+                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), is_training=False)
+    data = ImageClassificationDataset(ds, info, transform)
+    images, labels, skipped = [], [], 0
+    for start in range(0, len(data), 512):
+        for sample in data.__getitems__(list(range(start, min(start + 512, len(data))))):
+            if sample is None:
+                skipped += 1
+                continue
+            images.append(sample[0])
+            labels.append(sample[1])
+    if not images:
+        raise DataError(f"no decodable image in {source!r} split {split!r}")
+    return torch.stack(images), torch.tensor(labels), info, skipped

@@ -1,38 +1,32 @@
-"""The README's main job.
+"""The README's main job: the CIFAR-10 B-cos model trained here explains the shipped sample images.
 
-Until the CIFAR-10 model trained here ships (issue 7), this builds the paper's
-CIFAR-10 B-cos network through timm with RANDOM weights, explains a few CIFAR-10
-test images (from ../shared/datasets/cifar10 when present, else random images),
-checks the explanations' completeness, and writes a PNG grid.
+Loads `bcos_cifar10_w050_bnu` through `timm.create_model(..., pretrained=True)` (weights
+inside the package, no network), explains the top-2 classes of the sample CIFAR-10 test
+images in timm_bcos/samples/, prints predictions with the completeness check (logit minus
+bias = sum of contributions), and writes a PNG grid (image | explanation | contribution map).
 """
 from __future__ import annotations
 
 import argparse
-import io
 from pathlib import Path
 
 import torch
 
-CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
-SHARED_TEST = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "cifar10" / "data" / "test-00000-of-00001.parquet"
+MODEL = "bcos_cifar10_w050_bnu"
+SAMPLES = Path(__file__).resolve().parent / "samples"
 
 
-def _sample_images(n: int, seed: int) -> tuple[torch.Tensor, str]:
-    try:
-        import numpy as np
-        import pyarrow.parquet as pq
-        from PIL import Image
+def load_samples(folder: Path = SAMPLES) -> tuple[torch.Tensor, list[str]]:
+    """The sample images as [N, 3, 32, 32] in [0, 1] and their true classes (from the file names)."""
+    import numpy as np
+    from PIL import Image
 
-        table = pq.read_table(SHARED_TEST).slice(0, n).to_pylist()
-        imgs = []
-        for row in table:
-            img = row.get("img") or row.get("image")
-            data = img["bytes"] if isinstance(img, dict) else img
-            arr = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"), dtype=np.float32) / 255.0
-            imgs.append(torch.from_numpy(arr).permute(2, 0, 1))
-        return torch.stack(imgs), f"CIFAR-10 test images from {SHARED_TEST.parent.parent}"
-    except Exception:  # no shared data set here: random images keep the demo self-contained
-        return torch.rand(n, 3, 32, 32, generator=torch.Generator().manual_seed(seed)), "random images"
+    paths = sorted(folder.glob("*.png"))
+    if not paths:
+        raise FileNotFoundError(f"no sample images in {folder}")
+    images = [torch.from_numpy(np.asarray(Image.open(p).convert("RGB"), dtype=np.float32) / 255.0).permute(2, 0, 1)
+              for p in paths]
+    return torch.stack(images), [p.stem.split("_")[-1] for p in paths]
 
 
 def run_demo(args: argparse.Namespace) -> int:
@@ -41,19 +35,20 @@ def run_demo(args: argparse.Namespace) -> int:
     import timm_bcos  # noqa: F401
     from timm_bcos.explain.render import save_explanation_grid
 
-    torch.manual_seed(args.seed)
-    model = timm.create_model("bcos_cifar10", width=0.5).eval()
-    images, source = _sample_images(4, args.seed)
+    model = timm.create_model(MODEL, pretrained=True).eval()
+    classes = model.pretrained_cfg["label_names"]
+    images, truth = load_samples()
     expl = model.explain(images, topk=2)
     out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    save_explanation_grid(out, images, expl, class_names=CIFAR_CLASSES)
-    print(f"model: bcos_cifar10 (width 0.5, RANDOM weights: the trained model ships with issue 7); inputs: {source}")
+    save_explanation_grid(out, images, expl, class_names=classes)
+    print(f"model: {MODEL} (trained on CIFAR-10 here; reports/cifar10.md), {len(images)} CIFAR-10 test images")
     probs = torch.sigmoid(expl.logits.double())
+    correct = 0
     for i in range(len(images)):
-        top = ", ".join(f"{CIFAR_CLASSES[t]} {probs[i, t]:.3f}" for t in expl.targets[i].tolist())
-        total = expl.contributions[i, 0].sum().item()
-        print(f"image {i}: top-2 {top} | logit-bias {expl.explained[i, 0].item():+.4e} = "
-              f"sum of contributions {total:+.4e}")
-    print(f"wrote {out}")
+        top = [int(t) for t in expl.targets[i]]
+        correct += classes[top[0]] == truth[i]
+        guesses = ", ".join(f"{classes[t]} {probs[i, t]:.2f}" for t in top)
+        print(f"  {truth[i]:>10}: top-2 {guesses} | logit-bias {expl.explained[i, 0].item():+.4f} = "
+              f"sum of contributions {expl.contributions[i, 0].sum().item():+.4f}")
+    print(f"{correct}/{len(images)} correct; wrote {out}")
     return 0

@@ -9,6 +9,8 @@ no activations (the paper's plain "MaxOut B-cos network").
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 from torch import Tensor, nn
 from timm.layers import SelectAdaptivePool2d
 from timm.models import generate_default_cfgs, register_model
@@ -83,8 +85,18 @@ def _cfg(url: str = "", **kwargs):
                     first_conv="features.0.0", classifier="fc", **kwargs)
 
 
+# Weights trained in this repository and shipped inside the package (a few MB), so that
+# pretrained=True works offline. How they were made: reports/cifar10.md.
+SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
+
 default_cfgs = generate_default_cfgs({
     "bcos_cifar10.untrained": _cfg(),
+    "bcos_cifar10_w050_bnu.cpu20e": _cfg(
+        file=str(SHIPPED_WEIGHTS / "bcos_cifar10_w050_bnu.cpu20e.safetensors"), label_names=CIFAR10_LABELS,
+        origin_url="train_scripts/configs/cifar10_bcos_cpu.yaml",
+    ),
+    "bcos_cifar10_w050_bnu.untrained": _cfg(),
     "cifar_convnet.untrained": _cfg(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
 })
 
@@ -104,6 +116,21 @@ def bcos_cifar10(pretrained=False, width: float = 1.0, norm: bool = False, **kwa
     return build_bcos("bcos_cifar10", pretrained, conventional=CifarConvNet, recipe="v1",
                       arch_kwargs=arch, arch_kwargs_public=arch,
                       feature_cfg=dict(flatten_sequential=True), **kwargs)
+
+
+@register_model
+def bcos_cifar10_w050_bnu(pretrained=False, **kwargs):
+    """timm_bcos's own CIFAR-10 model: the paper's network at half width, B=2, no MaxOut,
+    uncentered batch norm without bias. `pretrained=True` loads the weights trained on
+    2 CPU cores with train_scripts/configs/cifar10_bcos_cpu.yaml (accuracy: reports/cifar10.md)."""
+    kwargs.setdefault("num_classes", 10)
+    kwargs.setdefault("norms", {"batch": "bn_uncentered"})
+    kwargs.setdefault("max_out", 1)
+    kwargs.setdefault("b", 2.0)
+    arch = dict(width=0.5, norm=True)
+    return build_bcos("bcos_cifar10_w050_bnu", pretrained, conventional=CifarConvNet, recipe="v1",
+                      arch_kwargs=arch, arch_kwargs_public={}, feature_cfg=dict(flatten_sequential=True),
+                      **kwargs)
 
 
 @register_model

@@ -1,0 +1,157 @@
+"""timm_bcos.eval: the grid pointing game on cases with known answers, attribution methods, the CLI."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from timm_bcos.eval import attribution as attribution_module
+from timm_bcos.eval import build_grids, confident_per_class, grid_pointing_game, pointing_scores
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
+
+
+def one_cell_maps(n: int, size: int = 8) -> torch.Tensor:
+    """[n*n, n*size, n*size]: map k has all its (positive) mass in cell k."""
+    maps = torch.zeros(n * n, n * size, n * size)
+    for k in range(n * n):
+        r, c = divmod(k, n)
+        maps[k, r * size:(r + 1) * size, c * size:(c + 1) * size] = torch.rand(size, size) + 0.1
+    return maps
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_attribution_in_its_own_cell_scores_one_uniform_scores_one_over_n2(n):
+    assert torch.allclose(pointing_scores(one_cell_maps(n), n), torch.ones(n * n))
+    uniform = torch.ones(n * n, 6 * n, 6 * n)
+    assert torch.allclose(pointing_scores(uniform, n), torch.full((n * n,), 1 / n / n))
+    # smoothing cannot move mass between cells of a uniform map; zero padding would
+    assert torch.allclose(pointing_scores(uniform, n, smooth=3), torch.full((n * n,), 1 / n / n))
+    # all mass in the wrong cell scores 0; negative attributions are ignored
+    wrong = one_cell_maps(n).roll(1, dims=0) - 5.0 * one_cell_maps(n)
+    assert torch.allclose(pointing_scores(wrong, n), torch.zeros(n * n))
+
+
+def test_half_inside_scores_half_and_shapes_are_checked():
+    maps = torch.zeros(4, 8, 8)
+    maps[:, :4, :4] = 1.0  # every map: cell 0 ...
+    maps[:, 4:, 4:] = 1.0  # ... and cell 3, equally
+    assert torch.allclose(pointing_scores(maps, 2), torch.tensor([0.5, 0.0, 0.0, 0.5]))
+    with pytest.raises(ValueError, match="expected 9 maps"):
+        pointing_scores(maps, 3)
+    with pytest.raises(ValueError, match="does not split"):
+        pointing_scores(torch.ones(4, 7, 8), 2)
+
+
+def class_coded_images(num_classes=6, per_class=3, size=4):
+    """Images whose pixels all equal (class + 1) / 10: an oracle can find each class on a grid."""
+    labels = torch.arange(num_classes).repeat_interleave(per_class)
+    images = ((labels.float() + 1) / 10).view(-1, 1, 1, 1).expand(-1, 3, size, size).clone()
+    return images, labels
+
+
+def test_grids_tile_distinct_classes_at_the_right_cells():
+    images, labels = class_coded_images()
+    candidates = {c: torch.nonzero(labels == c).squeeze(1).tolist() for c in range(6)}
+    grids = build_grids(images, candidates, 2, 5, seed=1)
+    assert grids.images.shape == (5, 3, 8, 8)
+    for g in range(5):
+        assert len(set(grids.classes[g].tolist())) == 4
+        for k in range(4):
+            r, c = divmod(k, 2)
+            cell = grids.images[g, :, r * 4:(r + 1) * 4, c * 4:(c + 1) * 4]
+            assert torch.equal(cell, images[grids.sources[g, k]])
+            assert labels[grids.sources[g, k]] == grids.classes[g, k]
+    again = build_grids(images, candidates, 2, 5, seed=1)
+    assert torch.equal(again.images, grids.images)
+    with pytest.raises(ValueError, match="needs 9 classes"):
+        build_grids(images, candidates, 3, 1)
+
+
+def test_pointing_game_pairs_each_cell_with_its_class(monkeypatch):
+    images, labels = class_coded_images()
+    candidates = {c: torch.nonzero(labels == c).squeeze(1).tolist() for c in range(6)}
+    grids = build_grids(images, candidates, 2, 6, seed=0)
+
+    def oracle(model, x, targets):  # positive exactly where the target's class is shown
+        return (x[:, 0] - ((targets.float() + 1) / 10).view(-1, 1, 1)).abs().lt(1e-6).float()
+
+    def uniform(model, x, targets):
+        return torch.ones(x.shape[0], *x.shape[-2:])
+
+    monkeypatch.setitem(attribution_module.ATTRIBUTION_METHODS, "oracle", oracle)
+    monkeypatch.setitem(attribution_module.ATTRIBUTION_METHODS, "uniform", uniform)
+    scores = grid_pointing_game(nn.Identity(), grids, ["oracle", "uniform"], batch_size=8)
+    assert torch.allclose(scores["oracle"], torch.ones(24))
+    assert torch.allclose(scores["uniform"], torch.full((24,), 0.25))
+
+
+def test_confident_per_class_keeps_correct_and_confident_most_confident_first():
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return x[:, :, 0, 0]  # the logits are written into the image
+
+    logits = torch.tensor([[3.0, 0.0], [1.0, 0.0], [-0.5, -1.0], [0.0, 2.0], [5.0, 1.0]])
+    images = logits[:, :, None, None].expand(-1, -1, 2, 2)
+    labels = torch.tensor([0, 0, 0, 1, 1])
+    # image 2 is right but sigmoid(-0.5) < 0.5; image 4 is wrong
+    assert confident_per_class(Fixed(), images, labels) == {0: [0, 1], 1: [3]}
+
+
+def test_post_hoc_methods_on_a_linear_model():
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
+    model.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    model.feature_info = [{"module": "1", "num_chs": 4, "reduction": 1}]
+    x = torch.rand(3, 3, 6, 6)
+    t = torch.tensor([0, 3, 4])
+    maps = {m: attribution_module.attribution_maps(model, x, t, m)
+            for m in ("grad", "ixg", "ig", "deeplift", "gradcam")}
+    for m, a in maps.items():
+        assert a.shape == (3, 6, 6), m
+    # Integrated gradients from the black image: completeness, f(x) - f(0)
+    wrapped = attribution_module.Normalised(model)
+    with torch.no_grad():
+        gap = wrapped(x).gather(1, t[:, None]) - wrapped(torch.zeros_like(x)).gather(1, t[:, None])
+    assert torch.allclose(maps["ig"].sum((1, 2)), gap.squeeze(1), rtol=0.05, atol=1e-3)
+    with pytest.raises(ValueError, match="unknown attribution method"):
+        attribution_module.attribution_maps(model, x, t, "lime")
+    with pytest.raises(TypeError, match="not a B-cos model"):
+        attribution_module.attribution_maps(model, x, t, "own")
+
+
+def test_own_contributions_sum_to_the_logit_minus_bias():
+    import timm
+
+    import timm_bcos  # noqa: F401
+
+    torch.manual_seed(0)
+    model = timm.create_model("bcos_cifar10", width=0.125).eval().double()
+    x = torch.rand(2, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([1, 7])
+    maps = attribution_module.attribution_maps(model, x, t, "own")
+    expl = model.explain(x, target=t)
+    assert torch.allclose(maps.sum((1, 2)), expl.explained[:, 0], rtol=1e-6)
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
+def test_evaluate_cli_end_to_end(tmp_path):
+    out = tmp_path / "report"
+    cmd = [sys.executable, str(ROOT / "train_scripts" / "evaluate.py"), "--models", "bcos_cifar10_w050_bnu",
+           "--names", "shipped", "--pretrained", "--dataset", str(CIFAR), "--split", "test", "--max-samples", "200",
+           "--grid", "2", "--num-grids", "3", "--methods", "own", "ixg", "gradcam", "--out", str(out)]
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
+           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = (out / "results.md").read_text()
+    assert "| shipped | `bcos_cifar10_w050_bnu` |" in report and "B-cos (own)" in report
+    results = json.loads((out / "results.json").read_text())
+    assert results["accuracy"]["shipped"]["n"] == 200
+    assert results["pointing_game"]["2x2"]["shipped"]["own"]["n"] == 12
+    assert (out / "pointing_game_2x2.png").stat().st_size > 1000

@@ -1,0 +1,67 @@
+"""The CIFAR-10 B-cos model trained here and shipped in the package, and the demo built on it."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
+RECORD = ROOT / "reports" / "cifar10_shipped_sample.json"
+
+
+def shipped_model():
+    import timm
+
+    import timm_bcos  # noqa: F401
+
+    return timm.create_model("bcos_cifar10_w050_bnu", pretrained=True).eval()
+
+
+def test_shipped_model_loads_offline_with_its_labels(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = shipped_model()
+    assert model.pretrained_cfg["tag"] == "cpu20e"
+    assert model.pretrained_cfg["label_names"][3] == "cat"
+    import timm
+
+    random_init = timm.create_model("bcos_cifar10_w050_bnu").state_dict()
+    assert not torch.equal(random_init["fc.weight"], model.state_dict()["fc.weight"])
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
+def test_shipped_model_reaches_its_recorded_accuracy_on_a_fixed_sample(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
+    from timm_bcos.data import load_image_tensors
+
+    record = json.loads(RECORD.read_text())
+    images, labels, _, _ = load_image_tensors(str(CIFAR), record["split"])
+    model = shipped_model()
+    with torch.no_grad():
+        pred = torch.cat([model(images[i:i + 250]).argmax(1) for i in range(0, len(images), 250)])
+    correct = int((pred == labels).sum())
+    assert len(labels) == record["n"]
+    # same weights, same images: the count may move by a couple of borderline images across
+    # CPUs' float summation orders, not more
+    assert abs(correct - record["correct"]) <= 2, (correct, record)
+    assert 100.0 * correct / len(labels) >= 85.0
+
+
+def test_demo_explains_the_samples_with_the_shipped_model(tmp_path, capsys):
+    from timm_bcos.__main__ import main
+
+    out = tmp_path / "demo.png"
+    assert main(["demo", "--out", str(out)]) == 0
+    assert out.read_bytes()[:4] == b"\x89PNG"
+    printed = capsys.readouterr().out
+    assert printed.count("sum of contributions") == 8 and "bcos_cifar10_w050_bnu" in printed
+    correct = int(printed.split(" correct;")[0].split()[-1].split("/")[0])
+    assert correct >= 6, printed  # the shipped model gets most of its sample images right
+    # completeness printed for every image: logit - bias equals the sum of contributions
+    for line in printed.splitlines():
+        if "sum of contributions" in line:
+            lhs = float(line.split("logit-bias ")[1].split(" =")[0])
+            rhs = float(line.split("sum of contributions ")[1])
+            assert abs(lhs - rhs) <= 1e-3 * max(1.0, abs(lhs))

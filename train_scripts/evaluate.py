@@ -1,0 +1,146 @@
+#!/usr/bin/env python
+"""Evaluate timm models: top-1/top-5 accuracy and the grid pointing game (paper Sec. 4).
+
+  python train_scripts/evaluate.py --dataset ../shared/datasets/cifar10 --split test \\
+      --models bcos_cifar10.tv_cpu20e_b2 local-dir:runs/cifar10_convnet/export \\
+      --names "B-cos B=2" conventional --pretrained --grid 2 3 --out reports/cifar10
+
+Models are timm names (with --pretrained for their released weights) or `local-dir:` /
+`hf-hub:` folders such as train.py's OUTPUT/export. For each model, correctly and
+confidently classified test images (sigmoid of the logit > 0.5) are tiled into n x n
+grids of distinct classes (fixed seed), each cell's class is explained on the whole grid
+by every method (the model's own contributions on B-cos models; Captum's Grad, Input x
+Gradient, Integrated Gradients, DeepLIFT and GradCAM on every model), and the share of
+positive attribution inside the right cell is scored. Writes OUT/results.md (tables),
+OUT/results.json and OUT/pointing_game_{n}x{n}.png (box plots like the paper's Fig. 6).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="+", required=True, help="timm names or local-dir:/hf-hub: folders")
+    p.add_argument("--names", nargs="+", help="display names, one per model")
+    p.add_argument("--pretrained", action="store_true", help="load the models' pretrained weights")
+    p.add_argument("--dataset", required=True, help="Hub data set id or local folder")
+    p.add_argument("--split", default="validation")
+    p.add_argument("--max-samples", type=int, help="evaluate on the first N images of the split")
+    p.add_argument("--grid", type=int, nargs="*", default=[2, 3], help="grid sizes n (n x n); none: skip")
+    p.add_argument("--methods", nargs="+", default=["own", "grad", "ixg", "ig", "deeplift", "gradcam"])
+    p.add_argument("--num-grids", type=int, default=100, help="grids per size (%(default)s)")
+    p.add_argument("--pool", type=int, default=None,
+                   help="draw each cell from the POOL most confident images of its class (default: all)")
+    p.add_argument("--smooth", type=int, default=None,
+                   help="smoothing window: default 3 for images up to 64 px, 15 above (the paper's)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--out", default="reports/eval", help="output folder (%(default)s)")
+    return p
+
+
+def atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import timm
+
+    import timm_bcos  # noqa: F401
+    from timm_bcos.data import DataError, load_image_tensors
+    from timm_bcos.eval import (box_plot, build_grids, confident_per_class, grid_pointing_game,
+                                markdown_table, summarise)
+    from timm_bcos.eval.attribution import ATTRIBUTION_METHODS, METHOD_LABELS, Normalised
+
+    names = args.names or args.models
+    if len(names) != len(args.models):
+        raise SystemExit(f"error: {len(names)} --names for {len(args.models)} --models")
+    unknown = [m for m in args.methods if m not in ATTRIBUTION_METHODS]
+    if unknown:
+        raise SystemExit(f"error: unknown methods {unknown}; expected some of {sorted(ATTRIBUTION_METHODS)}")
+    for spec in args.models:
+        if not timm.is_model(spec) and not spec.startswith(("local-dir:", "hf-hub:")):
+            import difflib
+
+            close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.6)
+            raise SystemExit(f"error: unknown model {spec!r}." + (f" Did you mean: {', '.join(close)}?" if close else ""))
+
+    out = Path(args.out)
+    accuracy: dict[str, dict] = {}
+    pointing: dict[int, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in args.grid}
+    data_cache: dict[tuple, tuple] = {}
+    for spec, name in zip(args.models, names):
+        hub_folder = spec.startswith(("local-dir:", "hf-hub:"))  # such a spec names weights: always load them
+        model = timm.create_model(spec, pretrained=args.pretrained or hub_folder).eval()
+        cfg = model.pretrained_cfg
+        key = (tuple(cfg["input_size"]), cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bilinear"))
+        if key not in data_cache:
+            try:
+                data_cache[key] = load_image_tensors(args.dataset, args.split, input_size=key[0], crop_pct=key[1],
+                                                     interpolation=key[2], max_samples=args.max_samples)
+            except DataError as e:
+                raise SystemExit(f"error: {e}") from None
+        images, labels, info, skipped = data_cache[key]
+        wrapped = Normalised(model).eval()
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            logits = torch.cat([wrapped(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)])
+        top5 = logits.topk(min(5, logits.shape[1]), 1).indices
+        accuracy[name] = {"model": spec, "top1": 100.0 * float((top5[:, 0] == labels).float().mean()),
+                          "top5": 100.0 * float((top5 == labels[:, None]).any(1).float().mean()),
+                          "n": len(labels), "skipped": skipped}
+        print(f"{name}: top-1 {accuracy[name]['top1']:.2f}%, top-5 {accuracy[name]['top5']:.2f}% "
+              f"on {len(labels)} images ({time.perf_counter() - t0:.1f}s)", flush=True)
+        if not args.grid:
+            continue
+        candidates = confident_per_class(wrapped, images, labels, batch_size=args.batch_size)
+        methods = [m for m in args.methods if m != "own" or hasattr(model, "explain")]
+        smooth = args.smooth if args.smooth is not None else (3 if images.shape[-1] <= 64 else 15)
+        for n in args.grid:
+            grids = build_grids(images, candidates, n, args.num_grids, pool=args.pool, seed=args.seed)
+            t0 = time.perf_counter()
+            pointing[n][name] = grid_pointing_game(model, grids, methods, smooth=smooth, batch_size=args.batch_size)
+            means = ", ".join(f"{METHOD_LABELS.get(m, m)} {float(s.mean()):.3f}" for m, s in pointing[n][name].items())
+            print(f"{name} {n}x{n} pointing game ({len(grids.images)} grids, smoothing {smooth}, "
+                  f"{time.perf_counter() - t0:.0f}s): {means}", flush=True)
+
+    lines = [f"# Evaluation on {args.dataset} ({args.split})", "", "## Accuracy", "",
+             "| model | weights | top-1 | top-5 | images |", "|---|---|---:|---:|---:|"]
+    for name, acc in accuracy.items():
+        lines.append(f"| {name} | `{acc['model']}` | {acc['top1']:.2f} | {acc['top5']:.2f} | {acc['n']} |")
+    for n, results in pointing.items():
+        if not results:
+            continue
+        lines += ["", f"## Grid pointing game, {n}x{n} (uniform attribution scores {1 / n / n:.3f})", "",
+                  markdown_table(results, METHOD_LABELS)]
+        box_plot(results, out / f"pointing_game_{n}x{n}.png", title=f"{n}x{n} grid pointing game",
+                 labels=METHOD_LABELS, chance=1 / n / n)
+    lines += ["", f"Command: `python train_scripts/evaluate.py {' '.join(sys.argv[1:] if argv is None else argv)}`"]
+    atomic_write(out / "results.md", "\n".join(lines) + "\n")
+    summary = {"accuracy": accuracy,
+               "pointing_game": {f"{n}x{n}": {name: {m: summarise(s) for m, s in per.items()}
+                                              for name, per in res.items()} for n, res in pointing.items()}}
+    atomic_write(out / "results.json", json.dumps(summary, indent=1))
+    print(f"wrote {out / 'results.md'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
