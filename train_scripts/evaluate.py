@@ -37,11 +37,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, help="evaluate on the first N images of the split")
     p.add_argument("--grid", type=int, nargs="*", default=[2, 3], help="grid sizes n (n x n); none: skip")
     p.add_argument("--methods", nargs="+", default=["own", "grad", "ixg", "ig", "deeplift", "gradcam"])
-    p.add_argument("--num-grids", type=int, default=100, help="grids per size (%(default)s)")
+    p.add_argument("--num-grids", type=int, nargs="+", default=[100],
+                   help="grids per size: one number, or one per --grid size (%(default)s)")
     p.add_argument("--pool", type=int, default=None,
                    help="draw each cell from the POOL most confident images of its class (default: all)")
     p.add_argument("--smooth", type=int, default=None,
                    help="smoothing window: default 3 for images up to 64 px, 15 above (the paper's)")
+    p.add_argument("--examples", type=int, default=8,
+                   help="B-cos models: write OUT/examples_<name>.png explaining this many test images "
+                        "for their class (like the paper's Fig. 4); 0: none")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -55,6 +59,22 @@ def atomic_write(path: Path, text: str) -> None:
     with os.fdopen(fd, "w") as f:
         f.write(text)
     os.replace(tmp, path)
+
+
+def slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
+
+
+def write_examples(model, images, labels, candidates, count, class_names, path: Path) -> None:
+    """The most confidently and correctly classified image of each class, explained for its class."""
+    from timm_bcos.explain.render import save_explanation_grid
+
+    picks = [idx[0] for _, idx in sorted(candidates.items()) if idx][:count]
+    if not picks:
+        return
+    x = images[picks]
+    expl = model.explain(x, target=labels[picks])
+    save_explanation_grid(path, x, expl, class_names=class_names)
 
 
 def main(argv=None) -> int:
@@ -82,6 +102,9 @@ def main(argv=None) -> int:
             close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.6)
             raise SystemExit(f"error: unknown model {spec!r}." + (f" Did you mean: {', '.join(close)}?" if close else ""))
 
+    if len(args.num_grids) not in (1, len(args.grid)):
+        raise SystemExit(f"error: --num-grids takes one number or one per --grid size ({len(args.grid)})")
+    num_grids = dict(zip(args.grid, args.num_grids * len(args.grid) if len(args.num_grids) == 1 else args.num_grids))
     out = Path(args.out)
     accuracy: dict[str, dict] = {}
     pointing: dict[int, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in args.grid}
@@ -112,9 +135,16 @@ def main(argv=None) -> int:
             continue
         candidates = confident_per_class(wrapped, images, labels, batch_size=args.batch_size)
         methods = [m for m in args.methods if m != "own" or hasattr(model, "explain")]
+        if args.examples and hasattr(model, "explain"):
+            write_examples(model, images, labels, candidates, args.examples, info.label_names,
+                           out / f"examples_{slug(name)}.png")
         smooth = args.smooth if args.smooth is not None else (3 if images.shape[-1] <= 64 else 15)
         for n in args.grid:
-            grids = build_grids(images, candidates, n, args.num_grids, pool=args.pool, seed=args.seed)
+            try:
+                grids = build_grids(images, candidates, n, num_grids[n], pool=args.pool, seed=args.seed)
+            except ValueError as e:
+                print(f"{name}: no {n}x{n} pointing game: {e}", flush=True)
+                continue
             t0 = time.perf_counter()
             pointing[n][name] = grid_pointing_game(model, grids, methods, smooth=smooth, batch_size=args.batch_size)
             means = ", ".join(f"{METHOD_LABELS.get(m, m)} {float(s.mean()):.3f}" for m, s in pointing[n][name].items())

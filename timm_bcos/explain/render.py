@@ -97,6 +97,7 @@ def save_explanation_grid(
         for ax in axes[i]:
             ax.axis("off")
     fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
     fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
     plt.close(fig)
