@@ -294,14 +294,15 @@ def main(argv=None) -> int:
 
     check_model_name(args.model)
     try:
-        train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir,
-                                    image_column=args.image_column, label_column=args.label_column,
-                                    max_samples=args.max_train_samples)
-        val_hf = None
-        if args.val_split:
-            val_hf, _ = load_split(args.dataset, args.val_split, cache_dir=args.cache_dir,
-                                   image_column=info.image_column, label_column=info.label_column,
-                                   max_samples=args.max_val_samples)
+        with accelerator.main_process_first():  # one process downloads and prepares, the others reuse it
+            train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir,
+                                        image_column=args.image_column, label_column=args.label_column,
+                                        max_samples=args.max_train_samples)
+            val_hf = None
+            if args.val_split:
+                val_hf, _ = load_split(args.dataset, args.val_split, cache_dir=args.cache_dir,
+                                       image_column=info.image_column, label_column=info.label_column,
+                                       max_samples=args.max_val_samples)
     except DataError as e:
         fail(str(e))
     num_classes = args.num_classes or info.num_classes
@@ -381,7 +382,6 @@ def main(argv=None) -> int:
                disable=args.no_progress or not accelerator.is_local_main_process)
     metrics: dict[str, float] = {}
     stop = False
-    skipped_total = 0
     model.train()
     if scheduler is not None:
         scheduler.step_update(state.update)
@@ -393,10 +393,16 @@ def main(argv=None) -> int:
             if state.batches_in_epoch else train_loader
         loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
         window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        skipped_total = 0  # undecodable images met this epoch (by this process)
         for batch in loader:
             images, labels = batch["images"], batch["labels"]
             skipped_total += int(batch["skipped"])
+            if images.shape[0] == 0:  # a batch of undecodable images only (counted above)
+                state.batches_in_epoch += 1
+                continue
             if mixup is not None:
+                if images.shape[0] % 2:  # timm's Mixup pairs images: drop one of an odd batch
+                    images, labels = images[:-1], labels[:-1]
                 images, labels = mixup(images, labels)
             with accelerator.accumulate(model):
                 loss = criterion(model(images), labels)
