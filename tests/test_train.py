@@ -98,7 +98,7 @@ def test_two_processes_reach_the_one_process_result(tmp_path):
     run_train(tmp_path, *TWO_PROC, "--output", str(one))
     launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
                 str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2"]
-    proc = run_train(tmp_path, *TWO_PROC, "--cpu", "--output", str(two), launcher=launcher)
+    proc = run_train(tmp_path, *TWO_PROC, "--cpu", "--output", str(two), launcher=launcher, timeout=300)
     assert "2 process(es)" in proc.stdout
     w1 = load_weights(one / "export" / "model.safetensors")
     w2 = load_weights(two / "export" / "model.safetensors")

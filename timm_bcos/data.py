@@ -120,7 +120,7 @@ class ImageClassificationDataset(Dataset):
         return self.__getitems__([index])[0]
 
     def __getitems__(self, indices: list[int]) -> list:
-        """Batched row access: one arrow read per batch instead of one per image (~10x cheaper)."""
+        """Batched row access: one arrow read per batch instead of one per image."""
         indices = [int(i) for i in indices]
         rows = self.data[indices]
         return [self._sample(i, img, label) for i, img, label in
@@ -132,7 +132,8 @@ class ImageClassificationDataset(Dataset):
         except Exception:  # PIL raises several types for corrupt files; the collate step counts them
             return None
         # Seed torch's and Python's global RNGs (what torchvision and timm transforms draw from)
-        # for this sample only; numpy's is left alone (seeding it costs ~4x the whole transform).
+        # for this sample only; numpy's is left alone (reseeding numpy per sample costs more
+        # than the transform itself).
         sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         torch_state, py_state = _TORCH_RNG.get_state(), random.getstate()
         _TORCH_RNG.manual_seed(sample_seed)
@@ -180,7 +181,7 @@ class EpochSampler(Sampler[int]):
 
 class PadCropFlip:
     """The CIFAR training transform (zero-pad, random crop, horizontal flip, to [0, 1], normalise)
-    on tensors: ~10x cheaper than the PIL pipeline, which matters on a 2-core machine."""
+    on uint8 tensors, cheaper than the PIL pipeline (it matters on a 2-core machine)."""
 
     def __init__(self, size, pad: int = 4, hflip: float = 0.5, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0)):
         self.size = tuple(size)
