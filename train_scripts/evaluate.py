@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import sys
 import tempfile
 import time
@@ -58,6 +59,7 @@ def atomic_write(path: Path, text: str) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     with os.fdopen(fd, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)  # mkstemp creates 0600
     os.replace(tmp, path)
 
 
@@ -162,7 +164,7 @@ def main(argv=None) -> int:
                   markdown_table(results, METHOD_LABELS)]
         box_plot(results, out / f"pointing_game_{n}x{n}.png", title=f"{n}x{n} grid pointing game",
                  labels=METHOD_LABELS, chance=1 / n / n)
-    lines += ["", f"Command: `python train_scripts/evaluate.py {' '.join(sys.argv[1:] if argv is None else argv)}`"]
+    lines += ["", f"Command: `python train_scripts/evaluate.py {shlex.join(sys.argv[1:] if argv is None else argv)}`"]
     atomic_write(out / "results.md", "\n".join(lines) + "\n")
     summary = {"accuracy": accuracy,
                "pointing_game": {f"{n}x{n}": {name: {m: summarise(s) for m, s in per.items()}

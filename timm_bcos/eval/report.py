@@ -66,6 +66,7 @@ def box_plot(results: dict[str, dict[str, Tensor]], path: str | Path, *, title: 
     os.close(fd)
     try:
         fig.savefig(tmp, dpi=120)
+        os.chmod(tmp, 0o644)  # mkstemp creates 0600
         os.replace(tmp, path)
     finally:
         plt.close(fig)
