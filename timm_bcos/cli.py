@@ -8,28 +8,47 @@ from pathlib import Path
 import torch
 
 
-def _load_model(args: argparse.Namespace):
+def unknown_model_message(name: str, candidates: list[str] | None = None, cutoff: float = 0.4) -> str | None:
+    """None for a model timm can create; else an error naming the closest registered names."""
     import timm
 
     import timm_bcos  # noqa: F401  (registers the entrypoints)
 
-    if not timm.is_model(args.model) and not args.model.startswith(("hf-hub:", "local-dir:")):
-        close = difflib.get_close_matches(args.model, timm.list_models("bcos_*"), n=3, cutoff=0.4)
-        hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models('bcos_*')."
-        raise SystemExit(f"error: unknown model {args.model!r}.{hint}")
+    if timm.is_model(name) or name.startswith(("hf-hub:", "local-dir:")):
+        return None
+    pool = candidates if candidates is not None else timm.list_models()
+    close = difflib.get_close_matches(name, pool, n=3, cutoff=cutoff)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models()."
+    return f"unknown model {name!r}.{hint}"
+
+
+def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors, or from a .pth read with weights_only=True (tensors only)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
+        state = state.get("state_dict", state.get("model"))
+    return state
+
+
+def _load_model(args: argparse.Namespace):
+    import timm
+
+    message = unknown_model_message(args.model, timm.list_models("bcos_*"))
+    if message:
+        raise SystemExit(f"error: {message}")
     kwargs = {}
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
     if args.checkpoint:
-        from safetensors.torch import load_file
-
-        path = Path(args.checkpoint)
-        if path.suffix == ".safetensors":
-            state = load_file(path)
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
+        model.load_state_dict(load_weights_file(args.checkpoint))
     if not hasattr(model, "explain"):
         raise SystemExit(f"error: {args.model} is not a B-cos model (it has no explain())")
     return model.eval()

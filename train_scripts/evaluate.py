@@ -87,8 +87,8 @@ def main(argv=None) -> int:
 
     import timm_bcos  # noqa: F401
     from timm_bcos.data import DataError, load_image_tensors
-    from timm_bcos.eval import (box_plot, build_grids, confident_per_class, grid_pointing_game,
-                                markdown_table, summarise)
+    from timm_bcos.eval import (box_plot, build_grids, confident_per_class, evaluate_accuracy,
+                                grid_pointing_game, markdown_table, summarise)
     from timm_bcos.eval.attribution import ATTRIBUTION_METHODS, METHOD_LABELS, Normalised
 
     names = args.names or args.models
@@ -97,13 +97,12 @@ def main(argv=None) -> int:
     unknown = [m for m in args.methods if m not in ATTRIBUTION_METHODS]
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; expected some of {sorted(ATTRIBUTION_METHODS)}")
+    from timm_bcos.cli import unknown_model_message
+
     for spec in args.models:
-        if not timm.is_model(spec) and not spec.startswith(("local-dir:", "hf-hub:")):
-            import difflib
-
-            close = difflib.get_close_matches(spec, timm.list_models(), n=3, cutoff=0.6)
-            raise SystemExit(f"error: unknown model {spec!r}." + (f" Did you mean: {', '.join(close)}?" if close else ""))
-
+        message = unknown_model_message(spec, cutoff=0.6)
+        if message:
+            raise SystemExit(f"error: {message}")
     if len(args.num_grids) not in (1, len(args.grid)):
         raise SystemExit(f"error: --num-grids takes one number or one per --grid size ({len(args.grid)})")
     num_grids = dict(zip(args.grid, args.num_grids * len(args.grid) if len(args.num_grids) == 1 else args.num_grids))
@@ -125,12 +124,9 @@ def main(argv=None) -> int:
         images, labels, info, skipped = data_cache[key]
         wrapped = Normalised(model).eval()
         t0 = time.perf_counter()
-        with torch.no_grad():
-            logits = torch.cat([wrapped(images[i:i + args.batch_size]) for i in range(0, len(images), args.batch_size)])
-        top5 = logits.topk(min(5, logits.shape[1]), 1).indices
-        accuracy[name] = {"model": spec, "top1": 100.0 * float((top5[:, 0] == labels).float().mean()),
-                          "top5": 100.0 * float((top5 == labels[:, None]).any(1).float().mean()),
-                          "n": len(labels), "skipped": skipped}
+        batches = [(images[i:i + args.batch_size], labels[i:i + args.batch_size])
+                   for i in range(0, len(images), args.batch_size)]
+        accuracy[name] = {"model": spec, **evaluate_accuracy(wrapped, batches), "skipped": skipped}
         print(f"{name}: top-1 {accuracy[name]['top1']:.2f}%, top-5 {accuracy[name]['top5']:.2f}% "
               f"on {len(labels)} images ({time.perf_counter() - t0:.1f}s)", flush=True)
         if not args.grid:

@@ -25,7 +25,6 @@ OUTPUT/export (model.safetensors + config.json + README.md with the measured acc
 from __future__ import annotations
 
 import argparse
-import difflib
 import json
 import math
 import os
@@ -140,27 +139,20 @@ def fail(message: str) -> "NoReturn":  # noqa: F821
 
 
 def check_model_name(name: str) -> None:
-    import timm
+    from timm_bcos.cli import unknown_model_message
 
-    import timm_bcos  # noqa: F401  (registers bcos_*)
-
-    if timm.is_model(name) or name.startswith(("hf-hub:", "local-dir:")):
-        return
-    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models()."
-    fail(f"unknown model {name!r}.{hint}")
+    message = unknown_model_message(name, cutoff=0.6)
+    if message:
+        fail(message)
 
 
 def load_weights_file(path: str) -> dict[str, torch.Tensor]:
-    p = Path(path)
-    if not p.is_file():
-        fail(f"checkpoint not found: {path}")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    from timm_bcos.cli import load_weights_file as load
 
-        return load_file(p)
-    state = torch.load(p, map_location="cpu", weights_only=True)
-    return state.get("state_dict", state.get("model", state)) if isinstance(state, dict) else state
+    try:
+        return load(path)
+    except FileNotFoundError as e:
+        fail(str(e))
 
 
 def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str, model_name: str) -> None:

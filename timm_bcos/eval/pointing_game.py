@@ -26,16 +26,11 @@ class GridSet:
 
 @torch.no_grad()
 def confident_per_class(model: nn.Module, images: Tensor, labels: Tensor, *, threshold: float = 0.5,
-                        batch_size: int = 256, normalise=None) -> dict[int, list[int]]:
+                        batch_size: int = 256) -> dict[int, list[int]]:
     """Per class, the indices of images classified correctly with sigmoid(logit) > threshold,
-    most confident first. `normalise` maps [0, 1] images to the model's input (None: as is)."""
+    most confident first (pass the model behind its input normalisation, e.g. `Normalised`)."""
     model.eval()
-    scores = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size]
-        logits = model(normalise(x) if normalise is not None else x).float()
-        scores.append(logits)
-    logits = torch.cat(scores)
+    logits = torch.cat([model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
     pred = logits.argmax(1)
     conf = torch.sigmoid(logits.gather(1, labels[:, None]).squeeze(1))
     ok = (pred == labels) & (conf > threshold)
