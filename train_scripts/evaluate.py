@@ -2,8 +2,8 @@
 """Evaluate timm models: top-1/top-5 accuracy and the grid pointing game (paper Sec. 4).
 
   python train_scripts/evaluate.py --dataset ../shared/datasets/cifar10 --split test \\
-      --models bcos_cifar10.tv_cpu20e_b2 local-dir:runs/cifar10_convnet/export \\
-      --names "B-cos B=2" conventional --pretrained --grid 2 3 --out reports/cifar10
+      --models bcos_cifar10_w050_bnu local-dir:runs/cifar10_convnet/export \\
+      --names "B-cos B=2" conventional --pretrained --grid 2 3 --out reports/cifar10_eval
 
 Models are timm names (with --pretrained for their released weights) or `local-dir:` /
 `hf-hub:` folders such as train.py's OUTPUT/export. For each model, correctly and
