@@ -92,8 +92,8 @@ CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog"
 
 default_cfgs = generate_default_cfgs({
     "bcos_cifar10.untrained": _cfg(),
-    "bcos_cifar10_w050_bnu.cpu20e": _cfg(
-        file=str(SHIPPED_WEIGHTS / "bcos_cifar10_w050_bnu.cpu20e.safetensors"), label_names=CIFAR10_LABELS,
+    "bcos_cifar10_w050_bnu.cpu30e": _cfg(
+        file=str(SHIPPED_WEIGHTS / "bcos_cifar10_w050_bnu.cpu30e.safetensors"), label_names=CIFAR10_LABELS,
         origin_url="train_scripts/configs/cifar10_bcos_cpu.yaml",
     ),
     "bcos_cifar10_w050_bnu.untrained": _cfg(),
