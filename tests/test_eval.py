@@ -105,6 +105,8 @@ def test_confident_per_class_keeps_correct_and_confident_most_confident_first():
 
 
 def test_post_hoc_methods_on_a_linear_model():
+    # seeded: with 20 IG steps over ReLU kinks, about 1 in 10 random draws misses the 5% bound
+    torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 5))
     model.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
     model.feature_info = [{"module": "1", "num_chs": 4, "reduction": 1}]

@@ -8,16 +8,16 @@ from pathlib import Path
 import torch
 
 
-def unknown_model_message(name: str, candidates: list[str] | None = None, cutoff: float = 0.4) -> str | None:
-    """None for a model timm can create; else an error naming the closest registered names."""
+def unknown_model_message(name: str, pattern: str = "*", cutoff: float = 0.4) -> str | None:
+    """None for a model timm can create; else an error naming the closest registered names
+    among those matching `pattern` (listed only when the name is unknown)."""
     import timm
 
     import timm_bcos  # noqa: F401  (registers the entrypoints)
 
     if timm.is_model(name) or name.startswith(("hf-hub:", "local-dir:")):
         return None
-    pool = candidates if candidates is not None else timm.list_models()
-    close = difflib.get_close_matches(name, pool, n=3, cutoff=cutoff)
+    close = difflib.get_close_matches(name, timm.list_models(pattern), n=3, cutoff=cutoff)
     hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models()."
     return f"unknown model {name!r}.{hint}"
 
@@ -32,15 +32,14 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 
         return load_file(path)
     state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and isinstance(state.get("state_dict", state.get("model")), dict):
-        state = state.get("state_dict", state.get("model"))
-    return state
+    nested = state.get("state_dict", state.get("model")) if isinstance(state, dict) else None
+    return nested if isinstance(nested, dict) else state
 
 
 def _load_model(args: argparse.Namespace):
     import timm
 
-    message = unknown_model_message(args.model, timm.list_models("bcos_*"))
+    message = unknown_model_message(args.model, "bcos_*")
     if message:
         raise SystemExit(f"error: {message}")
     kwargs = {}

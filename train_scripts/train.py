@@ -466,10 +466,10 @@ def main(argv=None) -> int:
 def save_weights(model: torch.nn.Module, path: Path) -> None:
     from safetensors.torch import save_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
-    os.replace(tmp, path)
+    from timm_bcos.atomic import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
 
 
 def export(args, model, ema, state: TrainState, metrics: dict, info, output: Path) -> None:

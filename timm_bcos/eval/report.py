@@ -1,12 +1,12 @@
 """Pointing-game summaries: a markdown table and a box plot in the style of the paper's Fig. 6."""
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import torch
 from torch import Tensor
+
+from ..atomic import atomic_path
 
 
 def summarise(scores: Tensor) -> dict[str, float]:
@@ -61,15 +61,9 @@ def box_plot(results: dict[str, dict[str, Tensor]], path: str | Path, *, title: 
     ax.set_title(title)
     fig.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".png", dir=path.parent)
-    os.close(fd)
     try:
-        fig.savefig(tmp, dpi=120)
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=120, format="png")
     finally:
         plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path

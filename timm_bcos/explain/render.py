@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..atomic import atomic_path
+
 
 def weights_to_rgba(weights: Tensor, encoded_input: Tensor, smooth: int = 0,
                     alpha_percentile: float = 99.5) -> np.ndarray:
@@ -97,9 +99,9 @@ def save_explanation_grid(
         for ax in axes[i]:
             ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
-    plt.close(fig)
-    tmp.replace(path)
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
     return path
