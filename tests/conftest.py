@@ -5,3 +5,17 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
+
+
+def pytest_report_header(config):
+    """What a failure on another machine needs to be read: versions and the CPU's kernel path."""
+    import platform
+
+    import accelerate
+    import timm
+
+    return [f"python {platform.python_version()}, torch {torch.__version__}, timm {timm.__version__}, "
+            f"accelerate {accelerate.__version__}",
+            f"machine {platform.machine()}, {os.cpu_count()} cpus, torch cpu capability "
+            f"{torch.backends.cpu.get_cpu_capability()}, torch threads per test process "
+            f"{torch.get_num_threads()}, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}"]

@@ -93,6 +93,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--ema-decay", type=float, default=0.0, help="model EMA decay (0: off), e.g. 0.9998")
     g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
                    help="default: what `accelerate launch` / its config says")
+    g.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                   help="parameter and input dtype (%(default)s); float64 makes runs comparable "
+                        "across machines and process counts (rounding ~1e-16)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU even where GPUs are present")
     g = p.add_argument_group("checkpoints and output")
@@ -298,7 +301,8 @@ def main(argv=None) -> int:
     except DataError as e:
         fail(str(e))
     num_classes = args.num_classes or info.num_classes
-    model = create_model(args, num_classes)
+    dtype = getattr(torch, args.dtype)
+    model = create_model(args, num_classes).to(dtype)
     meta = run_meta(args, num_classes)
 
     per_step = args.batch_size // args.grad_accum
@@ -387,7 +391,7 @@ def main(argv=None) -> int:
         window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
         skipped_total = 0  # undecodable images met this epoch (by this process)
         for batch in loader:
-            images, labels = batch["images"], batch["labels"]
+            images, labels = batch["images"].to(dtype), batch["labels"]
             skipped_total += int(batch["skipped"])
             if images.shape[0] == 0:  # a batch of undecodable images only (counted above)
                 state.batches_in_epoch += 1
@@ -439,9 +443,9 @@ def main(argv=None) -> int:
             break
         # epoch end: evaluate, remember the best, checkpoint
         if val_loader is not None:
-            metrics = evaluate_accuracy(model, val_loader, accelerator=accelerator)
+            metrics = evaluate_accuracy(model, val_loader, accelerator=accelerator, dtype=dtype)
             if ema is not None:
-                ema_metrics = evaluate_accuracy(ema.module, val_loader, accelerator=accelerator)
+                ema_metrics = evaluate_accuracy(ema.module, val_loader, accelerator=accelerator, dtype=dtype)
                 metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "n"})
             if metrics["top1"] > state.best_top1:
                 state.best_top1, state.best_epoch = metrics["top1"], epoch

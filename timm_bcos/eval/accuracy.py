@@ -14,8 +14,10 @@ def _unpack(batch):
 
 
 @torch.no_grad()
-def evaluate_accuracy(model: nn.Module, loader, *, accelerator=None, device=None, ks=(1, 5)) -> dict[str, float]:
-    """Percent top-k accuracy; with an Accelerate `accelerator`, gathered over processes."""
+def evaluate_accuracy(model: nn.Module, loader, *, accelerator=None, device=None, dtype=None,
+                      ks=(1, 5)) -> dict[str, float]:
+    """Percent top-k accuracy; with an Accelerate `accelerator`, gathered over processes.
+    `dtype` casts the images (for a model kept in float64, say)."""
     was_training = model.training
     model.eval()
     correct = dict.fromkeys(ks, 0)
@@ -26,6 +28,8 @@ def evaluate_accuracy(model: nn.Module, loader, *, accelerator=None, device=None
             continue
         if device is not None:
             images, labels = images.to(device), labels.to(device)
+        if dtype is not None:
+            images = images.to(dtype)
         logits = model(images)
         if accelerator is not None:
             logits, labels = accelerator.gather_for_metrics((logits, labels))
