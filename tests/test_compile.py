@@ -21,7 +21,10 @@ def test_layers_compile_without_graph_breaks():
         nn.Flatten(2),
     )
     tokens = nn.Sequential(L.BcosAttention(8, 2), L.DetachableLayerNorm(8), L.BcosLinear(8, 4, b=2))
-    x = torch.rand(2, 3, 8, 8)
+    # float64: compiled and eager may sum in another order, and a MaxOut near-tie or a small
+    # norm denominator must not turn that into a visible difference on some machine
+    model, tokens = model.double(), tokens.double()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
 
     def full(inp):
         feats = model(inp).transpose(1, 2)
@@ -38,5 +41,5 @@ def test_layers_compile_without_graph_breaks():
             ye, yc = full(xe), compiled(xc)
             ye.sum().backward()
             yc.sum().backward()
-        assert rel_err(yc, ye) <= 1e-5
-        assert rel_err(xc.grad, xe.grad) <= 1e-5
+        assert rel_err(yc, ye) <= 1e-9
+        assert rel_err(xc.grad, xe.grad) <= 1e-9

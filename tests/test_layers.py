@@ -64,10 +64,10 @@ def test_output_is_bounded_by_input_norm():
 
 
 def test_v1_output_scale():
-    conv = L.BcosConv2d(16, 8, 3, padding=1, b=2, scale=L.v1_output_scale(3, 16))
-    plain = L.BcosConv2d(16, 8, 3, padding=1, b=2)
+    conv = L.BcosConv2d(16, 8, 3, padding=1, b=2, scale=L.v1_output_scale(3, 16)).double()
+    plain = L.BcosConv2d(16, 8, 3, padding=1, b=2).double()
     plain.weight.data.copy_(conv.weight.data)
-    x = torch.randn(1, 16, 6, 6)
+    x = torch.randn(1, 16, 6, 6, dtype=torch.float64)
     assert math.isclose(L.v1_output_scale(3, 16), 3 * 4 / 100)
     assert rel_err(conv(x), plain(x) / (3 * 4 / 100)) <= 1e-6
 
@@ -106,9 +106,11 @@ def test_every_layer_is_dynamic_linear(name):
 def test_logit_layer_is_linear_up_to_its_bias():
     layer = L.LogitLayer(logit_bias=L.default_logit_bias(10), logit_temperature=2.0)
     assert math.isclose(layer.logit_bias.item(), -math.log(9), rel_tol=1e-6)
-    x = torch.randn(3, 10)
-    y, grad = input_grad(layer, x, out_weights=torch.eye(10)[4].expand(3, 10))
-    assert torch.allclose((grad * x).sum(1), y[:, 4] - layer.logit_bias)
+    # float64: y - bias cancels the bias, which float32 keeps only to ~2e-7 absolute
+    layer = layer.double()
+    x = torch.randn(3, 10, dtype=torch.float64)
+    y, grad = input_grad(layer, x, out_weights=torch.eye(10, dtype=torch.float64)[4].expand(3, 10))
+    assert rel_err((grad * x).sum(1), y[:, 4] - layer.logit_bias) <= 1e-12
 
 
 @pytest.mark.parametrize("b", [1.25, 2.0, 2.5])
@@ -143,8 +145,9 @@ def test_explanation_gradient_is_the_dynamic_weight(b):
 
 def test_completeness_detects_undetached_norm():
     """x / std(x) is scale invariant: without detaching, sum(grad * x) is 0, not y."""
-    norm = L.drop_bias(L.GroupNormUncentered2d(1, 4))
-    x = torch.randn(1, 4, 3, 3).requires_grad_(True)
+    torch.manual_seed(0)
+    norm = L.drop_bias(L.GroupNormUncentered2d(1, 4)).double()
+    x = (torch.randn(1, 4, 3, 3, dtype=torch.float64) + 0.5).requires_grad_(True)
     y = norm(x)[0, 1, 1, 1]
     (grad,) = torch.autograd.grad(y, x)
     assert abs((grad * x).sum().item()) < 1e-3 * abs(y.item())
@@ -260,5 +263,5 @@ def test_bfloat16_autocast_trains():
         out = model(x)
     out.float().sum().backward()
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
-    ref = model(x).sum()
-    assert abs(out.float().sum().item() - ref.item()) <= 0.05 * abs(ref.item()) + 1e-3
+    # element-wise (norm-wise) error: a sum could cancel and leave bf16 rounding exposed
+    assert rel_err(out.float(), model(x)) <= 0.05
