@@ -16,6 +16,7 @@ from .norms import (
     PositionNormUncentered2d,
     drop_bias,
 )
+from .sync_norm import SyncBatchNormUncentered2d, convert_sync_batchnorm
 
 __all__ = [
     "BatchNormUncentered2d",
@@ -33,6 +34,8 @@ __all__ = [
     "InputEncoding",
     "LogitLayer",
     "PositionNormUncentered2d",
+    "SyncBatchNormUncentered2d",
+    "convert_sync_batchnorm",
     "default_logit_bias",
     "detachable_attention",
     "detachable_modules",
