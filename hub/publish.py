@@ -1,6 +1,7 @@
 """Convert every released B-cos v2 checkpoint and publish it to the Hugging Face Hub.
 
     python hub/publish.py --weights-dir DIR --org ORG [--dry-run --out-dir out/hub] [--only resnet50 ...]
+    python hub/publish.py --space --org ORG [--dry-run]   # the explorer Space (hub/space/ + the package)
 
 DIR holds the release .pth files (names as on the B-cos-v2 release v0.0.1-weights;
 download them first, e.g. `python hub/publish.py --print-urls | xargs -n1 wget`).
@@ -30,7 +31,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", nargs="*", help="bcos entrypoint names to publish (default: all)")
     parser.add_argument("--print-urls", action="store_true")
     parser.add_argument("--private", action="store_true")
+    parser.add_argument("--space", action="store_true", help="publish the explorer Space ORG/timm-bcos-explorer")
     args = parser.parse_args(argv)
+    if args.space:
+        from publish_space import publish_space
+
+        return publish_space(args.org, args.out_dir, args.dry_run, args.private)
     releases = [r for r in RELEASES if not args.only or r.bcos_name in args.only]
     if args.print_urls:
         print("\n".join(r.url for r in releases))

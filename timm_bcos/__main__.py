@@ -20,6 +20,9 @@ def main(argv: list[str] | None = None) -> int:
     from .cli import add_explain_parser
 
     add_explain_parser(sub)
+    from .app.cli import add_app_parser
+
+    add_app_parser(sub)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -1,0 +1,40 @@
+"""`python -m timm_bcos app ...` (and `timm-bcos app`): serve the explorer on a local address."""
+from __future__ import annotations
+
+import argparse
+
+from .engine import DEFAULT_MODEL
+
+
+def app_main(args: argparse.Namespace) -> int:
+    try:
+        from .layout import launch
+    except ImportError as e:
+        raise SystemExit(f"error: the explorer needs the app extra ({e}); "
+                         f"install it with: pip install 'timm_bcos[app]'") from None
+    from .engine import Explorer, load_model
+
+    default = args.model is None
+    name = DEFAULT_MODEL if default else args.model
+    pretrained = args.pretrained or (default and not args.checkpoint)
+    if not (pretrained or args.checkpoint):
+        print(f"note: {name} has random weights; give --pretrained or --checkpoint for a trained model")
+    try:
+        model = load_model(name, pretrained=pretrained, checkpoint=args.checkpoint)
+    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        raise SystemExit(f"error: {e}") from None
+    launch(Explorer(model, name), host=args.host, port=args.port)
+    return 0
+
+
+def add_app_parser(sub) -> None:
+    p = sub.add_parser("app", help="the interactive explorer: a local web page that explains images")
+    p.add_argument("--model", default=None,
+                   help=f"a bcos_* name, hf-hub:ORG/REPO or local-dir:PATH (default: {DEFAULT_MODEL}, "
+                        f"trained here, weights in the package)")
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--pretrained", action="store_true", help="load the model's pretrained weights")
+    src.add_argument("--checkpoint", help="a .safetensors (or trusted .pth) state dict for the model")
+    p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
+    p.add_argument("--port", type=int, default=7860)
+    p.set_defaults(func=app_main)
