@@ -326,6 +326,28 @@ def test_augmentation_is_seeded_per_sample_and_leaves_global_rng_alone():
     assert not all(torch.equal(ds[i][0], first[i][0]) for i in range(4))
 
 
+def test_numpy_drawing_transforms_are_seeded_per_sample_too():
+    import numpy as np
+
+    from timm_bcos.data import ImageDatasetInfo, ImageClassificationDataset
+
+    class Rows(list):
+        def __getitem__(self, idx):
+            return {"image": [np.zeros((2, 2, 3), np.uint8)] * len(idx), "label": list(idx)}
+
+    ds = ImageClassificationDataset(Rows([0] * 4), ImageDatasetInfo("image", "label", 4, None),
+                                    lambda img: float(np.random.rand()))
+    np.random.seed(7)
+    before = np.random.rand()
+    np.random.seed(7)
+    first = [x for x, _ in ds.__getitems__([0, 1, 2, 3])]
+    assert np.random.rand() == before  # the caller's numpy RNG did not move
+    assert [x for x, _ in ds.__getitems__([3, 2, 1, 0])][::-1] == first  # per sample, not per call
+    assert len(set(first)) == 4
+    ds.set_epoch(1)
+    assert [x for x, _ in ds.__getitems__([0, 1, 2, 3])] != first
+
+
 def test_collate_counts_undecodable():
     from timm_bcos.data import collate_skipping
 

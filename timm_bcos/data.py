@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset, Sampler
+from torch.utils.data import Dataset, Sampler, get_worker_info
 
 _TORCH_RNG = torch.default_generator
 IMAGE_COLUMNS = ("image", "img", "pixel_values", "picture")
@@ -131,18 +131,23 @@ class ImageClassificationDataset(Dataset):
             img = decode_image(value)
         except Exception:  # PIL raises several types for corrupt files; the collate step counts them
             return None
-        # Seed torch's and Python's global RNGs (what torchvision and timm transforms draw from)
-        # for this sample only; numpy's is left alone (reseeding numpy per sample costs more
-        # than the transform itself).
+        # Seed torch's, Python's and numpy's global RNGs (what torchvision, timm and user
+        # transforms draw from) for this sample only.
         sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         torch_state, py_state = _TORCH_RNG.get_state(), random.getstate()
+        # numpy's state is slow to save (~0.1 ms): a loader worker's RNG is ours to reseed, so
+        # only the main process (workers=0) restores the caller's state afterwards
+        np_state = np.random.get_state() if get_worker_info() is None else None
         _TORCH_RNG.manual_seed(sample_seed)
         random.seed(sample_seed)
+        np.random.seed(sample_seed % 2**32)
         try:
             x = self.transform(img)
         finally:
             _TORCH_RNG.set_state(torch_state)
             random.setstate(py_state)
+            if np_state is not None:
+                np.random.set_state(np_state)
         return x, int(label)
 
 
