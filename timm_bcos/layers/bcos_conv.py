@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
+from . import kernels
 from ._checks import check_input
 from .detach import DetachableModule
 from .encoding import InputEncoding
@@ -97,6 +98,11 @@ class BcosConv2d(DetachableModule):
 
     def _patch_norms(self, x: Tensor) -> Tensor:
         """||x_patch|| for every output position and group: [N, G, H_out, W_out]."""
+        if kernels.use_fused(x):  # CUDA + Triton (kernels/_patch_norm.py)
+            norms = kernels.patch_norm(x, self.groups, self.kernel_size, self.stride, self.padding,
+                                       self.dilation, PATCH_NORM_EPS)
+            if norms is not None:
+                return norms
         squares = x * x
         n, c, h, w = squares.shape
         g = self.groups

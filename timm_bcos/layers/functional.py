@@ -5,6 +5,8 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
+from . import kernels
+
 # Stabilisers of the B-cos v2 reference; kept identical so converted weights
 # reproduce its outputs exactly (they matter for small |cos| and B != 2).
 COS_EPS = 1e-6
@@ -68,6 +70,10 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
     """
     if b == 1:
         return linear_out
+    if kernels.use_fused(linear_out):  # CUDA + Triton: one kernel each way (kernels/_bcos_scale.py)
+        fused = kernels.bcos_scale(linear_out, input_norm, b, detach)
+        if fused is not None:
+            return fused
     if b == 2:
         return _BcosScaleB2.apply(linear_out, input_norm, detach)
     out_for_scale = linear_out.detach() if detach else linear_out

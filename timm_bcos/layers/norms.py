@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from torch.autograd.function import once_differentiable
 
+from . import kernels
 from .detach import DetachableModule
 
 
@@ -96,7 +97,9 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
         _check_4d(x, self, self.num_features)
         use_batch_stats = self.training or self.running_var is None
         if use_batch_stats:
-            y, var = _UncenteredBatchNormTrain.apply(x, self.weight, self.eps, self.detach)
+            # CUDA + Triton: fused statistics and apply (kernels/_batch_norm.py)
+            train = kernels.batch_norm_uncentered if kernels.use_fused(x) else _UncenteredBatchNormTrain.apply
+            y, var = train(x, self.weight, self.eps, self.detach)
             if self.training and self.track_running_stats and self.running_var is not None:
                 self.num_batches_tracked.add_(1)
                 momentum = (

@@ -1,0 +1,240 @@
+"""The fused Triton kernels against the PyTorch path, run on the CPU by Triton's interpreter.
+
+Not collected by pytest: tests/test_kernels.py runs this file in a subprocess
+with TRITON_INTERPRET=1 (Triton reads it when the kernels are defined, so it
+must not leak into other tests) and reads one JSON line of results,
+{check name: "ok" or the traceback}. Run alone: TRITON_INTERPRET=1 python tests/kernels_interpreted.py
+"""
+import contextlib
+import json
+import sys
+import time
+import traceback
+
+import torch
+from torch import nn
+
+from helpers import rel_err
+from timm_bcos import layers as L
+from timm_bcos.layers import explanation_mode, kernels
+from timm_bcos.layers.functional import bcos_scale as torch_bcos_scale
+from timm_bcos.layers.kernels import _ops
+from timm_bcos.layers.norms import _UncenteredBatchNormTrain
+
+TOL64 = 1e-12  # float64 throughout: only summation order differs
+
+
+@contextlib.contextmanager
+def pytorch_path():
+    """The layers' own PyTorch code (the oracle), with the kernels switched off."""
+    kernels.ENABLED = False
+    try:
+        yield
+    finally:
+        kernels.ENABLED = True
+
+
+def grads(fn, inputs, seed=0):
+    """fn(*inputs) and the gradients of <fn(*inputs), r> for a fixed random r."""
+    inputs = [t.detach().clone().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
+    out = fn(*inputs)
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    needs = [t for t in inputs if t is not None and t.requires_grad]
+    return (out.detach(), *torch.autograd.grad((out * r).sum(), needs))
+
+
+def assert_close(actual, expected, tol=TOL64, what=""):
+    for i, (a, e) in enumerate(zip(actual, expected)):
+        assert a.shape == e.shape, f"{what}[{i}] shape {tuple(a.shape)} vs {tuple(e.shape)}"
+        err = rel_err(a, e)
+        assert err <= tol, f"{what}[{i}]: relative error {err:.3e} > {tol:g}"
+
+
+GEOMETRIES = [  # groups, kernel, stride, padding, dilation
+    (1, 3, 1, 1, 1), (1, 1, 1, 0, 1), (1, 1, 2, 0, 1), (2, 3, 2, 1, 1), (1, 3, 1, 2, 2), (1, 3, 1, "same", 1),
+    (1, 2, 1, "same", 1),  # asymmetric 'same': the kernel declines, the PyTorch path answers
+]
+
+
+def check_patch_norm_forward_backward():
+    torch.manual_seed(0)
+    for g, k, s, p, d in GEOMETRIES:
+        conv = L.BcosConv2d(4, 4, k, stride=s, padding=p, dilation=d, groups=g).double()
+        x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+        fused = grads(conv._patch_norms, [x])
+        with pytorch_path():
+            expected = grads(conv._patch_norms, [x])
+        assert_close(fused, expected, what=f"patch norm {(g, k, s, p, d)}")
+
+
+def check_patch_norm_gradcheck():
+    x = torch.randn(1, 3, 5, 4, dtype=torch.float64, requires_grad=True)
+    for k, s, p in ((3, 2, 1), (1, 1, 0)):
+        assert torch.autograd.gradcheck(
+            lambda t: _ops.patch_norm(t, 1, (k, k), (s, s), (p, p), (1, 1), 1e-6), (x,))
+
+
+def _scale_cases():
+    """(lin, norm) pairs: conv [N, C, H, W] over norms [N, 1 | G, H, W], and linear rows [..., F] over [..., 1]."""
+    torch.manual_seed(1)
+    conv = (torch.randn(2, 6, 3, 4), torch.rand(2, 1, 3, 4) + 0.5)
+    grouped = (torch.randn(2, 6, 3, 4), torch.rand(2, 3, 3, 4) + 0.5)
+    rows = (torch.randn(2, 5, 7), torch.rand(2, 5, 1) + 0.5)
+    return [(lin.double().requires_grad_(), norm.double().requires_grad_()) for lin, norm in (conv, grouped, rows)]
+
+
+def check_bcos_scale_forward_backward():
+    for b in (2.0, 1.5, 3.0):
+        for detach in (False, True):
+            for lin, norm in _scale_cases():
+                def torch_path(lin, norm):  # the PyTorch path takes norms broadcast to lin's channels
+                    if lin.dim() == 4:
+                        norm = norm.repeat_interleave(lin.shape[1] // norm.shape[1], dim=1)
+                    with pytorch_path():
+                        return torch_bcos_scale(lin, norm, b, detach)
+
+                fused_fn = lambda lin, norm: _ops.bcos_scale(lin, norm, b, detach)  # noqa: E731
+                what = f"bcos scale b={b} detach={detach} {tuple(lin.shape)}/{tuple(norm.shape)}"
+                if detach:  # the factor is a constant: only lin gets a gradient
+                    norm = norm.detach()
+                assert_close(grads(fused_fn, [lin, norm]), grads(torch_path, [lin, norm]), what=what)
+
+
+def check_bcos_scale_gradcheck():
+    for b in (2.0, 1.5):
+        for lin, norm in _scale_cases()[:2]:
+            lin, norm = lin[:1, :, :2, :2].detach().requires_grad_(), norm[:1, :, :2, :2].detach().requires_grad_()
+            assert torch.autograd.gradcheck(lambda l, n: _ops.bcos_scale(l, n, b, False), (lin, norm))
+            # explanation mode: the gradient of l * s(l, n).detach() w.r.t. l is s = y / l
+            expected = torch_bcos_scale(lin, norm.detach().repeat_interleave(
+                lin.shape[1] // norm.shape[1], 1), b, False).detach() / lin.detach()
+            (g,) = torch.autograd.grad(_ops.bcos_scale(lin, norm.detach(), b, True).sum(), lin)
+            assert_close([g], [expected], what=f"explanation-mode gradient b={b}")
+
+
+def check_batch_norm_forward_backward():
+    torch.manual_seed(2)
+    x = torch.randn(3, 4, 5, 5, dtype=torch.float64) + 3.0
+    for with_weight in (True, False):
+        w = torch.randn(4, dtype=torch.float64) if with_weight else None
+        for detach in (False, True):
+            def run(x, w=None):
+                y, var = (kernels.batch_norm_uncentered if kernels.ENABLED else _UncenteredBatchNormTrain.apply)(
+                    x, w, 1e-5, detach)
+                return y + 0 * var.sum()  # var has no gradient: it only feeds running_var
+
+            inputs = [x.requires_grad_(), w.requires_grad_() if w is not None else None]
+            fused = grads(run, inputs)
+            with pytorch_path():
+                expected = grads(run, inputs)
+            assert_close(fused, expected, what=f"uncentered BN weight={with_weight} detach={detach}")
+
+
+def check_batch_norm_statistics_split_and_offset():
+    """Several chunks per channel, merged; a mean of 1e3 at std 1 in float32 (E[x^2] - E[x]^2 would lose it)."""
+    torch.manual_seed(3)
+    x = torch.randn(4, 3, 48, 48) + 1e3  # 9216 values per channel: two chunks
+    y, var = kernels.batch_norm_uncentered(x, None, 1e-5, False)
+    expected_var = x.double().var(dim=(0, 2, 3), unbiased=False)
+    assert rel_err(var, expected_var) <= 1e-4, rel_err(var, expected_var)
+    assert rel_err(y, x.double() / (expected_var + 1e-5).sqrt()[:, None, None]) <= 1e-4
+
+
+def check_batch_norm_gradcheck():
+    x = (torch.randn(2, 2, 3, 3, dtype=torch.float64) + 1).requires_grad_()
+    w = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda x, w: kernels.batch_norm_uncentered(x, w, 1e-5, False)[0], (x, w))
+
+
+def _small_net(encode: bool = True):
+    torch.manual_seed(4)
+    return nn.Sequential(
+        L.BcosConv2d(6, 8, 3, padding=1, b=2, max_out=2, encode_input=encode),
+        L.BatchNormUncentered2d(8),
+        L.BcosConv2d(8, 8, 3, stride=2, padding=1, groups=2, b=1.5),
+        L.BatchNormUncentered2d(8, affine=False),
+        L.BcosConv2d(8, 6, 1, b=3),
+        nn.Flatten(2),
+        L.BcosLinear(16, 5, b=2),
+    ).double()
+
+
+def check_layers_train_and_explain():
+    """A small network, training mode and explanation mode: outputs, input and weight gradients, running_var."""
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    for explain in (False, True):
+        results = []
+        for fused in (True, False):
+            net = _small_net()
+            with contextlib.ExitStack() as stack:
+                if not fused:
+                    stack.enter_context(pytorch_path())
+                if explain:
+                    stack.enter_context(explanation_mode(net))
+                out, gx = grads(net, [x.clone().requires_grad_()])
+                net(x).sum().backward()
+            results.append([out, gx, *(p.grad for p in net.parameters()), net[1].running_var])
+        assert_close(*results, what=f"network explain={explain}")
+        if explain:  # dynamic linearity (Eqs. 10-11): sum(dy_j/dx * x) == y_j, here without the input encoding
+            net = _small_net(encode=False)
+            xe = torch.cat([x, 1 - x], 1).requires_grad_()
+            with explanation_mode(net):
+                y = net(xe)[0, 0, 0]
+                (g,) = torch.autograd.grad(y, xe)
+            assert abs((g * xe).sum().item() - y.item()) <= 1e-10 * abs(y.item()), ((g * xe).sum().item(), y.item())
+
+
+def check_compiled_graph_sees_the_ops():
+    """torch.compile(fullgraph=True): no graph break, the custom ops in the graph, same numbers as eager."""
+    net = _small_net()
+    x = torch.rand(2, 3, 8, 8, dtype=torch.float64)
+    seen = []
+
+    def backend(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        from functorch.compile import make_boxed_func
+        from torch._dynamo.backends.common import aot_autograd
+        boxed = lambda g, _: make_boxed_func(g)  # noqa: E731 - run the traced graphs as they are
+        return aot_autograd(fw_compiler=boxed, bw_compiler=boxed)(gm, example_inputs)
+
+    eager = grads(net, [x.clone().requires_grad_()])
+    compiled = grads(torch.compile(net, fullgraph=True, backend=backend), [x.clone().requires_grad_()])
+    assert_close(compiled, eager, what="compiled vs eager")
+    for op in ("patch_norm", "bcos_scale", "batch_norm_uncentered"):
+        assert any(f"timm_bcos.{op}" in s for s in seen), f"timm_bcos::{op} not in the graph: {sorted(set(seen))}"
+
+
+def check_opcheck():
+    """torch.library.opcheck: schema, fake (meta) kernels, autograd registration."""
+    x = torch.randn(1, 2, 4, 4, dtype=torch.float64, requires_grad=True)
+    lin, norm = torch.randn(1, 2, 6, dtype=torch.float64, requires_grad=True), torch.rand(1, 1, 6, dtype=torch.float64) + .5
+    w = torch.randn(2, dtype=torch.float64, requires_grad=True)
+    ops = torch.ops.timm_bcos
+    for op, args in [
+        (ops.patch_norm.default, (x, 1, [3, 3], [1, 1], [1, 1], [1, 1], 1e-6)),
+        (ops.bcos_scale.default, (lin, norm.requires_grad_(), 2.0, False)),
+        (ops.bcos_scale.default, (lin, norm, 1.5, True)),
+        (ops.batch_norm_uncentered.default, (x, w, 1e-5, False)),
+        (ops.batch_norm_uncentered.default, (x, None, 1e-5, True)),
+    ]:
+        torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
+
+
+def main() -> None:
+    assert kernels.INTERPRET and kernels.ENABLED, "run with TRITON_INTERPRET=1 and triton installed"
+    wanted = set(sys.argv[1:])
+    results = {}
+    for name, fn in list(globals().items()):
+        if name.startswith("check_") and (not wanted or name in wanted):
+            t0 = time.perf_counter()
+            try:
+                fn()
+                results[name] = "ok"
+            except Exception:  # noqa: BLE001 - every failure is reported by name
+                results[name] = traceback.format_exc()
+            print(f"{name}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

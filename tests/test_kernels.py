@@ -1,0 +1,87 @@
+"""The fused Triton kernels (timm_bcos.layers.kernels): exactness and dispatch.
+
+The kernels run on the CPU under Triton's interpreter in one subprocess
+(tests/kernels_interpreted.py, TRITON_INTERPRET=1 kept out of this process);
+each of its checks is one test here. The fallbacks (no triton, the
+TIMM_BCOS_KERNELS=0 switch, CPU tensors) run in small subprocesses too, since
+they depend on what is imported at start-up.
+"""
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from timm_bcos.layers import kernels
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CHECKS = [
+    "check_patch_norm_forward_backward",
+    "check_patch_norm_gradcheck",
+    "check_bcos_scale_forward_backward",
+    "check_bcos_scale_gradcheck",
+    "check_batch_norm_forward_backward",
+    "check_batch_norm_statistics_split_and_offset",
+    "check_batch_norm_gradcheck",
+    "check_layers_train_and_explain",
+    "check_compiled_graph_sees_the_ops",
+    "check_opcheck",
+]
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
+
+
+def _run(code_or_file, env_extra, timeout=600):
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([HERE, os.path.dirname(HERE)]), **env_extra}
+    env.pop("TRITON_INTERPRET", None) if "TRITON_INTERPRET" not in env_extra else None
+    env.pop("TIMM_BCOS_KERNELS", None) if "TIMM_BCOS_KERNELS" not in env_extra else None
+    args = [code_or_file] if code_or_file.endswith(".py") else ["-c", code_or_file]
+    proc = subprocess.run([sys.executable, *args], env=env, cwd=HERE, capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-5000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="module")
+def interpreted():
+    out = _run(os.path.join(HERE, "kernels_interpreted.py"), {"TRITON_INTERPRET": "1", "OMP_NUM_THREADS": "1"})
+    results = json.loads(out.strip().splitlines()[-1])
+    assert sorted(results) == sorted(CHECKS), f"checks run {sorted(results)} vs listed {sorted(CHECKS)}"
+    return results
+
+
+@needs_triton
+@pytest.mark.parametrize("name", CHECKS)
+def test_fused_kernel_under_interpreter(interpreted, name):
+    assert interpreted[name] == "ok", interpreted[name]
+
+
+def test_cpu_tensors_take_the_pytorch_path():
+    if kernels.INTERPRET:
+        pytest.skip("this process runs under Triton's interpreter")
+    assert not kernels.use_fused(torch.zeros(2, 3))
+
+
+_LAYER_STEP = """
+import sys, torch
+from torch import nn
+from timm_bcos import layers as L
+from timm_bcos.layers import kernels
+net = nn.Sequential(L.BcosConv2d(6, 4, 3, padding=1, encode_input=True), L.BatchNormUncentered2d(4),
+                    nn.Flatten(1), L.BcosLinear(4 * 25, 3, b=1.5))
+x = torch.rand(2, 3, 5, 5, requires_grad=True)
+net(x).sum().backward()
+assert torch.isfinite(x.grad).all()
+print(kernels.ENABLED, kernels.use_fused(x), "timm_bcos.layers.kernels._ops" in sys.modules)
+"""
+
+
+@pytest.mark.parametrize("case,env,prelude", [
+    ("triton missing", {"TRITON_INTERPRET": "1"}, "import sys; sys.modules['triton'] = None\n"),
+    ("switched off", {"TRITON_INTERPRET": "1", "TIMM_BCOS_KERNELS": "0"}, ""),
+])
+def test_fallback_to_the_pytorch_path(case, env, prelude):
+    """Without triton, or with TIMM_BCOS_KERNELS=0, the layers run their PyTorch code and never load the kernels."""
+    out = _run(prelude + _LAYER_STEP, env, timeout=300)
+    assert out.split() == ["False", "False", "False"], f"{case}: {out}"

@@ -1,0 +1,57 @@
+"""Optional fused GPU kernels (Triton) for the B-cos hot spots.
+
+The layers call `use_fused(x)` and, where it says yes, the functions below
+instead of their PyTorch code; that code stays the CPU path and the oracle.
+The kernels are torch custom ops (`torch.library`) with autograd and fake
+(meta) implementations, so eager autograd and torch.compile both see them.
+
+Fused only for CUDA tensors (or any tensor under Triton's interpreter,
+TRITON_INTERPRET=1, which is how the tests run them on a CPU), only when
+`triton` is importable, and not when TIMM_BCOS_KERNELS=0. Nothing here
+imports triton until a fused path is taken.
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+
+from torch import Tensor
+
+
+def _triton_present() -> bool:
+    try:
+        return importlib.util.find_spec("triton") is not None
+    except (ImportError, ValueError):  # ValueError: sys.modules["triton"] is None (blocked)
+        return False
+
+
+# Read once at import: a module constant keeps the dispatch free for
+# torch.compile (a guard on a global) and cheap in eager mode.
+ENABLED = os.environ.get("TIMM_BCOS_KERNELS", "1") != "0" and _triton_present()
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def use_fused(x: Tensor) -> bool:
+    """Whether the fused kernels handle `x` (CUDA or interpreter, contiguous NCHW/rows)."""
+    return ENABLED and (x.is_cuda or INTERPRET) and x.is_contiguous()
+
+
+def _load():
+    from . import _ops as ops  # imports triton and registers the ops on first use
+
+    return ops
+
+
+def patch_norm(x: Tensor, groups: int, kernel_size, stride, padding, dilation, eps: float) -> Tensor:
+    """sqrt(window sum of the channel sum of squares + eps): [N, groups, H_out, W_out]."""
+    return _load().patch_norm(x, groups, kernel_size, stride, padding, dilation, eps)
+
+
+def bcos_scale(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor | None:
+    """Eq. 9 fused, or None when the shapes are not the conv or linear layout."""
+    return _load().bcos_scale(lin, norm, b, detach)
+
+
+def batch_norm_uncentered(x: Tensor, weight: Tensor | None, eps: float, detach: bool):
+    """(x * weight / sqrt(var_batch + eps), var_batch) for an [N, C, H, W] input."""
+    return _load().batch_norm_uncentered(x, weight, eps, detach)

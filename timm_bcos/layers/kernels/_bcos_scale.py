@@ -1,0 +1,147 @@
+"""Fused B-cos scale (Eq. 9): y = l * (|l| / n + eps)^(B-1), and y = l |l| / n for B = 2.
+
+Tensors are seen as lin [N, G*K, S] and norm [N, G, S]: a conv's output
+[N, C, H, W] with its patch norms [N, 1 or G or C, H, W], or a linear
+layer's rows [R, F, 1] with norms [R, 1, 1]. Each program owns one (n, g) and
+a block of S and walks the K channels that share a norm, so the backward's
+reduction onto the norm stays in registers.
+
+With a = |l| / n, s = (a + eps)^(B-1) and t = (B-1) (a + eps)^(B-2) a:
+dy/dl = s + t and dy/dn = -l t / n (B = 2: s = t = a). In explanation mode s is
+a constant: dy/dl = s and the norm gets no gradient.
+"""
+from typing import Optional, Tuple
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import acc_dtype, tile_2d
+
+COS_EPS = 1e-6  # the reference's stabiliser (timm_bcos.layers.functional.COS_EPS)
+
+
+@triton.jit
+def _scale_terms(l, inv, b_minus_1, cos_eps, IS_B2: tl.constexpr):
+    """(s, t) of the module docstring for a tile of l and its broadcast 1/n."""
+    a = tl.abs(l) * inv
+    if IS_B2:
+        return a, a
+    p = tl.exp((b_minus_1 - 1.0) * tl.log(a + cos_eps))  # (a + eps)^(B-2)
+    return p * (a + cos_eps), b_minus_1 * p * a
+
+
+@triton.jit
+def _scale_fwd_kernel(lin_ptr, norm_ptr, out_ptr, K, S, b_minus_1, cos_eps, IS_B2: tl.constexpr,
+                      ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    smask = s < S
+    inv = 1.0 / tl.load(norm_ptr + ng * S + s, mask=smask, other=1.0).to(ACC)
+    base = ng * K * S
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        m = (k[:, None] < K) & smask[None, :]
+        offs = base + k[:, None] * S + s[None, :]
+        l = tl.load(lin_ptr + offs, mask=m, other=0.0).to(ACC)
+        scale, _ = _scale_terms(l, inv[None, :], b_minus_1, cos_eps, IS_B2)
+        tl.store(out_ptr + offs, (l * scale).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, b_minus_1, cos_eps,
+                      IS_B2: tl.constexpr, DETACH: tl.constexpr, ACC: tl.constexpr,
+                      BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    smask = s < S
+    inv = 1.0 / tl.load(norm_ptr + ng * S + s, mask=smask, other=1.0).to(ACC)
+    base = ng * K * S
+    gn = tl.zeros([BLOCK_S], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        m = (k[:, None] < K) & smask[None, :]
+        offs = base + k[:, None] * S + s[None, :]
+        l = tl.load(lin_ptr + offs, mask=m, other=0.0).to(ACC)
+        g = tl.load(g_ptr + offs, mask=m, other=0.0).to(ACC)
+        scale, t = _scale_terms(l, inv[None, :], b_minus_1, cos_eps, IS_B2)
+        if DETACH:
+            gl = g * scale
+        else:
+            gl = g * (scale + t)
+            gn += tl.sum(g * l * t, axis=0)
+        tl.store(gl_ptr + offs, gl.to(gl_ptr.dtype.element_ty), mask=m)
+    if not DETACH:
+        tl.store(gn_ptr + ng * S + s, (-gn * inv).to(gn_ptr.dtype.element_ty), mask=smask)
+
+
+def _launch_args(lin: Tensor, norm: Tensor, b: float):
+    n, c, s = lin.shape
+    groups = norm.shape[1]
+    bk, bs = tile_2d(c // groups, s)
+    grid = (n * groups, triton.cdiv(s, bs))
+    return grid, (c // groups, s, b - 1.0, COS_EPS), dict(IS_B2=b == 2.0, ACC=acc_dtype(lin), BLOCK_K=bk, BLOCK_S=bs)
+
+
+@torch.library.custom_op("timm_bcos::bcos_scale", mutates_args=())
+def bcos_scale_op(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
+    lin, norm = lin.contiguous(), norm.contiguous()
+    # dtype promotion as in the PyTorch path (a bf16 conv output over float32 image norms)
+    out = torch.empty_like(lin, dtype=torch.promote_types(lin.dtype, norm.dtype))
+    grid, args, meta = _launch_args(lin, norm, b)
+    _scale_fwd_kernel[grid](lin, norm, out, *args, **meta)
+    return out
+
+
+@bcos_scale_op.register_fake
+def _(lin, norm, b, detach):
+    return torch.empty_like(lin, dtype=torch.promote_types(lin.dtype, norm.dtype))
+
+
+@torch.library.custom_op("timm_bcos::bcos_scale_backward", mutates_args=())
+def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tuple[Tensor, Tensor]:
+    grad, lin, norm = grad.contiguous(), lin.contiguous(), norm.contiguous()
+    grad_lin = torch.empty_like(lin)
+    grad_norm = norm.new_empty(0) if detach else torch.empty_like(norm)
+    grid, args, meta = _launch_args(lin, norm, b)
+    _scale_bwd_kernel[grid](grad, lin, norm, grad_lin, grad_norm, *args, DETACH=detach, **meta)
+    return grad_lin, grad_norm
+
+
+@bcos_scale_backward_op.register_fake
+def _(grad, lin, norm, b, detach):
+    return torch.empty_like(lin), (norm.new_empty(0) if detach else torch.empty_like(norm))
+
+
+def _setup_context(ctx, inputs, output):
+    lin, norm, b, detach = inputs
+    ctx.save_for_backward(lin, norm)
+    ctx.b, ctx.detach = b, detach
+
+
+def _backward(ctx, grad):
+    lin, norm = ctx.saved_tensors
+    grad_lin, grad_norm = bcos_scale_backward_op(grad, lin, norm, ctx.b, ctx.detach)
+    return grad_lin, (None if ctx.detach else grad_norm), None, None
+
+
+bcos_scale_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _as_groups(lin: Tensor, norm: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
+    """lin [N, G*K, S] and norm [N, G, S] views, or None for another layout."""
+    if lin.dim() == 4 and norm.dim() == 4 and norm.shape[0] == lin.shape[0] and norm.shape[2:] == lin.shape[2:] \
+            and lin.shape[1] % norm.shape[1] == 0:
+        n, c, h, w = lin.shape
+        return lin.reshape(n, c, h * w), norm.reshape(n, norm.shape[1], h * w)
+    if lin.dim() >= 1 and tuple(norm.shape) == tuple(lin.shape[:-1]) + (1,):
+        return lin.reshape(-1, lin.shape[-1], 1), norm.reshape(-1, 1, 1)
+    return None
+
+
+def bcos_scale(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Optional[Tensor]:
+    views = _as_groups(lin, norm)
+    if views is None or lin.numel() == 0:
+        return None
+    return bcos_scale_op(*views, float(b), bool(detach)).view(lin.shape)

@@ -1,0 +1,30 @@
+"""Helpers shared by the kernel modules: tile sizes and the accumulation dtype."""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# Elements per program tile: big enough to keep a GPU's memory system busy,
+# small enough for the interpreter (TRITON_INTERPRET=1) to stay quick.
+TILE = 2048
+
+
+def pow2(n: int) -> int:
+    return triton.next_power_of_2(max(int(n), 1))
+
+
+def tile_2d(rows: int, cols: int) -> tuple[int, int]:
+    """(BLOCK_ROWS, BLOCK_COLS) powers of two for a [rows, cols] tile, cols (contiguous) first."""
+    block_cols = min(pow2(cols), 256)
+    block_rows = max(1, min(pow2(rows), TILE // block_cols))
+    return block_rows, block_cols
+
+
+def acc_dtype(t: torch.Tensor):
+    """Accumulate in float64 for float64 tensors (the tests' oracle checks), else float32."""
+    return tl.float64 if t.dtype == torch.float64 else tl.float32
+
+
+def acc_torch_dtype(t: torch.Tensor) -> torch.dtype:
+    return torch.float64 if t.dtype == torch.float64 else torch.float32

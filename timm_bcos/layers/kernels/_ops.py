@@ -1,0 +1,6 @@
+"""Importing this module imports triton and registers the timm_bcos:: custom ops."""
+from ._batch_norm import batch_norm_uncentered
+from ._bcos_scale import bcos_scale
+from ._patch_norm import patch_norm
+
+__all__ = ["batch_norm_uncentered", "bcos_scale", "patch_norm"]

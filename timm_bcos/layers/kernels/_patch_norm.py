@@ -1,0 +1,172 @@
+"""Fused patch norm of BcosConv2d: ||x_patch|| = sqrt(sum_window sum_channels x^2 + eps).
+
+Forward: one kernel sums the squares over each group's channels ([N, G, H, W],
+accumulated in float32), a second sums them over each receptive field and
+takes the square root; a 1x1 stride-1 unpadded conv needs only the first.
+Backward: d||p_o||/dx_{c,p} = x_{c,p} / ||p_o|| for every window o holding p,
+so grad_x = x * u with u_p = sum_{o ∋ p} g_o / ||p_o||: one kernel gathers u
+and writes grad_x.
+"""
+from typing import List
+
+import torch
+import triton
+import triton.language as tl
+from torch import Tensor
+
+from ._common import acc_dtype, acc_torch_dtype, pow2, tile_2d
+
+
+@triton.jit
+def _channel_sumsq_kernel(x_ptr, out_ptr, K, HW, eps, FINAL: tl.constexpr, ACC: tl.constexpr,
+                          BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)  # n * G + g: x[n, g*K + k, s] sits at (ng*K + k)*HW + s
+    s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    smask = s < HW
+    base = ng * K * HW
+    acc = tl.zeros([BLOCK_S], dtype=ACC)
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        m = (k[:, None] < K) & smask[None, :]
+        v = tl.load(x_ptr + base + k[:, None] * HW + s[None, :], mask=m, other=0.0).to(ACC)
+        acc += tl.sum(v * v, axis=0)
+    if FINAL:
+        acc = tl.sqrt(acc + eps)
+    tl.store(out_ptr + ng * HW + s, acc.to(out_ptr.dtype.element_ty), mask=smask)
+
+
+@triton.jit
+def _window_sum_sqrt_kernel(sq_ptr, out_ptr, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW, eps,
+                            KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    omask = o < Ho * Wo
+    oh = o // Wo
+    ow = o % Wo
+    acc = tl.zeros([BLOCK], dtype=sq_ptr.dtype.element_ty)
+    for i in tl.static_range(KH):
+        ih = oh * SH - PH + i * DH
+        for j in tl.static_range(KW):
+            iw = ow * SW - PW + j * DW
+            m = omask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+            acc += tl.load(sq_ptr + ng * H * W + ih * W + iw, mask=m, other=0.0)
+    tl.store(out_ptr + ng * Ho * Wo + o, tl.sqrt(acc + eps).to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _patch_norm_bwd_kernel(g_ptr, norm_ptr, x_ptr, gx_ptr, K, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW,
+                           KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
+                           BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    smask = s < H * W
+    ih = s // W
+    iw = s % W
+    u = tl.zeros([BLOCK_S], dtype=ACC)
+    for i in tl.static_range(KH):
+        th = ih + PH - i * DH  # = oh * SH for the output row oh whose window holds ih at tap i
+        oh = th // SH
+        mh = (th >= 0) & (th % SH == 0) & (oh < Ho)
+        for j in tl.static_range(KW):
+            tw = iw + PW - j * DW
+            ow = tw // SW
+            m = smask & mh & (tw >= 0) & (tw % SW == 0) & (ow < Wo)
+            idx = ng * Ho * Wo + oh * Wo + ow
+            g = tl.load(g_ptr + idx, mask=m, other=0.0).to(ACC)
+            nrm = tl.load(norm_ptr + idx, mask=m, other=1.0).to(ACC)
+            u += g / nrm
+    base = ng * K * H * W
+    for k0 in range(0, K, BLOCK_K):
+        k = k0 + tl.arange(0, BLOCK_K)
+        mk = (k[:, None] < K) & smask[None, :]
+        offs = base + k[:, None] * (H * W) + s[None, :]
+        x = tl.load(x_ptr + offs, mask=mk, other=0.0).to(ACC)
+        tl.store(gx_ptr + offs, (x * u[None, :]).to(gx_ptr.dtype.element_ty), mask=mk)
+
+
+def _out_hw(h: int, w: int, k, s, p, d):
+    return (h + 2 * p[0] - d[0] * (k[0] - 1) - 1) // s[0] + 1, (w + 2 * p[1] - d[1] * (k[1] - 1) - 1) // s[1] + 1
+
+
+def _is_identity(k, s, p) -> bool:
+    return list(k) == [1, 1] and list(s) == [1, 1] and list(p) == [0, 0]
+
+
+@torch.library.custom_op("timm_bcos::patch_norm", mutates_args=())
+def patch_norm_op(x: Tensor, groups: int, kernel_size: List[int], stride: List[int], padding: List[int],
+                  dilation: List[int], eps: float) -> Tensor:
+    x = x.contiguous()
+    n, c, h, w = x.shape
+    ho, wo = _out_hw(h, w, kernel_size, stride, padding, dilation)
+    k = c // groups
+    out = torch.empty(n, groups, ho, wo, device=x.device, dtype=x.dtype)
+    final = _is_identity(kernel_size, stride, padding)
+    sq = out if final else torch.empty(n, groups, h, w, device=x.device, dtype=acc_torch_dtype(x))
+    bk, bs = tile_2d(k, h * w)
+    _channel_sumsq_kernel[(n * groups, triton.cdiv(h * w, bs))](
+        x, sq, k, h * w, eps, FINAL=final, ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
+    if not final:
+        block = min(pow2(ho * wo), 1024)
+        _window_sum_sqrt_kernel[(n * groups, triton.cdiv(ho * wo, block))](
+            sq, out, h, w, ho, wo, *stride, *padding, *dilation, eps,
+            KH=kernel_size[0], KW=kernel_size[1], BLOCK=block)
+    return out
+
+
+@patch_norm_op.register_fake
+def _(x, groups, kernel_size, stride, padding, dilation, eps):
+    ho, wo = _out_hw(x.shape[2], x.shape[3], kernel_size, stride, padding, dilation)
+    return x.new_empty(x.shape[0], groups, ho, wo)
+
+
+@torch.library.custom_op("timm_bcos::patch_norm_backward", mutates_args=())
+def patch_norm_backward_op(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List[int], stride: List[int],
+                           padding: List[int], dilation: List[int]) -> Tensor:
+    grad, x, norm = grad.contiguous(), x.contiguous(), norm.contiguous()
+    n, c, h, w = x.shape
+    groups, ho, wo = norm.shape[1:]
+    grad_x = torch.empty_like(x)
+    bk, bs = tile_2d(c // groups, h * w)
+    _patch_norm_bwd_kernel[(n * groups, triton.cdiv(h * w, bs))](
+        grad, norm, x, grad_x, c // groups, h, w, ho, wo, *stride, *padding, *dilation,
+        KH=kernel_size[0], KW=kernel_size[1], ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
+    return grad_x
+
+
+@patch_norm_backward_op.register_fake
+def _(grad, x, norm, kernel_size, stride, padding, dilation):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, _groups, kernel_size, stride, padding, dilation, _eps = inputs
+    ctx.save_for_backward(x, output)
+    ctx.geometry = (kernel_size, stride, padding, dilation)
+
+
+def _backward(ctx, grad):
+    x, norm = ctx.saved_tensors
+    return patch_norm_backward_op(grad, x, norm, *ctx.geometry), None, None, None, None, None, None
+
+
+patch_norm_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _explicit_padding(padding, kernel_size, stride, dilation):
+    """Pairs for 'valid' and a symmetric 'same'; None where only F.conv2d can say (asymmetric 'same')."""
+    if padding == "valid":
+        return [0, 0]
+    if padding == "same":
+        total = [d * (k - 1) for k, d in zip(kernel_size, dilation)]
+        if any(t % 2 for t in total) or list(stride) != [1, 1]:
+            return None
+        return [t // 2 for t in total]
+    return list(padding)
+
+
+def patch_norm(x: Tensor, groups: int, kernel_size, stride, padding, dilation, eps: float):
+    """[N, groups, H_out, W_out] patch norms, or None for a padding only the PyTorch path handles."""
+    pad = _explicit_padding(padding, kernel_size, stride, dilation)
+    if pad is None:
+        return None
+    return patch_norm_op(x, groups, list(kernel_size), list(stride), pad, list(dilation), float(eps))
