@@ -239,10 +239,11 @@ def test_delta_and_neuron_modes(cb, explorer):
 
 def test_png_grid(cb, explorer):
     state = _analyse(cb, explorer, CAT)[-1]
-    path = cb.png_grid(explorer, state, 0)
-    with Image.open(path) as img:
+    update = cb.png_grid(explorer, state, 0)
+    assert update["visible"] is True
+    with Image.open(update["value"]) as img:
         assert img.format == "PNG" and img.size[0] > 500
-    assert cb.png_grid(explorer, dict(cb.EMPTY), 0) is None
+    assert cb.png_grid(explorer, dict(cb.EMPTY), 0) == {"__type__": "update", "value": None, "visible": False}
 
 
 # ----------------------------------------------------------------------------- command line, Space

@@ -104,13 +104,14 @@ def explain_neuron(explorer: Explorer, state, layer, channel, smooth, percentile
     return (f"Neuron explanation: {label}.", *_render(state, smooth, percentile, explorer), state)
 
 
-def png_grid(explorer: Explorer, state, smooth) -> str | None:
-    """The current explanation as the package's PNG grid (image | explanation | contributions)."""
+def png_grid(explorer: Explorer, state, smooth):
+    """The current explanation as the package's PNG grid (image | explanation | contributions), shown for download."""
     from ..explain.render import save_explanation_grid
 
     if not state or state.get("current") is None:
-        return None
+        return gr.update(value=None, visible=False)
     expl = state["current"][0]
     folder = Path(tempfile.mkdtemp(prefix="timm_bcos_app_"))
-    return str(save_explanation_grid(folder / "explanation.png", state["x"], expl,
-                                     class_names=explorer.class_names, smooth=int(smooth)))
+    path = save_explanation_grid(folder / "explanation.png", state["x"], expl,
+                                 class_names=explorer.class_names, smooth=int(smooth))
+    return gr.update(value=str(path), visible=True)

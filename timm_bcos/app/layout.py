@@ -46,17 +46,19 @@ def _results() -> dict:
     r["message"] = gr.Markdown(elem_id="message")
     with gr.Row():
         r["seen"] = gr.Image(label="what the model saw", interactive=False, elem_id="seen", height=260,
-                               format="png")
+                               format="png",
+                               buttons=["download", "fullscreen"])
         r["scores"] = gr.Label(label="predictions (sigmoid scores)", elem_id="predictions")
     r["target"] = gr.Radio([], label="explain class", elem_id="target")
     with gr.Row():
         r["explanation"] = gr.Image(label="explanation", interactive=False, elem_id="explanation", height=300,
-                                    format="png")
+                                    format="png", buttons=["download", "fullscreen"])
         r["contributions"] = gr.Image(label="contributions (blue -, red +)", interactive=False,
-                                      elem_id="contributions", height=300, format="png")
+                                      elem_id="contributions", height=300, format="png",
+                                      buttons=["download", "fullscreen"])
     r["numbers"] = gr.Markdown(elem_id="numbers")
     r["grid"] = gr.Button("PNG grid of this explanation", elem_id="grid-button")
-    r["file"] = gr.File(label="download", elem_id="grid-file")
+    r["file"] = gr.File(label="download", elem_id="grid-file", visible=False)
     return r
 
 

@@ -1,0 +1,203 @@
+"""The explorer served for real (`python -m timm_bcos app` in a subprocess on 127.0.0.1), used from
+Debian's chromium through Playwright as a user would, and by 8 concurrent gradio_client requests.
+
+The browser must start: a missing or broken chromium fails this test (make test installs it).
+Nothing may leave this machine: the server runs under an audit hook that reports every
+non-loopback connection or name lookup, and the page's requests outside 127.0.0.1 are blocked
+and counted; both must stay empty. The screenshot goes to $APP_SCREENSHOT (default
+outputs/app_screenshot.png; the README's reports/app_screenshot.png is made with that variable).
+"""
+from __future__ import annotations
+
+import io
+import os
+import socket
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+SAMPLES = REPO / "timm_bcos" / "samples"
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--no-first-run"]
+NETWORK_MARK = "NETWORK-ACCESS:"
+
+# Runs the app under an audit hook: any connection or lookup beyond loopback is printed with NETWORK_MARK.
+SERVER = f"""
+import sys
+LOCAL = {{"127.0.0.1", "::1", "localhost", "0.0.0.0", "", None}}
+def hook(event, args):
+    if event == "socket.connect" and isinstance(args[1], tuple) and args[1][0] not in LOCAL:
+        print("{NETWORK_MARK}", event, args[1], file=sys.stderr, flush=True)
+    elif event == "socket.getaddrinfo":
+        host = args[0].decode() if isinstance(args[0], bytes) else args[0]
+        if host not in LOCAL:
+            print("{NETWORK_MARK}", event, host, file=sys.stderr, flush=True)
+sys.addaudithook(hook)
+from timm_bcos.__main__ import main
+sys.exit(main(["app", "--port", sys.argv[1]]))
+"""
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            pytest.fail(f"the app exited with {proc.returncode}:\n{log.read_text()}")
+        if "Running on local URL" in log.read_text():
+            return
+        time.sleep(0.3)
+    pytest.fail(f"the app did not start within {timeout:.0f} s:\n{log.read_text()}")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """URL of the app in a subprocess; on teardown, its log must show no network access."""
+    port = _free_port()
+    log = tmp_path_factory.mktemp("app") / "server.log"
+    env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
+           "OMP_NUM_THREADS": "1"}
+    with open(log, "w") as out:
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=REPO, env=env,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(port, proc, log)
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    text = log.read_text()
+    assert NETWORK_MARK not in text, text
+    assert "Traceback" not in text, text
+
+
+@pytest.fixture(scope="module")
+def expected():
+    """Top class per sample, straight from the model (no app involved)."""
+    import timm
+
+    import timm_bcos  # noqa: F401
+    from timm_bcos.demo import load_samples
+
+    model = timm.create_model("bcos_cifar10_w050_bnu", pretrained=True).eval()
+    images, _ = load_samples()
+    with torch.no_grad():
+        top = model(images).argmax(1).tolist()
+    names = model.pretrained_cfg["label_names"]
+    return {p.name: names[t] for p, t in zip(sorted(SAMPLES.glob("*.png")), top)}
+
+
+def _shot(page, selector: str) -> np.ndarray:
+    """The element's pixels as the user sees them."""
+    return np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB")).astype(int)
+
+
+def _launch_chromium(p):
+    try:
+        return p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, timeout=60_000)
+    except Exception as e:  # noqa: BLE001  (any failure to start is a failure, never a skip)
+        pytest.fail(f"chromium could not start from {CHROMIUM} ({type(e).__name__}: {e}); "
+                    f"install it with `apt-get install chromium` (make test does)")
+
+
+def test_a_user_in_a_real_browser(server, expected, tmp_path):
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as e:
+        pytest.fail(f"playwright is missing ({e}); it is part of the test extra")
+    bad = tmp_path / "holiday.jpg"
+    bad.write_bytes(b"this is a text file, not a photo\n")
+    cat = SAMPLES / "cifar10_test_0000_cat.png"
+    external: list[str] = []
+
+    def only_local(route):
+        if route.request.url.startswith(("http://127.0.0.1", "data:", "blob:")):
+            route.continue_()
+        else:
+            external.append(route.request.url)
+            route.abort()
+
+    with sync_playwright() as p:
+        browser = _launch_chromium(p)
+        page = browser.new_page(viewport={"width": 1280, "height": 1100})
+        page.route("**/*", only_local)
+        page.goto(server)
+        upload = "#input-image input[type=file]"
+        page.set_input_files(upload, str(cat))
+        page.locator("#target label").first.wait_for(timeout=60_000)
+        page.wait_for_function("document.querySelector('#numbers').innerText.includes('sum of contributions')")
+        assert page.inner_text("#predictions").split("\n")[1] == expected[cat.name]
+        assert page.locator("#explanation img").is_visible()
+        first = _shot(page, "#explanation img")
+        assert first.std() > 10 and (first < 240).any(axis=-1).mean() > 0.05, "explanation image is blank"
+        first_numbers = page.inner_text("#numbers")
+        assert first_numbers.startswith(f"{expected[cat.name]}: logit")
+
+        page.screenshot(path=str(_screenshot_path()), full_page=True)
+
+        second = page.locator("#target label").nth(1)
+        second_name = second.inner_text().strip()
+        second.click()
+        page.wait_for_function(f"document.querySelector('#numbers').innerText.startsWith({second_name!r} + ':')")
+        time.sleep(0.5)  # the new picture loads after the text
+        assert np.abs(_shot(page, "#explanation img") - first).mean() > 1, "explanation did not change"
+
+        page.click("#grid-button")  # the PNG grid, offered for download
+        link = page.locator("#grid-file a[download='explanation.png']")
+        link.wait_for(timeout=60_000)
+        assert page.request.get(link.get_attribute("href")).body()[:8] == b"\x89PNG\r\n\x1a\n"
+
+        page.set_input_files(upload, str(bad))
+        page.wait_for_function("document.querySelector('#message').innerText.includes('Cannot use this input')")
+        message = page.inner_text("#message")
+        assert "expected an image file" in message and "holiday.jpg" in message
+
+        ship = SAMPLES / "cifar10_test_0001_ship.png"  # the next request is served
+        page.set_input_files(upload, str(ship))
+        page.wait_for_function(f"document.querySelector('#predictions').innerText.split('\\n')[1] === "
+                               f"{expected[ship.name]!r}", timeout=60_000)
+        browser.close()
+    assert external == [], f"the page tried to reach the network: {external}"
+
+
+def _screenshot_path() -> Path:
+    path = Path(os.environ.get("APP_SCREENSHOT", REPO / "outputs" / "app_screenshot.png"))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def test_8_concurrent_clients_are_all_answered_correctly(server, expected):
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
+    from gradio_client import Client, handle_file
+
+    paths = sorted(SAMPLES.glob("*.png"))
+    assert len(paths) == 8
+    client = Client(server, verbose=False, download_files=False)
+
+    def ask(path: Path):
+        return client.predict(handle_file(str(path)), 3, 0, 99.5, api_name="/analyse")
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(pool.map(ask, paths))
+    for path, answer in zip(paths, answers):
+        message, scores, numbers = answer[0], answer[2], answer[6]
+        assert message.startswith("The model saw a 32x32 image"), message
+        assert scores["label"] == expected[path.name], (path.name, scores)
+        assert numbers.startswith(f"**{expected[path.name]}**: logit")
