@@ -101,9 +101,7 @@ def test_two_processes_reach_the_one_process_result(tmp_path):
     one = tmp_path / "one"
     two = tmp_path / "two"
     run_train(tmp_path, *TWO_PROC, "--output", str(one))
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-                str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2"]
-    proc = run_train(tmp_path, *TWO_PROC, "--cpu", "--output", str(two), launcher=launcher, timeout=300)
+    proc = run_train(tmp_path, *TWO_PROC, "--cpu", "--output", str(two), launcher=_launch_two(), timeout=300)
     assert "2 process(es)" in proc.stdout
     import timm
 
@@ -170,6 +168,69 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     b = load_weights(cut / "export" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _launch_two() -> list[str]:
+    return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+            str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2"]
+
+
+def test_timm_flag_names_are_aliases():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
+    train = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(train)
+    base = ["--model", "m", "--dataset", "d"]
+    timm_style = train.parse_args(base + ["--aa", "rand-m9", "--amp", "--amp-dtype", "bfloat16",
+                                          "--model-ema-decay", "0.99", "--initial-checkpoint", "w.safetensors",
+                                          "--grad-accum-steps", "2", "--checkpoint-hist", "5",
+                                          "--log-interval", "7", "-b", "96", "-j", "3", "--torchcompile"])
+    ours = train.parse_args(base + ["--auto-augment", "rand-m9", "--mixed-precision", "bf16", "--ema-decay", "0.99",
+                                    "--checkpoint", "w.safetensors", "--grad-accum", "2", "--keep-checkpoints",
+                                    "5", "--log-every", "7", "--batch-size", "96", "--workers", "3",
+                                    "--compile", "inductor"])
+    assert {k: v for k, v in vars(timm_style).items() if k not in ("amp", "amp_dtype")} == \
+        {k: v for k, v in vars(ours).items() if k not in ("amp", "amp_dtype")}
+    assert train.parse_args(base + ["--amp"]).mixed_precision == "fp16"  # timm's default amp dtype
+
+
+@needs_cifar
+def test_compile_channels_last_sync_bn_and_smoothing_keep_plain_checkpoints(tmp_path):
+    out = tmp_path / "run"
+    run_train(tmp_path, *TINY, "--model-kwargs", '{"width": 0.125, "norm": true}', "--train-split", "train[:64]",
+              "--val-split", "test[:16]", "-b", "16", "--epochs", "1", "--export", "last", "--compile", "aot_eager",
+              "--channels-last", "--smoothing", "0.1", "--img-size", "32", "--grad-checkpointing", "--sync-bn",
+              "--checkpoint-every", "2", "--output", str(out))
+    import timm
+
+    import timm_bcos  # noqa: F401
+
+    plain = timm.create_model("bcos_cifar10", width=0.125, norm=True).state_dict().keys()
+    assert load_weights(out / "checkpoints" / "step_000000002" / "model.safetensors").keys() == plain
+    assert load_weights(out / "export" / "model.safetensors").keys() == plain
+    model = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True)
+    assert type(model.features[0][1]) is timm_bcos.layers.BatchNormUncentered2d  # exported un-synchronised
+
+
+@needs_cifar
+def test_two_processes_step_together_when_one_batch_is_all_undecodable(tmp_path):
+    """A process whose slice of the global batch is all undecodable still takes the step
+    (with weight 0): otherwise the processes' gradient all-reduces go out of step and the run
+    hangs or crashes."""
+    from timm_bcos.data import EpochSampler
+
+    data = make_parquet_dataset(tmp_path / "d", {"train": 16, "test": 16}, corrupt=12)
+    order = list(iter(EpochSampler(16, seed=0)))
+    halves = [(order[i:i + 2], order[i + 2:i + 4]) for i in range(0, 16, 4)]  # global batch 4, 2 per process
+    assert any(all(j < 12 for j in a) != all(j < 12 for j in b) for a, b in halves), "scenario not exercised"
+    proc = run_train(tmp_path, "--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125, "norm": true}',
+                     "--dataset", str(data), "--val-split", "test", "-b", "4", "--epochs", "1", "--sync-bn",
+                     "--cpu", "--output", str(tmp_path / "o"), "--export", "none", "--log-every", "1",
+                     launcher=_launch_two(), timeout=240)
+    lines = json_lines(proc.stdout)
+    assert [d["step"] for d in lines if "train/loss" in d] == [1, 2, 3, 4]
+    assert [d["skipped_images"] for d in lines if "top1" in d] == [12]
 
 
 # ---------------------------------------------------------------- bad input

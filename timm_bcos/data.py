@@ -207,11 +207,13 @@ class PadCropFlip:
         return (x.float() / 255.0 - self.mean) / self.std
 
 
-def build_transform(model, *, is_training: bool, crop: str = "rrc", pad: int = 4, **timm_kwargs) -> Callable:
-    """timm's transform for `model`'s pretrained cfg; `crop="pad"` is the CIFAR recipe (pad, random crop, flip)."""
+def build_transform(model, *, is_training: bool, crop: str = "rrc", pad: int = 4, img_size: int | None = None,
+                    **timm_kwargs) -> Callable:
+    """timm's transform for `model`'s pretrained cfg (at `img_size` if given); `crop="pad"` is the
+    CIFAR recipe (pad, random crop, flip)."""
     from timm.data import create_transform, resolve_data_config
 
-    cfg = resolve_data_config({}, model=model)
+    cfg = resolve_data_config({"img_size": img_size} if img_size else {}, model=model)
     if is_training and crop == "pad":
         return PadCropFlip(cfg["input_size"][-2:], pad, hflip=timm_kwargs.get("hflip", 0.5),
                            mean=cfg["mean"], std=cfg["std"])

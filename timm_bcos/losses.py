@@ -52,6 +52,18 @@ def create_loss(name: str) -> nn.Module:
     raise ValueError(f"unknown loss {name!r}; expected 'bce', 'bce_uniform_off' or 'ce'")
 
 
+def smooth_targets(labels: Tensor, num_classes: int, smoothing: float, dtype=torch.float32) -> Tensor:
+    """Label smoothing as timm does it: 1 - smoothing + smoothing/C on the label, smoothing/C elsewhere.
+
+    For runs without mixup/cutmix (timm's Mixup smooths its mixed targets itself).
+    """
+    if not 0.0 <= smoothing < 1.0:
+        raise ValueError(f"smoothing must be in [0, 1), got {smoothing}")
+    off = smoothing / num_classes
+    target = torch.full((labels.shape[0], num_classes), off, dtype=dtype, device=labels.device)
+    return target.scatter_(1, labels.long()[:, None], 1.0 - smoothing + off)
+
+
 def top_k_correct(logits: Tensor, labels: Tensor, ks=(1, 5)) -> dict[int, Tensor]:
     """Number of samples whose label is among the top-k logits, for each k (k capped at C)."""
     k_max = min(max(ks), logits.shape[-1])
@@ -60,4 +72,4 @@ def top_k_correct(logits: Tensor, labels: Tensor, ks=(1, 5)) -> dict[int, Tensor
     return {k: hit[:, : min(k, k_max)].any(dim=1).sum() for k in ks}
 
 
-__all__ = ["BcosBCELoss", "CrossEntropyLoss", "create_loss", "top_k_correct"]
+__all__ = ["BcosBCELoss", "CrossEntropyLoss", "create_loss", "smooth_targets", "top_k_correct"]

@@ -45,11 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model-kwargs", type=json.loads, default={},
                    help='JSON dict of extra create_model kwargs, e.g. \'{"width": 0.5, "norm": true}\'')
     g.add_argument("--pretrained", action="store_true", help="start from the model's pretrained weights")
-    g.add_argument("--checkpoint", help="start from these weights (.safetensors, or a .pth state dict)")
+    g.add_argument("--checkpoint", "--initial-checkpoint", dest="checkpoint",
+                   help="start from these weights (.safetensors, or a .pth state dict)")
     g.add_argument("--bcosify-from", help="start a B-cos model from this conventional timm model's "
                    "pretrained weights (timm_bcos.convert with carry_weights=True)")
     g.add_argument("--recipe", default="v2", help="B-cos recipe for --bcosify-from (v2, v2_bnu, v1)")
     g.add_argument("--num-classes", type=int, help="default: the number of classes in the data set")
+    g.add_argument("--drop-path", type=float, help="stochastic depth rate (the model's drop_path_rate)")
+    g.add_argument("--img-size", type=int, help="input image size (default: the model's cfg); models with "
+                   "a fixed input size (ViTs) are built for it")
+    g.add_argument("--grad-checkpointing", action="store_true", help="recompute activations in backward")
+    g.add_argument("--channels-last", action="store_true", help="channels-last memory layout")
+    g.add_argument("--sync-bn", action="store_true", help="batch statistics over all processes "
+                   "(uncentered B-cos norms get their own synchronised variant)")
+    g.add_argument("--compile", "--torchcompile", nargs="?", const="inductor", default=None, metavar="BACKEND",
+                   help="torch.compile the training forward (backend: %(const)s if none is given)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="Hub data set id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or a local "
                    "folder (Hub parquet layout, or one subfolder of images per class)")
@@ -60,16 +70,16 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--max-train-samples", type=int)
     g.add_argument("--max-val-samples", type=int)
     g.add_argument("--cache-dir", help="datasets cache folder")
-    g.add_argument("--workers", type=int, default=2, help="data loader workers per process (%(default)s)")
+    g.add_argument("-j", "--workers", type=int, default=2, help="data loader workers per process (%(default)s)")
     g = p.add_argument_group("augmentation")
     g.add_argument("--crop", default="rrc", choices=["rrc", "pad"],
                    help="rrc: timm's random resized crop; pad: pad 4 + random crop (CIFAR) (%(default)s)")
-    g.add_argument("--auto-augment", help="timm auto-augment spec, e.g. rand-m9-mstd0.5 (RandAugment)")
+    g.add_argument("--auto-augment", "--aa", dest="auto_augment", help="timm auto-augment spec, e.g. rand-m9-mstd0.5 (RandAugment)")
     g.add_argument("--hflip", type=float, default=0.5)
     g.add_argument("--scale", type=float, nargs=2, default=None, help="random resized crop scale range")
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
-    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing (with mixup/cutmix)")
+    g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing (with or without mixup)")
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", default="bce", choices=["bce", "bce_uniform_off", "ce"],
                    help="bce: paper Eq. 16; bce_uniform_off: v2 (off-labels 1/C); ce: conventional")
@@ -77,8 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--lr", type=float, default=1e-3)
     g.add_argument("--weight-decay", type=float, default=0.0)
     g.add_argument("--momentum", type=float, default=0.9, help="for SGD-like optimizers")
-    g.add_argument("--batch-size", type=int, default=64, help="global batch size (%(default)s)")
-    g.add_argument("--grad-accum", type=int, default=1, help="gradient accumulation steps")
+    g.add_argument("-b", "--batch-size", type=int, default=64,
+                   help="GLOBAL batch size, split across processes (%(default)s; timm's -b is per process)")
+    g.add_argument("--grad-accum", "--grad-accum-steps", dest="grad_accum", type=int, default=1,
+                   help="gradient accumulation steps")
     g.add_argument("--epochs", type=int, default=100)
     g.add_argument("--sched", default="cosine", help="timm scheduler: cosine, step, multistep, none")
     g.add_argument("--warmup-epochs", type=float, default=0)
@@ -90,7 +102,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--clip-grad", type=float, help="clip value (with --clip-mode)")
     g.add_argument("--clip-mode", default="agc", choices=["agc", "norm", "value"],
                    help="agc: adaptive gradient clipping as in the B-cos v2 recipes (%(default)s)")
-    g.add_argument("--ema-decay", type=float, default=0.0, help="model EMA decay (0: off), e.g. 0.9998")
+    g.add_argument("--ema-decay", "--model-ema-decay", dest="ema_decay", type=float, default=0.0,
+                   help="model EMA decay (0: off), e.g. 0.9998")
+    g.add_argument("--amp", action="store_true", help="mixed precision in --amp-dtype (timm's flag)")
+    g.add_argument("--amp-dtype", default="float16", choices=["float16", "bfloat16"])
     g.add_argument("--mixed-precision", default=None, choices=["no", "fp16", "bf16"],
                    help="default: what `accelerate launch` / its config says")
     g.add_argument("--dtype", default="float32", choices=["float32", "float64"],
@@ -102,11 +117,11 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--output", default="runs/train", help="output folder (%(default)s)")
     g.add_argument("--checkpoint-every", type=int, default=0,
                    help="also save a checkpoint every N optimizer steps (0: only at epoch ends)")
-    g.add_argument("--keep-checkpoints", type=int, default=2)
+    g.add_argument("--keep-checkpoints", "--checkpoint-hist", dest="keep_checkpoints", type=int, default=2)
     g.add_argument("--resume", help="a checkpoint folder, or 'latest' (the newest in OUTPUT/checkpoints)")
     g.add_argument("--export", default="ema", choices=["ema", "best", "last", "none"],
                    help="weights exported to OUTPUT/export at the end (ema falls back to best) (%(default)s)")
-    g.add_argument("--log-every", type=int, default=50, help="optimizer steps between log lines")
+    g.add_argument("--log-every", "--log-interval", dest="log_every", type=int, default=50, help="optimizer steps between log lines")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-tensorboard", action="store_true")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (for tests)")
@@ -133,6 +148,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     for required in ("model", "dataset"):
         if not getattr(args, required):
             parser.error(f"--{required} is required (on the command line or in --config)")
+    if args.amp and args.mixed_precision is None:  # timm's --amp / --amp-dtype
+        args.mixed_precision = {"float16": "fp16", "bfloat16": "bf16"}[args.amp_dtype]
     return args
 
 
@@ -184,6 +201,8 @@ def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
 
     check_model_name(args.model)
     kwargs = dict(args.model_kwargs)
+    if args.drop_path is not None:
+        kwargs["drop_path_rate"] = args.drop_path
     if args.bcosify_from:
         check_model_name(args.bcosify_from)
         conventional = timm.create_model(args.bcosify_from, pretrained=True, **kwargs)
@@ -192,9 +211,49 @@ def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
             model.reset_classifier(num_classes)
     else:
         model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes, **kwargs)
+        if args.img_size and model.pretrained_cfg.get("fixed_input_size") and "img_size" not in kwargs:
+            # a ViT's position embedding has the input size built in: rebuild for --img-size
+            model = timm.create_model(args.model, pretrained=args.pretrained, num_classes=num_classes,
+                                      img_size=args.img_size, **kwargs)
     if args.checkpoint:
         load_into(model, load_weights_file(args.checkpoint), args.checkpoint, args.model)
     return model
+
+
+def adapt_for_training(model: torch.nn.Module, args: argparse.Namespace) -> torch.nn.Module:
+    """--grad-checkpointing, --sync-bn, --channels-last: what timm's train.py does after creation."""
+    if args.grad_checkpointing:
+        try:
+            model.set_grad_checkpointing(True)
+        except (AttributeError, AssertionError, NotImplementedError) as e:
+            fail(f"--grad-checkpointing: {type(model).__name__} does not support it ({e})")
+    if args.sync_bn:
+        from timm_bcos.layers import convert_sync_batchnorm
+
+        model = convert_sync_batchnorm(model)  # never torch's own: it would center B-cos norms
+    if args.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+def batch_tensors(batch: dict, dtype: torch.dtype, channels_last: bool, even: bool):
+    """Images in the training dtype and layout; `even` drops one image of an odd batch (timm's
+    Mixup pairs images)."""
+    images, labels = batch["images"].to(dtype), batch["labels"]
+    if even and images.shape[0] % 2:
+        images, labels = images[:-1], labels[:-1]
+    if channels_last:
+        images = images.contiguous(memory_format=torch.channels_last)
+    return images, labels
+
+
+def placeholder_batch(model: torch.nn.Module, args: argparse.Namespace, dtype: torch.dtype):
+    """Two black images of the model's input size (for a weight-0 step before any real batch)."""
+    from timm.data import resolve_data_config
+
+    size = resolve_data_config({"img_size": args.img_size} if args.img_size else {}, model=model)["input_size"]
+    device = next(model.parameters()).device
+    return torch.zeros(2, *size, dtype=dtype, device=device), torch.zeros(2, dtype=torch.long, device=device)
 
 
 class TrainState:
@@ -267,7 +326,7 @@ def main(argv=None) -> int:
     from timm_bcos.data import DataError, EpochSampler, ImageClassificationDataset, build_transform, \
         collate_skipping, load_split
     from timm_bcos.eval.accuracy import evaluate_accuracy
-    from timm_bcos.losses import create_loss
+    from timm_bcos.losses import create_loss, smooth_targets
 
     output = Path(args.output)
     use_tb = not args.no_tensorboard
@@ -302,11 +361,11 @@ def main(argv=None) -> int:
         fail(str(e))
     num_classes = args.num_classes or info.num_classes
     dtype = getattr(torch, args.dtype)
-    model = create_model(args, num_classes).to(dtype)
+    model = adapt_for_training(create_model(args, num_classes).to(dtype), args)
     meta = run_meta(args, num_classes)
 
     per_step = args.batch_size // args.grad_accum
-    train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip,
+    train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip, img_size=args.img_size,
                                auto_augment=args.auto_augment, scale=args.scale and tuple(args.scale))
     train_ds = ImageClassificationDataset(train_hf, info, train_tf, seed=args.seed)
     sampler = EpochSampler(len(train_ds), seed=args.seed)
@@ -318,7 +377,8 @@ def main(argv=None) -> int:
         fail(f"{len(train_ds)} training images are fewer than one batch of {per_step}")
     val_loader = None
     if val_hf is not None:
-        val_ds = ImageClassificationDataset(val_hf, info, build_transform(model, is_training=False))
+        val_ds = ImageClassificationDataset(val_hf, info, build_transform(model, is_training=False,
+                                                                          img_size=args.img_size))
         val_loader = torch.utils.data.DataLoader(val_ds, batch_size=per_step, num_workers=args.workers,
                                                  collate_fn=collate_skipping)
 
@@ -330,6 +390,9 @@ def main(argv=None) -> int:
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    # the compiled module only runs the training forward; checkpoints, EMA and exports use
+    # `model` itself, so their state-dict keys stay plain (no `_orig_mod.`)
+    train_forward = torch.compile(model, backend=args.compile) if args.compile else model
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     updates_per_epoch = len(train_loader) // args.grad_accum
@@ -377,6 +440,7 @@ def main(argv=None) -> int:
     bar = tqdm(total=total_updates, initial=state.update, unit="step", dynamic_ncols=True,
                disable=args.no_progress or not accelerator.is_local_main_process)
     metrics: dict[str, float] = {}
+    last_batch = None
     stop = False
     model.train()
     if scheduler is not None:
@@ -391,17 +455,24 @@ def main(argv=None) -> int:
         window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
         skipped_total = 0  # undecodable images met this epoch (by this process)
         for batch in loader:
-            images, labels = batch["images"].to(dtype), batch["labels"]
             skipped_total += int(batch["skipped"])
-            if images.shape[0] == 0:  # a batch of undecodable images only (counted above)
-                state.batches_in_epoch += 1
-                continue
+            images, labels = batch_tensors(batch, dtype, args.channels_last, even=mixup is not None)
+            weight = 1.0
+            if images.shape[0] == 0:  # undecodable images only (counted above)
+                if accelerator.num_processes == 1:
+                    state.batches_in_epoch += 1
+                    continue
+                # every process must take the step (DDP's gradient all-reduce, synchronised
+                # norms): this one repeats its previous batch with weight 0
+                images, labels = last_batch if last_batch is not None else placeholder_batch(model, args, dtype)
+                weight = 0.0
+            last_batch = (images, labels)
             if mixup is not None:
-                if images.shape[0] % 2:  # timm's Mixup pairs images: drop one of an odd batch
-                    images, labels = images[:-1], labels[:-1]
                 images, labels = mixup(images, labels)
+            elif args.smoothing > 0:
+                labels = smooth_targets(labels, num_classes, args.smoothing)
             with accelerator.accumulate(model):
-                loss = criterion(model(images), labels)
+                loss = criterion(train_forward(images), labels) * weight
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.clip_grad:
                     accelerator.unscale_gradients()
@@ -409,8 +480,9 @@ def main(argv=None) -> int:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
             state.batches_in_epoch += 1
-            window_loss += float(loss.detach()) * images.shape[0]
-            window_images += images.shape[0]
+            if weight:
+                window_loss += float(loss.detach()) * images.shape[0]
+                window_images += images.shape[0]
             if not accelerator.sync_gradients:
                 continue
             state.update += 1
@@ -497,7 +569,8 @@ def export(args, model, ema, state: TrainState, metrics: dict, info, output: Pat
         accuracy = {"top1": metrics.get("top1"), "top5": metrics.get("top5")}
     model.load_state_dict(weights)
     accuracy = {k: round(v, 2) for k, v in accuracy.items() if v is not None and not math.isnan(v)}
-    folder = save_pretrained(model.cpu(), output / "export", model_args=dict(args.model_kwargs),
+    model = model.cpu().to(memory_format=torch.contiguous_format)  # --channels-last weights: safetensors wants contiguous
+    folder = save_pretrained(model, output / "export", model_args=dict(args.model_kwargs),
                              label_names=info.label_names, metrics=accuracy or None,
                              repo_id=f"ORG/{args.model}-{Path(args.dataset).name}")
     print(f"exported the {which} weights to {folder} (accuracy on {args.val_split or 'no split'}: "
