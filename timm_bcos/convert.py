@@ -9,13 +9,17 @@ and path; nothing conventional is left behind silently.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable
+
+import sys
 
 import torch
 from torch import nn
 
 from . import layers as L
+from .layers import affine as LA
+from .layers.detached_ops import detached_softmax
 from .explain.mixin import attach_bcos_mixin
 from .recipes import Recipe, resolve_recipe
 
@@ -42,6 +46,8 @@ class Context:
     first_conv: str | None
     classifier: str | None
     classifier_as_conv: bool
+    stem_convs: frozenset = frozenset()  # every conv that reads the raw image (gets the encoded input)
+    fixed_terms: list = field(default_factory=list)  # input-independent additive terms (paths), see explain
 
 
 # ----------------------------------------------------------------------------- rules
@@ -67,7 +73,7 @@ def conv_rule(m: nn.Conv2d, path: str, ctx: Context) -> nn.Module:
     if m.padding_mode != "zeros":
         raise ConversionError(f"{path}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
     r = ctx.recipe
-    stem = path == ctx.first_conv
+    stem = path == ctx.first_conv or path in ctx.stem_convs
     in_ch = m.in_channels * 2 if stem else m.in_channels
     new = L.BcosConv2d(
         in_ch, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
@@ -121,7 +127,10 @@ def _norm_rule(kind: str, make: dict[str, Callable[[nn.Module], nn.Module]]) -> 
         if choice not in make:
             raise ConversionError(f"{path}: recipe {ctx.recipe.name!r} asks for a {choice!r} replacement "
                                   f"of a {kind} norm ({type(m).__name__}), which does not exist")
-        return _finish_norm(make[choice](m), m, ctx)
+        new = _finish_norm(make[choice](m), m, ctx)
+        if getattr(new, "bias", None) is not None:  # a bias the recipe keeps on purpose: accounted as a fixed term
+            ctx.fixed_terms.append(f"{path}.bias")
+        return new
     return rule
 
 
@@ -153,6 +162,10 @@ layer_norm2d_rule = _norm_rule("layer2d", {
     "centered": lambda m: L.DetachablePositionNorm2d(_channels(m), eps=m.eps, affine=_affine(m)),
     "uncentered": lambda m: L.PositionNormUncentered2d(_channels(m), eps=m.eps, affine=_affine(m)),
     "bn_uncentered": _bn_uncentered,
+})
+batch_norm1d_rule = _norm_rule("batch", {  # LeViT's token norms: [N, C] or [N, C, L]
+    "bn_uncentered": lambda m: LA.BatchNormUncentered1d(m.num_features, eps=m.eps, affine=_affine(m)),
+    "uncentered": lambda m: LA.BatchNormUncentered1d(m.num_features, eps=m.eps, affine=_affine(m)),
 })
 group_norm_rule = _norm_rule("group", {
     "centered": lambda m: L.DetachableGroupNorm2d(m.num_groups, m.num_channels, eps=m.eps, affine=_affine(m)),
@@ -230,6 +243,84 @@ def pool_branch_to_avg_rule(m: nn.Module, path: str, ctx: Context):
     return RECURSE
 
 
+# ----------------------------------------------------------------------------- linear and affine blocks
+def grn_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
+    """GRN: x * (1 + gamma N(x)), N(x) a degree-0 scale detached in explanation mode; the bias is dropped."""
+    new = LA.DetachableGlobalResponseNorm(m.weight.shape[0], m.eps, channels_last=m.channel_dim == -1)
+    new = new.to(m.weight.dtype)
+    _carry(new.weight, m.weight, ctx)
+    return new
+
+
+def affine_scale_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
+    """scale * x + bias: the scale is a fixed linear map and stays, the bias goes (as in the norms)."""
+    new = LA.Scale(torch.ones_like(m.scale))
+    _carry(new.weight, m.scale, ctx)
+    return new
+
+
+def radix_softmax_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
+    """Split attention's softmax over branches: a gate, detached in explanation mode."""
+    return LA.DetachableRadixSoftmax(m.radix, m.cardinality)
+
+
+_GATE_KINDS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "sigmoid": "sigmoid", "hardsigmoid": "hard_sigmoid"}
+
+
+def glu_gate_rule(m: nn.Module, path: str, ctx: Context):
+    """GLU MLPs (act(x_gate) * x): the activated branch is a gate, detached in explanation mode,
+    so the block is a per-input scaling of the linear branch; the rest converts as usual."""
+    act = getattr(m, "act", None)
+    kind = _GATE_KINDS.get(type(act).__name__.lower().removesuffix("me"))
+    if kind is None:
+        raise ConversionError(f"{path}: gated MLP with activation {type(act).__name__} has no gate rule")
+    m.act = L.DetachableGate(kind)
+    return RECURSE
+
+
+_DETACHED_SOFTMAX_CLASSES: dict[type, type] = {}
+
+
+def _detached_softmax_class(cls: type) -> type:
+    if cls not in _DETACHED_SOFTMAX_CLASSES:
+        def forward(self, *args, **kwargs):
+            if self.bcos_detach:
+                with detached_softmax():
+                    return cls.forward(self, *args, **kwargs)
+            return cls.forward(self, *args, **kwargs)
+
+        def set_explanation_mode(self, activate: bool = True) -> None:
+            self.bcos_detach = bool(activate)
+
+        name = f"DetachedSoftmax_{cls.__module__.replace('.', '_')}_{cls.__qualname__}"
+        new = type(name, (cls,), {
+            "forward": forward, "set_explanation_mode": set_explanation_mode, "_bcos_detached_softmax": True,
+            "is_in_explanation_mode": property(lambda self: self.bcos_detach),
+            "__module__": __name__, "__qualname__": name,
+        })
+        setattr(sys.modules[__name__], name, new)  # importable, so converted models pickle
+        _DETACHED_SOFTMAX_CLASSES[cls] = new
+    return _DETACHED_SOFTMAX_CLASSES[cls]
+
+
+def functional_softmax_rule(m: nn.Module, path: str, ctx: Context):
+    """Blocks that call softmax / SDPA in their forward (attention): in explanation mode the
+    attention matrix A(x) (and any softmax gate) is detached, so the block is A(x) v."""
+    if not getattr(type(m), "_bcos_detached_softmax", False):
+        m.__class__ = _detached_softmax_class(type(m))
+        m.bcos_detach = False
+    return RECURSE
+
+
+def attention_qkv_bias_rule(m: nn.Module, path: str, ctx: Context):
+    """BEiT / EVA attention: separate q, k, v biases dropped (affine maps lose their bias),
+    then detached attention as in `functional_softmax_rule`."""
+    for name in ("q_bias", "k_bias", "v_bias"):
+        if getattr(m, name, None) is not None:
+            setattr(m, name, None)
+    return functional_softmax_rule(m, path, ctx)
+
+
 def _timm_types(names: dict[str, Rule]) -> dict[type, Rule]:
     """Rules for timm classes, looked up by dotted name so missing ones are skipped."""
     import importlib
@@ -261,6 +352,7 @@ RULES: dict[type, Rule] = {
     nn.BatchNorm2d: batch_norm_rule,
     nn.LayerNorm: layer_norm_rule,
     nn.GroupNorm: group_norm_rule,
+    nn.BatchNorm1d: batch_norm1d_rule,
     **{t: remove for t in _ACTIVATIONS},
     nn.Sigmoid: gate_rule("sigmoid"),
     nn.Softmax: softmax_rule,
@@ -295,6 +387,44 @@ RULES: dict[type, Rule] = {
         "timm.models.inception_v3.InceptionD": pool_branch_to_avg_rule,
         "timm.layers.adaptive_avgmax_pool.FastAdaptiveAvgPool": keep,
         "timm.layers.adaptive_avgmax_pool.AdaptiveAvgMaxPool2d": unsupported("avg+max pooling; use global_pool='avg'"),
+    }),
+    # timm.layers building blocks; each line says why it stays W(x) x in explanation mode
+    **_timm_types({
+        "timm.layers.grn.GlobalResponseNorm": grn_rule,          # x * (1 + gamma N(x)), N detached, bias dropped
+        "timm.layers.blur_pool.BlurPool2d": keep,                 # a fixed low-pass filter: linear
+        "timm.layers.space_to_depth.SpaceToDepth": keep,          # a permutation of pixels into channels
+        "timm.layers.space_to_depth.DepthToSpace": keep,          # its inverse permutation
+        "timm.layers.split_attn.RadixSoftmax": radix_softmax_rule,  # softmax gate over branches, detached
+        "timm.layers.pos_embed_rel.RelPosBias": keep,             # added to attention logits, detached with them
+        "timm.layers.pos_embed_rel.RelPosBiasTf": keep,           # same
+        "timm.layers.pos_embed_rel.RelPosMlp": keep,              # same (an MLP of fixed coordinates)
+        "timm.layers.pos_embed_sincos.RotaryEmbeddingCat": keep,  # rotates q and k only, which are detached
+        "timm.layers.pos_embed_sincos.RotaryEmbedding": keep,     # same
+        "timm.layers.mlp.SwiGLU": glu_gate_rule,                  # act(x_gate) * x: a detached gate
+        "timm.layers.mlp.GluMlp": glu_gate_rule,                  # same
+        "timm.layers.layer_scale.LayerScale": keep,               # per-channel scale
+        "timm.layers.layer_scale.LayerScale2d": keep,             # per-channel scale
+    }),
+    # model files' own small modules, by family
+    **_timm_types({
+        "timm.models.metaformer.Scale": keep,                     # poolformer/convformer: per-channel scale
+        "timm.models.fastvit.LayerScale2d": keep,                 # fastvit: per-channel scale
+        "timm.models.efficientformer.Flat": keep,                 # efficientformer: flatten + transpose
+        "timm.models.hgnet.LearnableAffineBlock": affine_scale_rule,  # hgnet: scale * x + bias, bias dropped
+        "timm.models.selecsls.SelectSeq": keep,                   # selecsls: picks or concatenates branches
+        "timm.models.beit.Attention": attention_qkv_bias_rule,    # beit: q/v biases dropped, attention detached
+        "timm.models.eva.EvaAttention": attention_qkv_bias_rule,  # eva: same
+        "timm.models.edgenext.XCA": functional_softmax_rule,      # edgenext: cross-covariance attention detached
+        "timm.models.levit.Attention": functional_softmax_rule,   # levit: attention detached
+        "timm.models.levit.AttentionDownsample": functional_softmax_rule,
+        "timm.models.efficientformer.Attention": functional_softmax_rule,  # efficientformer: attention detached
+        "timm.models.mambaout.GatedConvBlock": glu_gate_rule,     # mambaout: act(g) * x, a detached gate
+        "timm.models.levit.Downsample": keep,                     # levit: token subsampling (a selection)
+        "timm.models.edgenext.PositionalEncodingFourier": keep,   # edgenext: input-independent, a fixed term
+        "timm.models.mobilevit.LinearSelfAttention": unsupported(
+            "relu(v) * context(k, q) multiplies two input-dependent branches in its forward; no rule yet"),
+        "timm.models.efficientvit_mit.LiteMLA": unsupported(
+            "ReLU linear attention multiplies keys, queries and values outside a softmax; no rule yet"),
     }),
 }
 
@@ -339,6 +469,41 @@ def _first_conv_path(model: nn.Module) -> str | None:
     return None
 
 
+def _stem_conv_paths(model: nn.Module, first: str) -> frozenset:
+    """The first conv and every conv registered before any conv of another input width that has
+    the image's channel count: re-parameterisable stems (RepVGG, MobileOne, FastViT) run several
+    branches on the image, and each must read the encoded input, or its share is lost."""
+    width = model.get_submodule(first).in_channels
+    paths = {first}
+    for name, m in model.named_modules():
+        if isinstance(m, nn.Conv2d):
+            if m.in_channels != width:
+                break
+            paths.add(name)
+    return frozenset(paths)
+
+
+# timm's names for input-independent additive tokens and embeddings (their share is reported by explain)
+FIXED_TERM_NAMES = frozenset({"cls_token", "reg_token", "dist_token", "pos_embed", "absolute_pos_embed"})
+# modules whose output does not depend on the input and is added to the features
+FIXED_TERM_MODULES = tuple(_timm_types({"timm.models.edgenext.PositionalEncodingFourier": keep}))
+# modules holding tables that only rotate queries and keys (detached): not additive terms
+_QK_ONLY = tuple(_timm_types({"timm.layers.pos_embed_sincos.RotaryEmbeddingCat": keep,
+                              "timm.layers.pos_embed_sincos.RotaryEmbedding": keep}))
+
+
+def _fixed_terms(model: nn.Module, ctx: Context) -> tuple[str, ...]:
+    found = []
+    for owner, module in model.named_modules():
+        prefix = f"{owner}." if owner else ""
+        if isinstance(module, FIXED_TERM_MODULES):
+            found.append(owner)
+        elif not isinstance(module, _QK_ONLY):
+            tensors = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+            found += [prefix + name for name, t in tensors if t is not None and name in FIXED_TERM_NAMES]
+    return tuple(dict.fromkeys([*found, *ctx.fixed_terms]))
+
+
 def _classifier_path(model: nn.Module, spec: HeadSpec | None) -> str | None:
     if spec is not None:
         return spec.classifier
@@ -357,6 +522,8 @@ def convert_modules(module: nn.Module, ctx: Context, rules: dict[type, Rule], pr
     for name, child in list(module.named_children()):
         path = f"{prefix}{name}"
         rule = find_rule(child, rules)
+        if rule is None and hasattr(child, "fused_attn"):
+            rule = functional_softmax_rule  # timm marks its attention blocks with `fused_attn`
         if rule is None:
             if next(child.children(), None) is None:
                 raise ConversionError(
@@ -406,10 +573,14 @@ def convert(
     )
     if ctx.first_conv is None:
         raise ConversionError(f"{type(model).__name__} has no Conv2d to carry the input encoding")
+    ctx.stem_convs = _stem_conv_paths(model, ctx.first_conv)
     root_rule = find_rule(model, rules or {})
     if root_rule is not None:
         raise ConversionError("convert() takes a whole model; use its rules on submodules directly")
     convert_modules(model, ctx, table)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", 0)
-    return attach_bcos_mixin(model, r, spec, ctx, table, num_classes)
+    model = attach_bcos_mixin(model, r, spec, ctx, table, num_classes)
+    # paths of input-independent terms: explain() reports their share beside the contributions
+    model.bcos_fixed_terms = _fixed_terms(model, ctx)
+    return model

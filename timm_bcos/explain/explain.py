@@ -7,7 +7,8 @@ import warnings
 import torch
 from torch import Tensor, nn
 
-from ..layers import explanation_mode
+from ..layers import InputEncoding, explanation_mode
+from . import fixed
 from .result import Explanation
 
 
@@ -88,22 +89,26 @@ def explain(
                       "differ from inference; call model.eval() first", stacklevel=2)
     if delta is not None and (target is not None or topk is not None or layer is not None):
         raise ValueError("delta=(c1, c2) cannot be combined with target, topk or layer")
-    encoder = model.input_encoding()
+    # every module that reads the raw image encodes it (re-parameterisable stems have several);
+    # each encoding becomes a leaf and the weights are the sum of their gradients
+    encoders = [m for m in model.modules() if isinstance(m, InputEncoding)] or [model.input_encoding()]
     state: dict[str, Tensor] = {}
+    encoded_leaves: list[Tensor] = []
 
     def capture_encoded(module, inputs, output):
         leaf = output.detach().requires_grad_(True)
-        state["encoded"] = leaf
+        encoded_leaves.append(leaf)
         return leaf
 
-    hooks = [encoder.register_forward_hook(capture_encoded)]
+    hooks = [e.register_forward_hook(capture_encoded) for e in encoders]
+    terms = fixed.prepare(model, x.shape[0])
     if layer is None:
         hooks.append(model.logit_layer.register_forward_hook(lambda m, i, o: state.__setitem__("pre_bias", i[0])))
     else:
         hooks.append(_submodule(model, layer).register_forward_hook(lambda m, i, o: state.__setitem__("layer", o)))
     try:
         with torch.enable_grad(), explanation_mode(model):
-            logits = model(x.detach())
+            logits = fixed.forward(model, x.detach(), terms)
             n = x.shape[0]
             positions = None
             reference = None
@@ -130,17 +135,12 @@ def explain(
                     explained = out.flatten(1).gather(1, flat_idx)
                 else:
                     explained = out.gather(1, targets)
-            encoded = state["encoded"]
-            weights = []
-            k = explained.shape[1]
-            for j in range(k):
-                (g,) = torch.autograd.grad(explained[:, j].sum(), encoded, retain_graph=j < k - 1)
-                weights.append(g)
+            weights_t, fixed_shares = _weights_and_shares(explained, encoded_leaves, terms)
     finally:
         for h in hooks:
             h.remove()
-    weights_t = torch.stack(weights, 1)
-    enc = encoded.detach()
+        terms.remove_hooks()
+    enc = encoded_leaves[0].detach()
     return Explanation(
         logits=logits.detach(),
         targets=targets,
@@ -150,4 +150,21 @@ def explain(
         explained=explained.detach(),
         positions=positions,
         reference_targets=reference,
+        fixed_shares=fixed_shares,
+        fixed_maps=fixed.token_maps(model, fixed_shares),
     )
+
+
+def _weights_and_shares(explained: Tensor, leaves: list[Tensor], terms: fixed.FixedTerms):
+    """Rows of W(x) for each explained target ([N, K, 6, H, W]) and the fixed terms' shares ({path: [N, K, ...]})."""
+    shapes = {tuple(t.shape) for t in leaves}
+    if len(shapes) != 1:
+        raise RuntimeError(f"the model encodes inputs of different shapes {sorted(shapes)}; "
+                           "every InputEncoding must read the raw image")
+    weights, shares = [], []
+    k = explained.shape[1]
+    for j in range(k):
+        shares.append(fixed.shares(explained[:, j], terms))
+        grads = torch.autograd.grad(explained[:, j].sum(), leaves, retain_graph=j < k - 1)
+        weights.append(torch.stack(grads).sum(0))
+    return torch.stack(weights, 1), {p: torch.stack([s[p] for s in shares], 1) for p in shares[0]}

@@ -1,7 +1,7 @@
 """The result of `model.explain()`."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,6 +23,11 @@ class Explanation:
                    i.e. what `contributions` sum to (computed before the bias is added,
                    so it does not suffer cancellation).
     positions:     [N, K, 2] (row, col) of explained intermediate neurons, else None.
+    fixed_shares:  {path: share} of each input-independent term the model adds (class token,
+                   position embedding, a bias the recipe keeps; `model.bcos_fixed_terms`):
+                   [N, K, T] per token, [N, K, H, W] per position, [N, K] for a bias.
+                   contributions.sum((2, 3)) + fixed_share == explained, exactly.
+    fixed_maps:    the token shares laid out on the patch grid, [N, K, h, w], where there is one.
     """
 
     logits: Tensor
@@ -33,6 +38,16 @@ class Explanation:
     explained: Tensor
     positions: Tensor | None = None
     reference_targets: Tensor | None = None  # Delta explanations: the subtracted classes
+    fixed_shares: dict[str, Tensor] = field(default_factory=dict)
+    fixed_maps: dict[str, Tensor] = field(default_factory=dict)
+
+    @property
+    def fixed_share(self) -> Tensor:
+        """[N, K] total share of the input-independent terms (zero for a model without any)."""
+        total = torch.zeros_like(self.explained)
+        for s in self.fixed_shares.values():
+            total = total + s.flatten(2).sum(2) if s.dim() > 2 else total + s
+        return total
 
     def rgba(self, smooth: int = 0, alpha_percentile: float = 99.5) -> np.ndarray:
         """[N, K, H, W, 4] images of the weights as in the paper (Sec. 4, "Visualisation details")."""
@@ -41,5 +56,10 @@ class Explanation:
         return weights_to_rgba(self.weights, self.encoded_input, smooth=smooth, alpha_percentile=alpha_percentile)
 
     def to(self, device: torch.device | str) -> "Explanation":
-        fields = {k: (v.to(device) if isinstance(v, Tensor) else v) for k, v in self.__dict__.items()}
+        def move(v):
+            if isinstance(v, dict):
+                return {k: move(t) for k, t in v.items()}
+            return v.to(device) if isinstance(v, Tensor) else v
+
+        fields = {k: move(v) for k, v in self.__dict__.items()}
         return Explanation(**fields)

@@ -6,7 +6,8 @@ from torch import Tensor
 
 from .detach import DetachableModule
 
-_GATES = {"sigmoid": F.sigmoid, "hard_sigmoid": F.hardsigmoid}
+# sigmoid-like gates (squeeze-excite) and the gate branch of GLU MLPs, act(x_gate) * x
+_GATES = {"sigmoid": F.sigmoid, "hard_sigmoid": F.hardsigmoid, "silu": F.silu, "gelu": F.gelu}
 
 
 class DetachableGate(DetachableModule):
