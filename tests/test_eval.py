@@ -104,6 +104,47 @@ def test_confident_per_class_keeps_correct_and_confident_most_confident_first():
     assert confident_per_class(Fixed(), images, labels) == {0: [0, 1], 1: [3]}
 
 
+def test_streamed_accuracy_and_confidence_match_the_in_memory_path():
+    """evaluate.py streams batches with their data-set indices (undecodable ones left out)
+    and must find what the in-memory functions find."""
+    from timm_bcos.eval import accuracy_and_confidence, evaluate_accuracy
+
+    class Fixed(nn.Module):
+        def forward(self, x):
+            return x[:, :, 0, 0]
+
+    torch.manual_seed(0)
+    logits = torch.randn(40, 5) * 3
+    images = logits[:, :, None, None].expand(-1, -1, 2, 2)
+    labels = torch.randint(0, 5, (40,))
+    expected = confident_per_class(Fixed(), images, labels)
+    kept = [i for i in range(40) if i % 7 != 3]  # as if images 3, 10, 17, ... were undecodable
+    batches = [{"images": images[kept[i:i + 8]], "labels": labels[kept[i:i + 8]],
+                "indices": torch.tensor(kept[i:i + 8]), "skipped": torch.tensor(1)} for i in range(0, len(kept), 8)]
+    scores, candidates = accuracy_and_confidence(Fixed(), batches)
+    assert candidates == {c: [i for i in idx if i in kept] for c, idx in expected.items()}
+    reference = evaluate_accuracy(Fixed(), [(images[kept], labels[kept])])
+    assert {k: scores[k] for k in reference} == reference and scores["skipped"] == len(batches)
+
+
+def test_lazy_images_decode_by_index_and_devices_are_checked(tmp_path):
+    from timm_bcos.cli import resolve_device
+    from timm_bcos.data import LazyImages, load_eval_dataset, load_image_tensors
+
+    if not CIFAR.is_dir():
+        pytest.skip("../shared/datasets/cifar10 is not here")
+    data, _ = load_eval_dataset(str(CIFAR), "test", max_samples=20)
+    images, labels, _, _ = load_image_tensors(str(CIFAR), "test", max_samples=20)
+    lazy = LazyImages(data, (3, 32, 32))
+    assert lazy.shape == (20, 3, 32, 32) and torch.equal(lazy[[4, 0, 19]], images[[4, 0, 19]])
+    assert resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(SystemExit, match="--device nonsense: not usable"):
+        resolve_device("nonsense")
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="--device cuda: not usable"):
+            resolve_device("cuda")
+
+
 def test_post_hoc_methods_on_a_linear_model():
     # seeded: with 20 IG steps over ReLU kinks, about 1 in 10 random draws misses the 5% bound
     torch.manual_seed(0)

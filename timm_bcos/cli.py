@@ -73,21 +73,35 @@ def _load_images(paths: list[str], transform):
     return torch.stack(tensors)
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """--device: the named device, or CUDA where present, else the CPU; a clear error if unusable."""
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as e:
+        raise SystemExit(f"error: --device {name}: not usable here ({str(e).splitlines()[0]})") from None
+    return device
+
+
 def explain_main(args: argparse.Namespace) -> int:
     import timm
 
     from .explain.render import save_explanation_grid
 
-    model = _load_model(args)
+    device = resolve_device(args.device)
+    model = _load_model(args).to(device)
     cfg = timm.data.resolve_data_config({}, model=model)
     transform = timm.data.create_transform(**cfg)
     images = _load_images(args.images, transform)
     target = None
     if args.target is not None:
-        target = torch.tensor(args.target)
+        target = torch.tensor(args.target, device=device)
         if len(args.target) == 1:
             target = int(args.target[0])
-    expl = model.explain(images, target=target, topk=args.topk if args.target is None else None)
+    expl = model.explain(images.to(device), target=target,
+                         topk=args.topk if args.target is None else None).to("cpu")
     names = None
     info = getattr(model, "pretrained_cfg", {}) or {}
     label_names = info.get("label_names")
@@ -114,6 +128,7 @@ def add_explain_parser(sub) -> None:
     p.add_argument("--target", type=int, nargs="+", help="class index (one, or one per image)")
     p.add_argument("--topk", type=int, default=1, help="explain the K most likely classes (default 1)")
     p.add_argument("--smooth", type=int, default=0, help="opacity smoothing window (pixels)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda where present, else cpu)")
     p.set_defaults(func=explain_main)
 
 

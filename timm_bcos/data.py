@@ -223,19 +223,77 @@ def build_transform(model, *, is_training: bool, crop: str = "rrc", pad: int = 4
     return create_transform(**cfg, is_training=is_training, **kwargs)
 
 
-def load_image_tensors(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
-                       interpolation: str = "bilinear", max_samples: int | None = None,
-                       cache_dir: str | None = None, image_column: str | None = None,
-                       label_column: str | None = None):
-    """A whole split as plain [0, 1] RGB tensors [N, 3, H, W] (timm's eval resize + centre crop)
-    and labels [N]; undecodable images are left out. Returns (images, labels, info, skipped)."""
+def load_eval_dataset(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
+                      interpolation: str = "bilinear", max_samples: int | None = None,
+                      cache_dir: str | None = None, image_column: str | None = None,
+                      label_column: str | None = None) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
+    """One split as a lazily decoded data set of plain [0, 1] RGB tensors (timm's eval resize +
+    centre crop, no mean/std: put the model behind its own normalisation)."""
     from timm.data import create_transform
 
     ds, info = load_split(source, split, cache_dir=cache_dir, image_column=image_column,
                           label_column=label_column, max_samples=max_samples)
     transform = create_transform(input_size=tuple(input_size), crop_pct=crop_pct, interpolation=interpolation,
                                  mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), is_training=False)
-    data = ImageClassificationDataset(ds, info, transform)
+    return ImageClassificationDataset(ds, info, transform), info
+
+
+class IndexedSamples(Dataset):
+    """(image, label, index) samples of a data set (None where undecodable), for `collate_indexed`."""
+
+    def __init__(self, data: ImageClassificationDataset) -> None:
+        self.data = data
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, index: int):
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list:
+        return [None if s is None else (s[0], s[1], int(i)) for s, i in zip(self.data.__getitems__(indices), indices)]
+
+
+def collate_indexed(samples) -> dict[str, torch.Tensor]:
+    """collate_skipping plus the data-set `indices` of the kept samples."""
+    batch = collate_skipping([None if s is None else s[:2] for s in samples])
+    batch["indices"] = torch.tensor([s[2] for s in samples if s is not None], dtype=torch.long)
+    return batch
+
+
+class LazyImages:
+    """Images of a data set by index, decoded on access: `images[[3, 17]]` is a [2, C, H, W] tensor.
+
+    Stands in for a materialised [N, C, H, W] tensor where only a few images are needed
+    (pointing-game grids, examples): a whole ImageNet split would be ~30 GB as float tensors.
+    """
+
+    def __init__(self, data: ImageClassificationDataset, input_size) -> None:
+        self.data = data
+        self.shape = (len(data), *tuple(input_size))
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        indices = [int(i) for i in (indices.tolist() if isinstance(indices, torch.Tensor) else indices)]
+        samples = self.data.__getitems__(indices)
+        missing = [i for i, s in zip(indices, samples) if s is None]
+        if missing:
+            raise DataError(f"images {missing[:5]} are undecodable")
+        return torch.stack([s[0] for s in samples])
+
+
+def load_image_tensors(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
+                       interpolation: str = "bilinear", max_samples: int | None = None,
+                       cache_dir: str | None = None, image_column: str | None = None,
+                       label_column: str | None = None):
+    """A whole split as plain [0, 1] RGB tensors [N, 3, H, W] and labels [N] (for small splits;
+    large ones: `load_eval_dataset` + a DataLoader); undecodable images are left out.
+    Returns (images, labels, info, skipped)."""
+    data, info = load_eval_dataset(source, split, input_size=input_size, crop_pct=crop_pct,
+                                   interpolation=interpolation, max_samples=max_samples, cache_dir=cache_dir,
+                                   image_column=image_column, label_column=label_column)
     images, labels, skipped = [], [], 0
     for start in range(0, len(data), 512):
         for sample in data.__getitems__(list(range(start, min(start + 512, len(data))))):

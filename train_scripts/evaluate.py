@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="Hub data set id or local folder")
     p.add_argument("--split", default="validation")
     p.add_argument("--max-samples", type=int, help="evaluate on the first N images of the split")
+    p.add_argument("--image-column", help="default: found automatically (image, img, ...)")
+    p.add_argument("--label-column", help="default: found automatically (label, labels, ...)")
+    p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda where present, else cpu)")
+    p.add_argument("-j", "--workers", type=int, default=2, help="data loader workers (%(default)s)")
     p.add_argument("--grid", type=int, nargs="*", default=[2, 3], help="grid sizes n (n x n); none: skip")
     p.add_argument("--methods", nargs="+", default=["own", "grad", "ixg", "ig", "deeplift", "gradcam"])
     p.add_argument("--num-grids", type=int, nargs="+", default=[100],
@@ -63,16 +67,35 @@ def slug(name: str) -> str:
     return "".join(c if c.isalnum() else "_" for c in name).strip("_").lower()
 
 
-def write_examples(model, images, labels, candidates, count, class_names, path: Path) -> None:
+def write_examples(model, images, candidates, count, class_names, path: Path) -> None:
     """The most confidently and correctly classified image of each class, explained for its class."""
+    from timm_bcos.eval.attribution import model_device
     from timm_bcos.explain.render import save_explanation_grid
 
-    picks = [idx[0] for _, idx in sorted(candidates.items()) if idx][:count]
-    if not picks:
+    picked = [(idx[0], c) for c, idx in sorted(candidates.items()) if idx][:count]
+    if not picked:
         return
-    x = images[picks]
-    expl = model.explain(x, target=labels[picks])
+    x = images[[i for i, _ in picked]]
+    device = model_device(model)
+    expl = model.explain(x.to(device), target=torch.tensor([c for _, c in picked], device=device)).to("cpu")
     save_explanation_grid(path, x, expl, class_names=class_names)
+
+
+def open_split(args, cfg: dict):
+    """The split at the model's eval size, decoded lazily: (data set, loader, info)."""
+    from timm_bcos.data import DataError, IndexedSamples, collate_indexed, load_eval_dataset
+
+    try:
+        data, info = load_eval_dataset(args.dataset, args.split, input_size=cfg["input_size"],
+                                       crop_pct=cfg.get("crop_pct", 1.0),
+                                       interpolation=cfg.get("interpolation", "bilinear"),
+                                       max_samples=args.max_samples, image_column=args.image_column,
+                                       label_column=args.label_column)
+    except DataError as e:
+        raise SystemExit(f"error: {e}") from None
+    loader = torch.utils.data.DataLoader(IndexedSamples(data), batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=collate_indexed)
+    return data, loader, info
 
 
 def main(argv=None) -> int:
@@ -82,9 +105,10 @@ def main(argv=None) -> int:
     import timm
 
     import timm_bcos  # noqa: F401
-    from timm_bcos.data import DataError, load_image_tensors
-    from timm_bcos.eval import (box_plot, build_grids, confident_per_class, evaluate_accuracy,
-                                grid_pointing_game, markdown_table, summarise)
+    from timm_bcos.cli import resolve_device
+    from timm_bcos.data import LazyImages
+    from timm_bcos.eval import accuracy_and_confidence, box_plot, build_grids, grid_pointing_game, markdown_table, \
+        summarise
     from timm_bcos.eval.attribution import ATTRIBUTION_METHODS, METHOD_LABELS, Normalised
 
     names = args.names or args.models
@@ -105,32 +129,24 @@ def main(argv=None) -> int:
     out = Path(args.out)
     accuracy: dict[str, dict] = {}
     pointing: dict[int, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in args.grid}
-    data_cache: dict[tuple, tuple] = {}
+    device = resolve_device(args.device)
     for spec, name in zip(args.models, names):
         hub_folder = spec.startswith(("local-dir:", "hf-hub:"))  # such a spec names weights: always load them
-        model = timm.create_model(spec, pretrained=args.pretrained or hub_folder).eval()
+        model = timm.create_model(spec, pretrained=args.pretrained or hub_folder).eval().to(device)
         cfg = model.pretrained_cfg
-        key = (tuple(cfg["input_size"]), cfg.get("crop_pct", 1.0), cfg.get("interpolation", "bilinear"))
-        if key not in data_cache:
-            try:
-                data_cache[key] = load_image_tensors(args.dataset, args.split, input_size=key[0], crop_pct=key[1],
-                                                     interpolation=key[2], max_samples=args.max_samples)
-            except DataError as e:
-                raise SystemExit(f"error: {e}") from None
-        images, labels, info, skipped = data_cache[key]
+        data, loader, info = open_split(args, cfg)
+        images = LazyImages(data, cfg["input_size"])  # grids and examples decode only the images they use
         wrapped = Normalised(model).eval()
         t0 = time.perf_counter()
-        batches = [(images[i:i + args.batch_size], labels[i:i + args.batch_size])
-                   for i in range(0, len(images), args.batch_size)]
-        accuracy[name] = {"model": spec, **evaluate_accuracy(wrapped, batches), "skipped": skipped}
-        print(f"{name}: top-1 {accuracy[name]['top1']:.2f}%, top-5 {accuracy[name]['top5']:.2f}% "
-              f"on {len(labels)} images ({time.perf_counter() - t0:.1f}s)", flush=True)
+        scores, candidates = accuracy_and_confidence(wrapped, loader, device=device)
+        accuracy[name] = {"model": spec, **scores}
+        print(f"{name}: top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% on {scores['n']} images "
+              f"({time.perf_counter() - t0:.1f}s on {device})", flush=True)
         if not args.grid:
             continue
-        candidates = confident_per_class(wrapped, images, labels, batch_size=args.batch_size)
         methods = [m for m in args.methods if m != "own" or hasattr(model, "explain")]
         if args.examples and hasattr(model, "explain"):
-            write_examples(model, images, labels, candidates, args.examples, info.label_names,
+            write_examples(model, images, candidates, args.examples, info.label_names,
                            out / f"examples_{slug(name)}.png")
         smooth = args.smooth if args.smooth is not None else (3 if images.shape[-1] <= 64 else 15)
         for n in args.grid:

@@ -40,3 +40,35 @@ def evaluate_accuracy(model: nn.Module, loader, *, accelerator=None, device=None
     out = {f"top{k}": 100.0 * correct[k] / max(seen, 1) for k in ks}
     out["n"] = seen
     return out
+
+
+@torch.no_grad()
+def accuracy_and_confidence(model: nn.Module, loader, *, device=None, ks=(1, 5), threshold: float = 0.5):
+    """One pass over `loader` ({"images", "labels", "indices"} batches, e.g. data.collate_indexed):
+    top-k accuracy as `evaluate_accuracy`, and per class the data-set indices of the images
+    classified correctly with sigmoid(logit) > threshold, most confident first (what
+    `pointing_game.confident_per_class` gives for tensors in memory)."""
+    model.eval()
+    correct, seen, skipped = dict.fromkeys(ks, 0), 0, 0
+    kept: list[tuple[float, int, int]] = []  # (confidence, label, index) of the confident and correct
+    classes: set[int] = set()
+    for batch in loader:
+        skipped += int(batch.get("skipped", 0))
+        images, labels = batch["images"], batch["labels"]
+        if images.numel() == 0:
+            continue
+        logits = model(images.to(device) if device is not None else images).float().cpu()
+        for k, v in top_k_correct(logits, labels, ks).items():
+            correct[k] += int(v)
+        seen += labels.numel()
+        conf = torch.sigmoid(logits.gather(1, labels[:, None]).squeeze(1))
+        ok = (logits.argmax(1) == labels) & (conf > threshold)
+        classes.update(labels.tolist())
+        kept += zip(conf[ok].tolist(), labels[ok].tolist(), batch["indices"][ok].tolist())
+    metrics = {f"top{k}": 100.0 * correct[k] / max(seen, 1) for k in ks}
+    metrics.update(n=seen, skipped=skipped)
+    candidates: dict[int, list[int]] = {c: [] for c in sorted(classes)}
+    for _, label, index in sorted(kept, key=lambda t: -t[0]):
+        candidates[label].append(index)
+    return metrics, candidates
+

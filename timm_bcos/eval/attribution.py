@@ -16,14 +16,22 @@ from torch import Tensor, nn
 AttributionFn = Callable[[nn.Module, Tensor, Tensor], Tensor]
 
 
+def model_device(model: nn.Module) -> torch.device:
+    """Where `model`'s parameters (else buffers) live; the CPU for a model with neither."""
+    for t in (*model.parameters(), *model.buffers()):
+        return t.device
+    return torch.device("cpu")
+
+
 class Normalised(nn.Module):
     """`model` behind its pretrained cfg's mean/std normalisation (identity for B-cos models)."""
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
         cfg = getattr(model, "pretrained_cfg", None) or {}
-        mean = torch.tensor(cfg.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32)
-        std = torch.tensor(cfg.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32)
+        device = model_device(model)  # on the model's device (evaluate.py --device)
+        mean = torch.tensor(cfg.get("mean", (0.0, 0.0, 0.0)), dtype=torch.float32, device=device)
+        std = torch.tensor(cfg.get("std", (1.0, 1.0, 1.0)), dtype=torch.float32, device=device)
         self.model = model
         self.register_buffer("mean", mean.view(1, -1, 1, 1), persistent=False)
         self.register_buffer("std", std.view(1, -1, 1, 1), persistent=False)

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .attribution import attribution_maps
+from .attribution import attribution_maps, model_device
 
 
 @dataclass
@@ -91,6 +91,7 @@ def grid_pointing_game(model: nn.Module, grids: GridSet, methods, *, smooth: int
                        batch_size: int = 16) -> dict[str, Tensor]:
     """{method: scores [G * n*n]} for every cell of every grid, each cell's class explained."""
     model.eval()
+    device = model_device(model)  # grids stay on the CPU; each batch visits the model's device
     k = grids.n * grids.n
     results: dict[str, Tensor] = {}
     for method in methods:
@@ -98,8 +99,8 @@ def grid_pointing_game(model: nn.Module, grids: GridSet, methods, *, smooth: int
         for start in range(0, len(grids.images), max(1, batch_size // k)):
             imgs = grids.images[start:start + max(1, batch_size // k)]
             cls = grids.classes[start:start + len(imgs)]
-            x = imgs.repeat_interleave(k, 0)  # each grid once per cell
-            maps = attribution_maps(model, x, cls.reshape(-1), method)
+            x = imgs.repeat_interleave(k, 0).to(device)  # each grid once per cell
+            maps = attribution_maps(model, x, cls.reshape(-1).to(device), method).cpu()
             scores.append(pointing_scores(maps.view(len(imgs), k, *maps.shape[-2:]), grids.n, smooth))
         results[method] = torch.cat(scores).reshape(-1)
     return results
