@@ -97,6 +97,7 @@ def test_grayscale_and_16_bit(tmp_path):
     Image.fromarray(ramp).save(tmp_path / "g16.png")
     a = np.asarray(load_image(tmp_path / "g16.png")).astype(int)
     assert a[0, 0, 0] == 0 and a[-1, -1, 0] == 255 and (np.diff(a[..., 0].ravel()) >= 0).all()
+    assert a[9, 19, 0] == 127  # 19900 of 39900: the range is rescaled, not clipped at 255
 
 
 def test_transparency_is_composited_on_white(tmp_path):
@@ -239,7 +240,11 @@ def test_delta_and_neuron_modes(cb, explorer):
 
 def test_png_grid(cb, explorer):
     state = _analyse(cb, explorer, CAT)[-1]
+    stale = cb._grid_folder() / "stale"
+    stale.mkdir(exist_ok=True)
+    os.utime(stale, (0, 0))  # a grid from long ago is cleared when the next one is made
     update = cb.png_grid(explorer, state, 0)
+    assert not stale.exists()
     assert update["visible"] is True
     with Image.open(update["value"]) as img:
         assert img.format == "PNG" and img.size[0] > 500

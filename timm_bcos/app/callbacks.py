@@ -7,7 +7,9 @@ callback turns bad input into a message on the page and leaves the server servin
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -111,7 +113,17 @@ def png_grid(explorer: Explorer, state, smooth):
     if not state or state.get("current") is None:
         return gr.update(value=None, visible=False)
     expl = state["current"][0]
-    folder = Path(tempfile.mkdtemp(prefix="timm_bcos_app_"))
+    folder = Path(tempfile.mkdtemp(dir=_grid_folder()))
     path = save_explanation_grid(folder / "explanation.png", state["x"], expl,
                                  class_names=explorer.class_names, smooth=int(smooth))
     return gr.update(value=str(path), visible=True)
+
+
+def _grid_folder(max_age_s: float = 3600.0) -> Path:
+    """One folder per process for the grids; grids older than `max_age_s` are removed as new ones come."""
+    root = Path(tempfile.gettempdir()) / f"timm_bcos_app_{os.getpid()}"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():
+        if time.time() - old.stat().st_mtime > max_age_s:
+            shutil.rmtree(old, ignore_errors=True)
+    return root

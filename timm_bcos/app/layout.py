@@ -12,6 +12,7 @@ from ..demo import SAMPLES  # noqa: E402
 from . import callbacks as cb  # noqa: E402
 from .engine import Explorer  # noqa: E402
 
+MAX_UPLOAD = "100mb"  # larger uploads are refused by Gradio before they reach the model
 INTRO = ("Upload, paste or photograph an image, or pick a sample. The model explains its top classes with "
          "its own dynamic linear map W(x) (B-cos networks, Böhle et al., CVPR 2022): the colour image shows "
          "the aligned weights where the contribution is positive, the map beside it the signed contributions, "
@@ -64,7 +65,8 @@ def _results() -> dict:
 
 def build_app(explorer: Explorer) -> gr.Blocks:
     """The page; its API endpoint `/analyse` takes an image and returns everything the page shows."""
-    with gr.Blocks(title="B-cos explorer", analytics_enabled=False) as app:
+    # delete_cache: uploads and result pictures older than an hour go, hourly
+    with gr.Blocks(title="B-cos explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
         gr.Markdown(f"## B-cos explorer: {explorer.name}\n{INTRO}")
         state = gr.State(dict(cb.EMPTY))
         with gr.Row():
@@ -99,4 +101,4 @@ def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, **kwar
     app = build_app(explorer)
     app.queue(default_concurrency_limit=1)
     return app.launch(server_name=host, server_port=port, allowed_paths=[str(SAMPLES)],
-                      footer_links=["api"], **kwargs)
+                      max_file_size=MAX_UPLOAD, footer_links=["api"], **kwargs)
