@@ -149,6 +149,19 @@ def test_prepare_follows_the_models_data_config(explorer):
     np.testing.assert_allclose(p.seen / 255.0, p.x[0].permute(1, 2, 0).numpy(), atol=0.5 / 255 + 1e-6)
 
 
+def test_what_the_model_saw_undoes_the_normalisation():
+    import timm
+
+    model = timm.create_model(DEFAULT_MODEL, pretrained=False, num_classes=5,
+                              pretrained_cfg_overlay=dict(mean=(0.5, 0.4, 0.3), std=(0.2, 0.25, 0.3)))
+    img = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)  # already the input size
+    p = Explorer(model).prepare(Image.fromarray(img))
+    plain = torch.from_numpy(img / 255.0).permute(2, 0, 1).float()
+    assert (p.x[0] - plain).abs().mean() > 0.3  # the model gets the normalised tensor...
+    assert np.abs(p.seen.astype(int) - img).max() <= 1  # ...the page shows the picture it came from
+    assert Explorer(model).class_names == [f"class {i}" for i in range(5)]  # cfg's 10 names do not fit
+
+
 def test_bcos_layers_and_class_names(explorer):
     assert explorer.class_names[3] == "cat" and len(explorer.class_names) == 10
     assert explorer.layers[0] == "features.0.0" and explorer.layers[-1] == "fc"
