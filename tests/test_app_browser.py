@@ -173,6 +173,11 @@ def test_a_user_in_a_real_browser(server, expected, tmp_path):
         page.set_input_files(upload, str(ship))
         page.wait_for_function(f"document.querySelector('#predictions').innerText.split('\\n')[1] === "
                                f"{expected[ship.name]!r}", timeout=60_000)
+
+        samples = sorted(SAMPLES.glob("*.png"))  # a click on a shipped sample
+        page.locator("#samples .gallery-item").nth(7).click()
+        page.wait_for_function(f"document.querySelector('#predictions').innerText.split('\\n')[1] === "
+                               f"{expected[samples[7].name]!r}", timeout=60_000)
         browser.close()
     assert external == [], f"the page tried to reach the network: {external}"
 

@@ -24,7 +24,8 @@ def _controls(explorer: Explorer) -> dict:
     c["image"] = gr.Image(label="image", type="filepath", sources=["upload", "clipboard", "webcam"],
                           image_mode=None, elem_id="input-image", height=260)
     samples = sorted(str(p) for p in SAMPLES.glob("*.png"))
-    gr.Examples(samples, inputs=c["image"], label="samples (CIFAR-10 test images)", examples_per_page=8)
+    gr.Examples(samples, inputs=c["image"], label="samples (CIFAR-10 test images)", examples_per_page=8,
+                elem_id="samples")
     n = len(explorer.class_names)
     c["topk"] = gr.Slider(1, min(10, n), value=min(5, n), step=1, label="top-k classes")
     c["smooth"] = gr.Slider(0, 15, value=0, step=1, label="smoothing (opacity window, pixels)")
