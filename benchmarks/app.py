@@ -1,6 +1,6 @@
 """Latency of the explorer on the shipped CIFAR-10 model (bcos_cifar10_w050_bnu): the bar is < 1 s.
 
-    .venv/bin/python benchmarks/app.py [--repeats 15] [--topk 5]
+    .venv/bin/python benchmarks/app.py [--repeats 15] [--topk 5] [--threads N]
 
 Times, as medians: the model's top-k explanation (one forward, k backward passes); the whole
 upload callback (read the file, transform by the data config, explain, render pictures and
@@ -61,7 +61,10 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--topk", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from timm_bcos.app import callbacks as cb
 
     explorer = Explorer(load_model(DEFAULT_MODEL, pretrained=True), DEFAULT_MODEL)

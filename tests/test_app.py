@@ -273,6 +273,12 @@ def test_cli_defaults_and_bad_model(monkeypatch, cb):
     monkeypatch.setattr(layout, "launch", lambda explorer, host, port: seen.update(e=explorer, host=host, port=port))
     assert main(["app"]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860 and seen["e"].name == DEFAULT_MODEL
+    threads = torch.get_num_threads()
+    try:
+        assert main(["app", "--threads", "3", "--port", "7999"]) == 0
+        assert torch.get_num_threads() == 3 and seen["port"] == 7999
+    finally:
+        torch.set_num_threads(threads)
     with pytest.raises(SystemExit, match="unknown model 'bcos_resnet5'. Did you mean: bcos_resnet50"):
         main(["app", "--model", "bcos_resnet5"])
     with pytest.raises(SystemExit, match="checkpoint not found"):

@@ -14,6 +14,10 @@ def app_main(args: argparse.Namespace) -> int:
                          f"install it with: pip install 'timm_bcos[app]'") from None
     from .engine import Explorer, load_model
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)  # small models answer faster on one thread of a busy CPU
     default = args.model is None
     name = DEFAULT_MODEL if default else args.model
     pretrained = args.pretrained or (default and not args.checkpoint)
@@ -37,4 +41,5 @@ def add_app_parser(sub) -> None:
     src.add_argument("--checkpoint", help="a .safetensors (or trusted .pth) state dict for the model")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.set_defaults(func=app_main)
