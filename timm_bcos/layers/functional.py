@@ -70,11 +70,14 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
     """
     if b == 1:
         return linear_out
-    if kernels.use_fused(linear_out):  # CUDA + Triton: one kernel each way (kernels/_bcos_scale.py)
+    # explanation mode takes the plain autograd ops below: losses on explanations
+    # (timm_bcos.guidance) differentiate through them, and the fused kernels and the
+    # hand-written backward are once-differentiable
+    if not detach and kernels.use_fused(linear_out):  # CUDA + Triton: one kernel each way
         fused = kernels.bcos_scale(linear_out, input_norm, b, detach)
         if fused is not None:
             return fused
-    if b == 2:
+    if b == 2 and not detach:
         return _BcosScaleB2.apply(linear_out, input_norm, detach)
     out_for_scale = linear_out.detach() if detach else linear_out
     norm = input_norm.detach() if detach else input_norm

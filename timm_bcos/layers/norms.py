@@ -65,6 +65,17 @@ class _UncenteredBatchNormTrain(torch.autograd.Function):
         return grad_x.to(x.dtype), grad_w, None, None
 
 
+def _uncentered_batch_norm_detached(x: Tensor, weight: Tensor | None, eps: float, detach: bool = True):
+    """Explanation mode with batch statistics: x times a constant per-channel factor."""
+    var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)[1]
+    if weight is not None and var.dtype != weight.dtype:  # autocast: statistics in the weight's precision
+        var = var.to(weight.dtype)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    return x * scale.to(x.dtype)[:, None, None], var
+
+
 def _affine_2d(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
     if weight is not None:
         x = x * weight[:, None, None]
@@ -97,8 +108,12 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
         _check_4d(x, self, self.num_features)
         use_batch_stats = self.training or self.running_var is None
         if use_batch_stats:
-            # CUDA + Triton: fused statistics and apply (kernels/_batch_norm.py)
-            train = kernels.batch_norm_uncentered if kernels.use_fused(x) else _UncenteredBatchNormTrain.apply
+            if self.detach:  # explanation mode: plain autograd ops (twice differentiable, for guidance losses)
+                train = _uncentered_batch_norm_detached
+            elif kernels.use_fused(x):  # CUDA + Triton: fused statistics and apply (kernels/_batch_norm.py)
+                train = kernels.batch_norm_uncentered
+            else:
+                train = _UncenteredBatchNormTrain.apply
             y, var = train(x, self.weight, self.eps, self.detach)
             if self.training and self.track_running_stats and self.running_var is not None:
                 self.num_batches_tracked.add_(1)
