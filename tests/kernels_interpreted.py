@@ -132,8 +132,12 @@ def check_batch_norm_forward_backward():
 
 def check_batch_norm_statistics_split_and_offset():
     """Several chunks per channel, merged; a mean of 1e3 at std 1 in float32 (E[x^2] - E[x]^2 would lose it)."""
+    from timm_bcos.layers.kernels._batch_norm import _splits
+
     torch.manual_seed(3)
-    x = torch.randn(4, 3, 48, 48) + 1e3  # 9216 values per channel: two chunks
+    # rows drift by 0.25 each, so the chunks' means differ and their merge must count it
+    x = torch.randn(20, 3, 32, 32) + 1e3 + 0.25 * torch.arange(20.0)[:, None, None, None]
+    assert _splits(20, 32 * 32) == (1024, 8, 3)  # three chunks of 8, 8 and 4 rows per channel
     y, var = kernels.batch_norm_uncentered(x, None, 1e-5, False)
     expected_var = x.double().var(dim=(0, 2, 3), unbiased=False)
     assert rel_err(var, expected_var) <= 1e-4, rel_err(var, expected_var)

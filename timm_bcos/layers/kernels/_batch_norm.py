@@ -21,26 +21,29 @@ MAX_SPLITS = 256
 
 
 @triton.jit
-def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, C, HW, M, CHUNK, SPLITS,
+def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, N, C, HW, ROWS, SPLITS,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
-    sp = tl.program_id(1)
+    sp = tl.program_id(1)  # rows n in [sp * ROWS, (sp + 1) * ROWS) of channel c
     cnt = tl.zeros([], dtype=ACC)
     mean = tl.zeros([], dtype=ACC)
     m2 = tl.zeros([], dtype=ACC)
-    for j0 in range(0, CHUNK, BLOCK):
-        j = (sp * CHUNK + j0 + tl.arange(0, BLOCK)).to(tl.int64)  # flat (n, s) index in channel c
-        m = j < M
-        v = tl.load(x_ptr + (j // HW) * C * HW + c * HW + j % HW, mask=m, other=0.0).to(ACC)
-        nb = tl.sum(m.to(ACC), axis=0)
-        mb = tl.sum(v, axis=0) / tl.maximum(nb, 1.0)
-        d = tl.where(m, v - mb, 0.0)
-        tot = cnt + nb
-        delta = mb - mean
-        frac = nb / tl.maximum(tot, 1.0)
-        mean = mean + delta * frac
-        m2 = m2 + tl.sum(d * d, axis=0) + delta * delta * cnt * frac
-        cnt = tot
+    for r in range(0, ROWS):
+        n = sp * ROWS + r
+        base = (n.to(tl.int64) * C + c) * HW
+        for s0 in range(0, HW, BLOCK):
+            s = s0 + tl.arange(0, BLOCK)
+            m = (s < HW) & (n < N)
+            v = tl.load(x_ptr + base + s, mask=m, other=0.0).to(ACC)
+            nb = tl.sum(m.to(ACC), axis=0)
+            mb = tl.sum(v, axis=0) / tl.maximum(nb, 1.0)
+            d = tl.where(m, v - mb, 0.0)
+            tot = cnt + nb
+            delta = mb - mean
+            frac = nb / tl.maximum(tot, 1.0)
+            mean = mean + delta * frac
+            m2 = m2 + tl.sum(d * d, axis=0) + delta * delta * cnt * frac
+            cnt = tot
     tl.store(cnt_ptr + c * SPLITS + sp, cnt)
     tl.store(mean_ptr + c * SPLITS + sp, mean)
     tl.store(m2_ptr + c * SPLITS + sp, m2)
@@ -79,15 +82,17 @@ def _apply_kernel(x_ptr, scale_ptr, y_ptr, C, HW, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _gx_partial_kernel(g_ptr, x_ptr, out_ptr, C, HW, M, CHUNK, SPLITS, ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _gx_partial_kernel(g_ptr, x_ptr, out_ptr, N, C, HW, ROWS, SPLITS, ACC: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
     sp = tl.program_id(1)
     acc = tl.zeros([BLOCK], dtype=ACC)
-    for j0 in range(0, CHUNK, BLOCK):
-        j = (sp * CHUNK + j0 + tl.arange(0, BLOCK)).to(tl.int64)
-        m = j < M
-        offs = (j // HW) * C * HW + c * HW + j % HW
-        acc += tl.load(g_ptr + offs, mask=m, other=0.0).to(ACC) * tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC)
+    for r in range(0, ROWS):
+        n = sp * ROWS + r
+        base = (n.to(tl.int64) * C + c) * HW
+        for s0 in range(0, HW, BLOCK):
+            s = s0 + tl.arange(0, BLOCK)
+            m = (s < HW) & (n < N)
+            acc += tl.load(g_ptr + base + s, mask=m, other=0.0).to(ACC) * tl.load(x_ptr + base + s, mask=m, other=0.0).to(ACC)
     tl.store(out_ptr + c * SPLITS + sp, tl.sum(acc, axis=0))
 
 
@@ -111,12 +116,11 @@ def _bwd_apply_kernel(g_ptr, x_ptr, gx_ptr, partial_ptr, mean_ptr, inv_ptr, scal
     tl.store(gx_ptr + row * HW + s, gx.to(gx_ptr.dtype.element_ty), mask=m)
 
 
-def _splits(m: int) -> Tuple[int, int, int]:
-    """(BLOCK, CHUNK, SPLITS): each channel's M elements in SPLITS chunks of CHUNK (a multiple of BLOCK)."""
-    block = min(pow2(m), TILE // 2)
-    splits = min(MAX_SPLITS, triton.cdiv(m, 8 * block))
-    chunk = triton.cdiv(triton.cdiv(m, splits), block) * block
-    return block, chunk, triton.cdiv(m, chunk)
+def _splits(n: int, hw: int) -> Tuple[int, int, int]:
+    """(BLOCK, ROWS, SPLITS): each channel's N rows of HW values in SPLITS programs of ROWS rows."""
+    block = min(pow2(hw), TILE // 2)
+    rows = max(1, min(n, triton.cdiv(8 * block, hw)), triton.cdiv(n, MAX_SPLITS))  # >= ~8 tiles per program
+    return block, rows, triton.cdiv(n, rows)
 
 
 def _rows_block(hw: int) -> int:
@@ -132,10 +136,10 @@ def batch_norm_uncentered_op(x: Tensor, weight: Optional[Tensor], eps: float,
     """
     x = x.contiguous()
     n, c, h, w = x.shape
-    m, hw = n * h * w, h * w
-    block, chunk, splits = _splits(m)
+    hw = h * w
+    block, rows, splits = _splits(n, hw)
     part = torch.empty(3, c, splits, device=x.device, dtype=acc_torch_dtype(x))
-    _stats_partial_kernel[(c, splits)](x, part[0], part[1], part[2], c, hw, m, chunk, splits,
+    _stats_partial_kernel[(c, splits)](x, part[0], part[1], part[2], n, c, hw, rows, splits,
                                        ACC=acc_dtype(x), BLOCK=block)
     mean, var, inv, scale = (torch.empty(c, device=x.device, dtype=part.dtype) for _ in range(4))
     _stats_final_kernel[(c,)](part[0], part[1], part[2], weight if weight is not None else scale,
@@ -159,9 +163,9 @@ def batch_norm_uncentered_backward_op(grad: Tensor, x: Tensor, mean: Tensor, inv
     grad, x = grad.contiguous(), x.contiguous()
     n, c, h, w = x.shape
     m, hw = n * h * w, h * w
-    block, chunk, splits = _splits(m)
+    block, rows, splits = _splits(n, hw)
     partial = torch.empty(c, splits, device=x.device, dtype=inv.dtype)
-    _gx_partial_kernel[(c, splits)](grad, x, partial, c, hw, m, chunk, splits, ACC=acc_dtype(inv), BLOCK=block)
+    _gx_partial_kernel[(c, splits)](grad, x, partial, n, c, hw, rows, splits, ACC=acc_dtype(inv), BLOCK=block)
     grad_x = torch.empty_like(x)
     rb = _rows_block(hw)
     _bwd_apply_kernel[(n * c, triton.cdiv(hw, rb))](grad, x, grad_x, partial, mean, inv, scale, c, hw, m, splits,
