@@ -117,7 +117,13 @@ def _launch_chromium(p):
                     f"install it with `apt-get install chromium` (make test does)")
 
 
-def test_a_user_in_a_real_browser(server, expected, tmp_path):
+def test_the_served_app(server, expected, tmp_path):
+    """One server for both checks (pytest -n 2 would otherwise start one per worker)."""
+    eight_concurrent_clients_are_all_answered_correctly(server, expected)
+    a_user_in_a_real_browser(server, expected, tmp_path)
+
+
+def a_user_in_a_real_browser(server, expected, tmp_path):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as e:
@@ -188,7 +194,7 @@ def _screenshot_path() -> Path:
     return path
 
 
-def test_8_concurrent_clients_are_all_answered_correctly(server, expected):
+def eight_concurrent_clients_are_all_answered_correctly(server, expected):
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     from gradio_client import Client, handle_file
 
