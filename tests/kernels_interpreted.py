@@ -19,6 +19,7 @@ from timm_bcos import layers as L
 from timm_bcos.layers import explanation_mode, kernels
 from timm_bcos.layers.functional import bcos_scale as torch_bcos_scale
 from timm_bcos.layers.kernels import _ops
+from timm_bcos.layers.kernels._common import k_split, tile_2d
 from timm_bcos.layers.norms import _UncenteredBatchNormTrain
 
 TOL64 = 1e-12  # float64 throughout: only summation order differs
@@ -58,9 +59,12 @@ GEOMETRIES = [  # groups, kernel, stride, padding, dilation
 
 def check_patch_norm_forward_backward():
     torch.manual_seed(0)
-    for g, k, s, p, d in GEOMETRIES:
-        conv = L.BcosConv2d(4, 4, k, stride=s, padding=p, dilation=d, groups=g).double()
-        x = torch.randn(2, 4, 7, 6, dtype=torch.float64, requires_grad=True)
+    # 4 channels: one program per (n, g) covers them all; 20 channels at 16x16: three programs split them
+    assert k_split(2 * 1, 4, tile_2d(4, 42)[0])[0] == 1 and k_split(1, 20, tile_2d(20, 256)[0])[0] == 3
+    for (g, k, s, p, d), shape in [(geo, (2, 4, 7, 6)) for geo in GEOMETRIES] + [
+            ((1, 3, 1, 1, 1), (1, 20, 16, 16)), ((1, 1, 1, 0, 1), (1, 20, 16, 16))]:
+        conv = L.BcosConv2d(shape[1], 4, k, stride=s, padding=p, dilation=d, groups=g).double()
+        x = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
         fused = grads(conv._patch_norms, [x])
         with pytorch_path():
             expected = grads(conv._patch_norms, [x])
@@ -80,7 +84,12 @@ def _scale_cases():
     conv = (torch.randn(2, 6, 3, 4), torch.rand(2, 1, 3, 4) + 0.5)
     grouped = (torch.randn(2, 6, 3, 4), torch.rand(2, 3, 3, 4) + 0.5)
     rows = (torch.randn(2, 5, 7), torch.rand(2, 5, 1) + 0.5)
-    return [(lin.double().requires_grad_(), norm.double().requires_grad_()) for lin, norm in (conv, grouped, rows)]
+    # channels split over several programs (K split): partial norm gradients added up
+    wide = (torch.randn(1, 20, 16, 16), torch.rand(1, 1, 16, 16) + 0.5)
+    wide_rows = (torch.randn(2, 3000), torch.rand(2, 1) + 0.5)
+    assert k_split(1, 20, tile_2d(20, 256)[0])[0] == 3 and k_split(2, 3000, tile_2d(3000, 1)[0])[0] == 2
+    return [(lin.double().requires_grad_(), norm.double().requires_grad_())
+            for lin, norm in (conv, grouped, rows, wide, wide_rows)]
 
 
 def check_bcos_scale_forward_backward():

@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import acc_dtype, tile_2d
+from ._common import acc_dtype, acc_torch_dtype, k_split, tile_2d
 
 COS_EPS = 1e-6  # the reference's stabiliser (timm_bcos.layers.functional.COS_EPS)
 
@@ -33,15 +33,15 @@ def _scale_terms(l, inv, b_minus_1, cos_eps, IS_B2: tl.constexpr):
 
 
 @triton.jit
-def _scale_fwd_kernel(lin_ptr, norm_ptr, out_ptr, K, S, b_minus_1, cos_eps, IS_B2: tl.constexpr,
+def _scale_fwd_kernel(lin_ptr, norm_ptr, out_ptr, K, S, KPER, NGS, b_minus_1, cos_eps, IS_B2: tl.constexpr,
                       ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     ng = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     smask = s < S
     inv = 1.0 / tl.load(norm_ptr + ng * S + s, mask=smask, other=1.0).to(ACC)
     base = ng * K * S
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
+    for k0 in range(0, KPER, BLOCK_K):  # this program's KPER channels (axis 2 splits K)
+        k = tl.program_id(2) * KPER + k0 + tl.arange(0, BLOCK_K)
         m = (k[:, None] < K) & smask[None, :]
         offs = base + k[:, None] * S + s[None, :]
         l = tl.load(lin_ptr + offs, mask=m, other=0.0).to(ACC)
@@ -50,7 +50,7 @@ def _scale_fwd_kernel(lin_ptr, norm_ptr, out_ptr, K, S, b_minus_1, cos_eps, IS_B
 
 
 @triton.jit
-def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, b_minus_1, cos_eps,
+def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, KPER, NGS, b_minus_1, cos_eps,
                       IS_B2: tl.constexpr, DETACH: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     ng = tl.program_id(0).to(tl.int64)
@@ -59,8 +59,8 @@ def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, b_minus_1,
     inv = 1.0 / tl.load(norm_ptr + ng * S + s, mask=smask, other=1.0).to(ACC)
     base = ng * K * S
     gn = tl.zeros([BLOCK_S], dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
+    for k0 in range(0, KPER, BLOCK_K):
+        k = tl.program_id(2) * KPER + k0 + tl.arange(0, BLOCK_K)
         m = (k[:, None] < K) & smask[None, :]
         offs = base + k[:, None] * S + s[None, :]
         l = tl.load(lin_ptr + offs, mask=m, other=0.0).to(ACC)
@@ -72,16 +72,18 @@ def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, b_minus_1,
             gl = g * (scale + t)
             gn += tl.sum(g * l * t, axis=0)
         tl.store(gl_ptr + offs, gl.to(gl_ptr.dtype.element_ty), mask=m)
-    if not DETACH:
-        tl.store(gn_ptr + ng * S + s, (-gn * inv).to(gn_ptr.dtype.element_ty), mask=smask)
+    if not DETACH:  # one plane of partial sums per K split, added up by the caller when there are several
+        tl.store(gn_ptr + tl.program_id(2) * NGS + ng * S + s, (-gn * inv).to(gn_ptr.dtype.element_ty), mask=smask)
 
 
 def _launch_args(lin: Tensor, norm: Tensor, b: float):
     n, c, s = lin.shape
     groups = norm.shape[1]
     bk, bs = tile_2d(c // groups, s)
-    grid = (n * groups, triton.cdiv(s, bs))
-    return grid, (c // groups, s, b - 1.0, COS_EPS), dict(IS_B2=b == 2.0, ACC=acc_dtype(lin), BLOCK_K=bk, BLOCK_S=bs)
+    splits, per = k_split(n * groups * triton.cdiv(s, bs), c // groups, bk)
+    grid = (n * groups, triton.cdiv(s, bs), splits)
+    args = (c // groups, s, per, norm.numel(), b - 1.0, COS_EPS)
+    return grid, args, dict(IS_B2=b == 2.0, ACC=acc_dtype(lin), BLOCK_K=bk, BLOCK_S=bs)
 
 
 @torch.library.custom_op("timm_bcos::bcos_scale", mutates_args=())
@@ -103,9 +105,16 @@ def _(lin, norm, b, detach):
 def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tuple[Tensor, Tensor]:
     grad, lin, norm = grad.contiguous(), lin.contiguous(), norm.contiguous()
     grad_lin = torch.empty_like(lin)
-    grad_norm = norm.new_empty(0) if detach else torch.empty_like(norm)
     grid, args, meta = _launch_args(lin, norm, b)
+    if detach:
+        grad_norm = norm.new_empty(0)
+    elif grid[2] == 1:
+        grad_norm = torch.empty_like(norm)
+    else:
+        grad_norm = norm.new_empty((grid[2], *norm.shape), dtype=acc_torch_dtype(lin))
     _scale_bwd_kernel[grid](grad, lin, norm, grad_lin, grad_norm, *args, DETACH=detach, **meta)
+    if grad_norm.dim() > norm.dim():
+        grad_norm = grad_norm.sum(0).to(norm.dtype)
     return grad_lin, grad_norm
 
 

@@ -21,6 +21,18 @@ def tile_2d(rows: int, cols: int) -> tuple[int, int]:
     return block_rows, block_cols
 
 
+# Programs to aim for: a few waves on a large GPU (an H100 has 132 SMs).
+TARGET_PROGRAMS = 1024
+
+
+def k_split(programs: int, k: int, block_k: int) -> tuple[int, int]:
+    """(splits, channels per split) so that `programs` x splits fills the GPU; channels per split a multiple of block_k."""
+    blocks = triton.cdiv(k, block_k)
+    splits = max(1, min(blocks, TARGET_PROGRAMS // max(programs, 1)))
+    per = triton.cdiv(blocks, splits) * block_k
+    return triton.cdiv(k, per), per
+
+
 def acc_dtype(t: torch.Tensor):
     """Accumulate in float64 for float64 tensors (the tests' oracle checks), else float32."""
     return tl.float64 if t.dtype == torch.float64 else tl.float32

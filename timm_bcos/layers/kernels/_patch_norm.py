@@ -14,29 +14,29 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import acc_dtype, acc_torch_dtype, pow2, tile_2d
+from ._common import acc_dtype, acc_torch_dtype, k_split, pow2, tile_2d
 
 
 @triton.jit
-def _channel_sumsq_kernel(x_ptr, out_ptr, K, HW, eps, FINAL: tl.constexpr, ACC: tl.constexpr,
+def _channel_sumsq_kernel(x_ptr, out_ptr, K, HW, KPER, NGHW, eps, FINAL: tl.constexpr, ACC: tl.constexpr,
                           BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     ng = tl.program_id(0).to(tl.int64)  # n * G + g: x[n, g*K + k, s] sits at (ng*K + k)*HW + s
     s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     smask = s < HW
     base = ng * K * HW
     acc = tl.zeros([BLOCK_S], dtype=ACC)
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
+    for k0 in range(0, KPER, BLOCK_K):  # this program's KPER channels; axis 2 splits K into planes of partial sums
+        k = tl.program_id(2) * KPER + k0 + tl.arange(0, BLOCK_K)
         m = (k[:, None] < K) & smask[None, :]
         v = tl.load(x_ptr + base + k[:, None] * HW + s[None, :], mask=m, other=0.0).to(ACC)
         acc += tl.sum(v * v, axis=0)
     if FINAL:
         acc = tl.sqrt(acc + eps)
-    tl.store(out_ptr + ng * HW + s, acc.to(out_ptr.dtype.element_ty), mask=smask)
+    tl.store(out_ptr + tl.program_id(2) * NGHW + ng * HW + s, acc.to(out_ptr.dtype.element_ty), mask=smask)
 
 
 @triton.jit
-def _window_sum_sqrt_kernel(sq_ptr, out_ptr, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW, eps,
+def _window_sum_sqrt_kernel(sq_ptr, out_ptr, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW, PLANES, NGHW, eps,
                             KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr):
     ng = tl.program_id(0).to(tl.int64)
     o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
@@ -44,17 +44,18 @@ def _window_sum_sqrt_kernel(sq_ptr, out_ptr, H, W, Ho, Wo, SH, SW, PH, PW, DH, D
     oh = o // Wo
     ow = o % Wo
     acc = tl.zeros([BLOCK], dtype=sq_ptr.dtype.element_ty)
-    for i in tl.static_range(KH):
-        ih = oh * SH - PH + i * DH
-        for j in tl.static_range(KW):
-            iw = ow * SW - PW + j * DW
-            m = omask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
-            acc += tl.load(sq_ptr + ng * H * W + ih * W + iw, mask=m, other=0.0)
+    for p in range(0, PLANES):  # the channel splits' partial sums
+        for i in tl.static_range(KH):
+            ih = oh * SH - PH + i * DH
+            for j in tl.static_range(KW):
+                iw = ow * SW - PW + j * DW
+                m = omask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
+                acc += tl.load(sq_ptr + p * NGHW + ng * H * W + ih * W + iw, mask=m, other=0.0)
     tl.store(out_ptr + ng * Ho * Wo + o, tl.sqrt(acc + eps).to(out_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
-def _patch_norm_bwd_kernel(g_ptr, norm_ptr, x_ptr, gx_ptr, K, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW,
+def _patch_norm_bwd_kernel(g_ptr, norm_ptr, x_ptr, gx_ptr, K, KPER, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW,
                            KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
                            BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
     ng = tl.program_id(0).to(tl.int64)
@@ -76,8 +77,8 @@ def _patch_norm_bwd_kernel(g_ptr, norm_ptr, x_ptr, gx_ptr, K, H, W, Ho, Wo, SH, 
             nrm = tl.load(norm_ptr + idx, mask=m, other=1.0).to(ACC)
             u += g / nrm
     base = ng * K * H * W
-    for k0 in range(0, K, BLOCK_K):
-        k = k0 + tl.arange(0, BLOCK_K)
+    for k0 in range(0, KPER, BLOCK_K):
+        k = tl.program_id(2) * KPER + k0 + tl.arange(0, BLOCK_K)
         mk = (k[:, None] < K) & smask[None, :]
         offs = base + k[:, None] * (H * W) + s[None, :]
         x = tl.load(x_ptr + offs, mask=mk, other=0.0).to(ACC)
@@ -100,15 +101,16 @@ def patch_norm_op(x: Tensor, groups: int, kernel_size: List[int], stride: List[i
     ho, wo = _out_hw(h, w, kernel_size, stride, padding, dilation)
     k = c // groups
     out = torch.empty(n, groups, ho, wo, device=x.device, dtype=x.dtype)
-    final = _is_identity(kernel_size, stride, padding)
-    sq = out if final else torch.empty(n, groups, h, w, device=x.device, dtype=acc_torch_dtype(x))
     bk, bs = tile_2d(k, h * w)
-    _channel_sumsq_kernel[(n * groups, triton.cdiv(h * w, bs))](
-        x, sq, k, h * w, eps, FINAL=final, ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
+    splits, per = k_split(n * groups * triton.cdiv(h * w, bs), k, bk)
+    final = splits == 1 and _is_identity(kernel_size, stride, padding)  # one kernel does it all
+    sq = out if final else torch.empty(splits, n, groups, h, w, device=x.device, dtype=acc_torch_dtype(x))
+    _channel_sumsq_kernel[(n * groups, triton.cdiv(h * w, bs), splits)](
+        x, sq, k, h * w, per, n * groups * h * w, eps, FINAL=final, ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
     if not final:
         block = min(pow2(ho * wo), 1024)
         _window_sum_sqrt_kernel[(n * groups, triton.cdiv(ho * wo, block))](
-            sq, out, h, w, ho, wo, *stride, *padding, *dilation, eps,
+            sq, out, h, w, ho, wo, *stride, *padding, *dilation, splits, n * groups * h * w, eps,
             KH=kernel_size[0], KW=kernel_size[1], BLOCK=block)
     return out
 
@@ -127,8 +129,9 @@ def patch_norm_backward_op(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: L
     groups, ho, wo = norm.shape[1:]
     grad_x = torch.empty_like(x)
     bk, bs = tile_2d(c // groups, h * w)
-    _patch_norm_bwd_kernel[(n * groups, triton.cdiv(h * w, bs))](
-        grad, norm, x, grad_x, c // groups, h, w, ho, wo, *stride, *padding, *dilation,
+    splits, per = k_split(n * groups * triton.cdiv(h * w, bs), c // groups, bk)
+    _patch_norm_bwd_kernel[(n * groups, triton.cdiv(h * w, bs), splits)](
+        grad, norm, x, grad_x, c // groups, per, h, w, ho, wo, *stride, *padding, *dilation,
         KH=kernel_size[0], KW=kernel_size[1], ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
     return grad_x
 
