@@ -414,7 +414,7 @@ RULES: dict[type, Rule] = {
         "timm.models.selecsls.SelectSeq": keep,                   # selecsls: picks or concatenates branches
         "timm.models.beit.Attention": attention_qkv_bias_rule,    # beit: q/v biases dropped, attention detached
         "timm.models.eva.EvaAttention": attention_qkv_bias_rule,  # eva: same
-        "timm.models.edgenext.XCA": functional_softmax_rule,      # edgenext: cross-covariance attention detached
+        "timm.models.edgenext.CrossCovarianceAttn": functional_softmax_rule,  # edgenext: channel attention detached
         "timm.models.levit.Attention": functional_softmax_rule,   # levit: attention detached
         "timm.models.levit.AttentionDownsample": functional_softmax_rule,
         "timm.models.efficientformer.Attention": functional_softmax_rule,  # efficientformer: attention detached
