@@ -14,17 +14,18 @@ import argparse
 import importlib
 import io
 import os
+import statistics
 import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 import timeit
 
 import torch
 from torch import nn
 
 sys.path.insert(0, os.path.dirname(__file__))
-from _timing import time_interleaved  # noqa: E402
 from layers import SHAPES  # noqa: E402
 
 from timm_bcos import layers as now  # noqa: E402
@@ -55,6 +56,20 @@ def step_fn(module, x):
     return run
 
 
+def interleaved_samples(fns: dict, repeats: int, warmup: int = 3) -> dict:
+    """All wall times of each callable, rounds alternating which goes first (minimum and median are both read)."""
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples = {k: [] for k in fns}
+    for r in range(repeats):
+        for name in (list(fns) if r % 2 == 0 else list(fns)[::-1]):
+            t0 = time.perf_counter()
+            fns[name]()
+            samples[name].append(time.perf_counter() - t0)
+    return samples
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--before", default="a9d1b43~1", help="a revision without the dispatch hook")
@@ -65,15 +80,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         before = layers_at(args.before, tmp)
         assert not hasattr(before, "kernels"), f"{args.before} already has the kernels package"
-        print("| shape | before | now | now/before |\n|---|---|---|---|")
+        print("| shape | before (median) | now (median) | now/before (median) | now/before (min) |\n|---|---|---|---|---|")
         for name, n, cin, cout, hw, k in SHAPES:
             torch.manual_seed(0)
             x = torch.randn(n, cin, hw, hw)
             ours, old = block(now, cin, cout, k), block(before, cin, cout, k)
             old.load_state_dict(ours.state_dict())
-            t = time_interleaved({"before": step_fn(old, x), "now": step_fn(ours, x)}, repeats=args.repeats)
-            print(f"| {name} | {t['before'] * 1e3:.1f} ms | {t['now'] * 1e3:.1f} ms | {t['now'] / t['before']:.3f} |",
-                  flush=True)
+            s = interleaved_samples({"before": step_fn(old, x), "now": step_fn(ours, x)}, args.repeats)
+            med = {k: statistics.median(v) for k, v in s.items()}
+            print(f"| {name} | {med['before'] * 1e3:.1f} ms | {med['now'] * 1e3:.1f} ms | "
+                  f"{med['now'] / med['before']:.3f} | {min(s['now']) / min(s['before']):.3f} |", flush=True)
     x = torch.randn(2, 3)
     calls = 200_000
     per_call = timeit.timeit(lambda: kernels.use_fused(x), number=calls) / calls
