@@ -48,6 +48,9 @@ class Context:
     classifier_as_conv: bool
     stem_convs: frozenset = frozenset()  # every conv that reads the raw image (gets the encoded input)
     fixed_terms: list = field(default_factory=list)  # input-independent additive terms (paths), see explain
+    image_modules: frozenset = frozenset()  # leaf modules registered before the first conv (they read the image)
+    first_conv_in: int = 3                  # input channels of the first conv
+    encoded_upstream: dict = field(default_factory=dict)  # conv path -> pixel blocks of an encoded space-to-depth
 
 
 # ----------------------------------------------------------------------------- rules
@@ -73,8 +76,9 @@ def conv_rule(m: nn.Conv2d, path: str, ctx: Context) -> nn.Module:
     if m.padding_mode != "zeros":
         raise ConversionError(f"{path}: padding_mode={m.padding_mode!r} is not supported (only 'zeros')")
     r = ctx.recipe
-    stem = path == ctx.first_conv or path in ctx.stem_convs
-    in_ch = m.in_channels * 2 if stem else m.in_channels
+    blocks = ctx.encoded_upstream.get(path)
+    stem = (path == ctx.first_conv or path in ctx.stem_convs) and not blocks
+    in_ch = m.in_channels * 2 if stem or blocks else m.in_channels
     new = L.BcosConv2d(
         in_ch, m.out_channels, m.kernel_size, m.stride, m.padding, m.dilation, m.groups,
         b=r.b, max_out=r.max_out, scale=_output_scale(ctx, m.kernel_size, in_ch), encode_input=stem,
@@ -82,6 +86,10 @@ def conv_rule(m: nn.Conv2d, path: str, ctx: Context) -> nn.Module:
     w = m.weight.repeat_interleave(r.max_out, dim=0)
     if stem:  # the inverse channels [1-r, 1-g, 1-b] start at zero weight
         w = torch.cat([w, torch.zeros_like(w)], dim=1)
+    elif blocks:  # after a space-to-depth of the encoded image the channels are (block, [rgb, 1-rgb])
+        o, _, kh, kw = w.shape
+        w = w.reshape(o, blocks, -1, kh, kw)
+        w = torch.cat([w, torch.zeros_like(w)], dim=2).reshape(o, -1, kh, kw)
     _carry(new.weight, w, ctx)
     return new
 
@@ -259,6 +267,16 @@ def affine_scale_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
     return new
 
 
+def space_to_depth_rule(m: nn.Module, path: str, ctx: Context):
+    """A permutation of pixels into channels. One that reads the image (TResNet's stem) carries
+    the input encoding in front, so that explanations stay per pixel, [6, H, W]."""
+    if path not in ctx.image_modules:
+        return KEEP
+    blocks = m.bs * m.bs
+    ctx.encoded_upstream[ctx.first_conv] = blocks
+    return nn.Sequential(L.InputEncoding(ctx.first_conv_in // blocks), m)
+
+
 def radix_softmax_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
     """Split attention's softmax over branches: a gate, detached in explanation mode."""
     return LA.DetachableRadixSoftmax(m.radix, m.cardinality)
@@ -392,7 +410,7 @@ RULES: dict[type, Rule] = {
     **_timm_types({
         "timm.layers.grn.GlobalResponseNorm": grn_rule,          # x * (1 + gamma N(x)), N detached, bias dropped
         "timm.layers.blur_pool.BlurPool2d": keep,                 # a fixed low-pass filter: linear
-        "timm.layers.space_to_depth.SpaceToDepth": keep,          # a permutation of pixels into channels
+        "timm.layers.space_to_depth.SpaceToDepth": space_to_depth_rule,  # a permutation of pixels into channels
         "timm.layers.space_to_depth.DepthToSpace": keep,          # its inverse permutation
         "timm.layers.split_attn.RadixSoftmax": radix_softmax_rule,  # softmax gate over branches, detached
         "timm.layers.pos_embed_rel.RelPosBias": keep,             # added to attention logits, detached with them
@@ -479,6 +497,17 @@ def _stem_conv_paths(model: nn.Module, first: str) -> frozenset:
         if isinstance(m, nn.Conv2d):
             if m.in_channels != width:
                 break
+            paths.add(name)
+    return frozenset(paths)
+
+
+def _image_modules(model: nn.Module, first: str) -> frozenset:
+    """Leaf modules registered before the first conv: those that read the image."""
+    paths = set()
+    for name, m in model.named_modules():
+        if name == first:
+            break
+        if next(m.children(), None) is None:
             paths.add(name)
     return frozenset(paths)
 
@@ -574,6 +603,8 @@ def convert(
     if ctx.first_conv is None:
         raise ConversionError(f"{type(model).__name__} has no Conv2d to carry the input encoding")
     ctx.stem_convs = _stem_conv_paths(model, ctx.first_conv)
+    ctx.first_conv_in = model.get_submodule(ctx.first_conv).in_channels
+    ctx.image_modules = _image_modules(model, ctx.first_conv)
     root_rule = find_rule(model, rules or {})
     if root_rule is not None:
         raise ConversionError("convert() takes a whole model; use its rules on submodules directly")
