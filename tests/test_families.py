@@ -65,6 +65,7 @@ def _explain(name, kwargs, size):
     calibrate_bn(model, x)
     expl = model.explain(x, target=torch.tensor([0, 3]))
     assert (expl.explained.abs() > 0).all()
+    assert expl.weights.shape[2:] == (6, size, size)  # per pixel of the encoded image
     return model, expl
 
 
@@ -133,3 +134,15 @@ def test_every_branch_reading_the_image_gets_the_encoded_input():
     model = convert(timm.create_model("repvgg_a0", num_classes=5), "v2")
     assert sum(isinstance(m, InputEncoding) for m in model.modules()) == 2
     assert model.stem.conv_1x1.conv.in_channels == 6
+
+
+def test_a_space_to_depth_stem_encodes_the_image_before_the_permutation():
+    """TResNet folds 4x4 pixels into channels before its first conv: the encoding goes in front
+    of the fold (explanations per pixel) and carried weights are zero on the inverse channels."""
+    torch.manual_seed(0)
+    conv = timm.create_model("tresnet_m", num_classes=5)
+    w = conv.body.conv1.conv.weight.detach().clone()
+    model = convert(conv, carry_weights=True)
+    new = model.body.conv1.conv.weight.detach().reshape(w.shape[0], 16, 6, *w.shape[2:])
+    assert torch.equal(new[:, :, :3].reshape(w.shape), w) and not new[:, :, 3:].any()
+    assert model.body.conv1.conv.input_encoding is None and model.input_encoding() is model.body.s2d[0]
