@@ -159,6 +159,27 @@ def check_batch_norm_gradcheck():
     assert torch.autograd.gradcheck(lambda x, w: kernels.batch_norm_uncentered(x, w, 1e-5, False)[0], (x, w))
 
 
+def check_bfloat16_and_mixed_dtypes():
+    """Autocast's dtypes: bf16 in, float32 accumulation, bf16 out; a bf16 conv output over float32 norms promotes."""
+    torch.manual_seed(5)
+    x = torch.randn(2, 8, 6, 6).bfloat16().requires_grad_()
+    lin = torch.randn(2, 8, 6, 6).bfloat16().requires_grad_()
+    norm = _ops.patch_norm(x, 1, (3, 3), (1, 1), (1, 1), (1, 1), 1e-6)
+    x64, lin64 = x.detach().double(), lin.detach().double()
+    expected = (torch.nn.functional.conv2d(x64.pow(2).sum(1, keepdim=True), torch.ones(1, 1, 3, 3).double(),
+                                           padding=1) + 1e-6).sqrt()
+    assert norm.dtype == torch.bfloat16 and rel_err(norm, expected) <= 1e-2
+    y = _ops.bcos_scale(lin, norm, 2.0, False)
+    assert y.dtype == torch.bfloat16 and rel_err(y, lin64 * lin64.abs() / norm.double()) <= 1e-2
+    y.float().sum().backward()
+    assert lin.grad.dtype == torch.bfloat16 and rel_err(lin.grad, 2 * lin64.abs() / norm.double()) <= 1e-2
+    assert _ops.bcos_scale(lin, norm.float(), 1.5, False).dtype == torch.float32  # as bf16 * float32 in torch
+    w = torch.rand(8, requires_grad=True)
+    y, var = _ops.batch_norm_uncentered(x.detach(), w, 1e-5, False)
+    assert y.dtype == torch.bfloat16 and var.dtype == torch.float32
+    assert rel_err(var, x64.var(dim=(0, 2, 3), unbiased=False)) <= 1e-5  # float32 statistics of the bf16 values
+
+
 def _small_net(encode: bool = True):
     torch.manual_seed(4)
     return nn.Sequential(

@@ -26,6 +26,7 @@ CHECKS = [
     "check_batch_norm_forward_backward",
     "check_batch_norm_statistics_split_and_offset",
     "check_batch_norm_gradcheck",
+    "check_bfloat16_and_mixed_dtypes",
     "check_layers_train_and_explain",
     "check_compiled_graph_sees_the_ops",
     "check_opcheck",
