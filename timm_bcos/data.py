@@ -131,8 +131,11 @@ class ImageClassificationDataset(Dataset):
             img = decode_image(value)
         except Exception:  # PIL raises several types for corrupt files; the collate step counts them
             return None
-        # Seed torch's, Python's and numpy's global RNGs (what torchvision, timm and user
-        # transforms draw from) for this sample only.
+        return self.seeded_transform(index, img), int(label)
+
+    def seeded_transform(self, index: int, img):
+        """self.transform(img) with torch's, Python's and numpy's global RNGs (what torchvision,
+        timm and user transforms draw from) seeded for (seed, epoch, index) only."""
         sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
         torch_state, py_state = _TORCH_RNG.get_state(), random.getstate()
         # numpy's state is slow to save (~0.1 ms): a loader worker's RNG is ours to reseed, so
@@ -142,13 +145,12 @@ class ImageClassificationDataset(Dataset):
         random.seed(sample_seed)
         np.random.seed(sample_seed % 2**32)
         try:
-            x = self.transform(img)
+            return self.transform(img)
         finally:
             _TORCH_RNG.set_state(torch_state)
             random.setstate(py_state)
             if np_state is not None:
                 np.random.set_state(np_state)
-        return x, int(label)
 
 
 def collate_skipping(samples) -> dict[str, torch.Tensor]:

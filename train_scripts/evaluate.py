@@ -36,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-samples", type=int, help="evaluate on the first N images of the split")
     p.add_argument("--image-column", help="default: found automatically (image, img, ...)")
     p.add_argument("--label-column", help="default: found automatically (label, labels, ...)")
+    p.add_argument("--mask-column", help="B-cos models: energy pointing game and IoU of the own explanation "
+                   "of each image's label against this mask column (white: where the evidence is)")
+    p.add_argument("--boxes-column", help="as --mask-column, with boxes [[x0, y0, x1, y1], ...] in pixels")
+    p.add_argument("--box-dilation", type=int, default=0)
+    p.add_argument("--iou-threshold", type=float, default=0.5,
+                   help="IoU: pixels with at least this share of the maximum positive contribution (%(default)s)")
     p.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: cuda where present, else cpu)")
     p.add_argument("-j", "--workers", type=int, default=2, help="data loader workers (%(default)s)")
     p.add_argument("--grid", type=int, nargs="*", default=[2, 3], help="grid sizes n (n x n); none: skip")
@@ -79,6 +85,19 @@ def write_examples(model, images, candidates, count, class_names, path: Path) ->
     device = model_device(model)
     expl = model.explain(x.to(device), target=torch.tensor([c for _, c in picked], device=device)).to("cpu")
     save_explanation_grid(path, x, expl, class_names=class_names)
+
+
+def localise(args, model, data, device) -> dict:
+    """EPG and IoU of the model's own explanations against the split's masks or boxes."""
+    from timm_bcos.eval import localisation_scores, summarise
+    from timm_bcos.guidance import AnnotatedImageDataset, collate_annotated
+
+    annotated = AnnotatedImageDataset(data.data, data.info, data.transform, mask_column=args.mask_column,
+                                      boxes_column=args.boxes_column, dilation=args.box_dilation)
+    loader = torch.utils.data.DataLoader(annotated, batch_size=args.batch_size, num_workers=args.workers,
+                                         collate_fn=collate_annotated)
+    scores = localisation_scores(model, loader, device=device, threshold=args.iou_threshold)
+    return {k: summarise(v) for k, v in scores.items()}
 
 
 def open_split(args, cfg: dict):
@@ -130,6 +149,7 @@ def main(argv=None) -> int:
     accuracy: dict[str, dict] = {}
     pointing: dict[int, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in args.grid}
     device = resolve_device(args.device)
+    localisation: dict[str, dict] = {}
     for spec, name in zip(args.models, names):
         hub_folder = spec.startswith(("local-dir:", "hf-hub:"))  # such a spec names weights: always load them
         model = timm.create_model(spec, pretrained=args.pretrained or hub_folder).eval().to(device)
@@ -142,6 +162,13 @@ def main(argv=None) -> int:
         accuracy[name] = {"model": spec, **scores}
         print(f"{name}: top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% on {scores['n']} images "
               f"({time.perf_counter() - t0:.1f}s on {device})", flush=True)
+        if (args.mask_column or args.boxes_column) and hasattr(model, "explain"):
+            try:
+                localisation[name] = localise(args, model, data, device)
+            except ValueError as e:
+                raise SystemExit(f"error: {e}") from None
+            print(f"{name}: energy pointing game {localisation[name]['epg']['mean']:.3f}, IoU "
+                  f"{localisation[name]['iou']['mean']:.3f} ({localisation[name]['epg']['n']} images)", flush=True)
         if not args.grid:
             continue
         methods = [m for m in args.methods if m != "own" or hasattr(model, "explain")]
@@ -165,6 +192,11 @@ def main(argv=None) -> int:
              "| model | weights | top-1 | top-5 | images |", "|---|---|---:|---:|---:|"]
     for name, acc in accuracy.items():
         lines.append(f"| {name} | `{acc['model']}` | {acc['top1']:.2f} | {acc['top5']:.2f} | {acc['n']} |")
+    if localisation:
+        lines += ["", f"## Localisation of the own explanation (label class) in `{args.mask_column or args.boxes_column}`",
+                  "", "| model | energy pointing game | IoU | images |", "|---|---:|---:|---:|"]
+        lines += [f"| {name} | {v['epg']['mean']:.3f} | {v['iou']['mean']:.3f} | {v['epg']['n']} |"
+                  for name, v in localisation.items()]
     for n, results in pointing.items():
         if not results:
             continue
@@ -174,7 +206,7 @@ def main(argv=None) -> int:
                  labels=METHOD_LABELS, chance=1 / n / n)
     lines += ["", f"Command: `python train_scripts/evaluate.py {shlex.join(sys.argv[1:] if argv is None else argv)}`"]
     atomic_write(out / "results.md", "\n".join(lines) + "\n")
-    summary = {"accuracy": accuracy,
+    summary = {"accuracy": accuracy, "localisation": localisation,
                "pointing_game": {f"{n}x{n}": {name: {m: summarise(s) for m, s in per.items()}
                                               for name, per in res.items()} for n, res in pointing.items()}}
     atomic_write(out / "results.json", json.dumps(summary, indent=1))

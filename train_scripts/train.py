@@ -113,6 +113,17 @@ def build_parser() -> argparse.ArgumentParser:
                         "across machines and process counts (rounding ~1e-16)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU even where GPUs are present")
+    g = p.add_argument_group("guidance (training with explanations: timm_bcos.guidance)")
+    g.add_argument("--guidance", choices=["energy", "l1", "rrr", "ppce"],
+                   help="a loss on the model's own contribution maps where annotations say the evidence is")
+    g.add_argument("--guidance-weight", type=float, default=1.0, help="weight of the guidance loss (%(default)s)")
+    g.add_argument("--guidance-layer", default="input",
+                   help="where contributions are taken: input, final, mid (timm feature_info) or a module path")
+    g.add_argument("--annotated-fraction", type=float, default=1.0,
+                   help="share of the training images whose annotation is used (a fixed draw per image)")
+    g.add_argument("--mask-column", help="data set column with a mask image (white: where the evidence is)")
+    g.add_argument("--boxes-column", help="data set column with boxes [[x0, y0, x1, y1], ...] in pixels")
+    g.add_argument("--box-dilation", type=int, default=0, help="grow each box by this many pixels")
     g = p.add_argument_group("checkpoints and output")
     g.add_argument("--output", default="runs/train", help="output folder (%(default)s)")
     g.add_argument("--checkpoint-every", type=int, default=0,
@@ -148,9 +159,22 @@ def parse_args(argv=None) -> argparse.Namespace:
     for required in ("model", "dataset"):
         if not getattr(args, required):
             parser.error(f"--{required} is required (on the command line or in --config)")
+    if args.guidance:
+        check_guidance_args(parser, args)
     if args.amp and args.mixed_precision is None:  # timm's --amp / --amp-dtype
         args.mixed_precision = {"float16": "fp16", "bfloat16": "bf16"}[args.amp_dtype]
     return args
+
+
+def check_guidance_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    if bool(args.mask_column) == bool(args.boxes_column):
+        parser.error("--guidance needs exactly one of --mask-column or --boxes-column")
+    clash = [flag for flag, on in (("--mixup/--cutmix", args.mixup or args.cutmix), ("--auto-augment", args.auto_augment),
+                                   ("--sync-bn", args.sync_bn)) if on]
+    if clash:  # mixed images have no single mask; colour ops would repaint masks; see guidance/data.py
+        parser.error(f"--guidance does not work with {', '.join(clash)} yet")
+    if not 0 < args.annotated_fraction <= 1:
+        parser.error(f"--annotated-fraction must be in (0, 1], got {args.annotated_fraction}")
 
 
 def fail(message: str) -> "NoReturn":  # noqa: F821
@@ -256,6 +280,25 @@ def placeholder_batch(model: torch.nn.Module, args: argparse.Namespace, dtype: t
     return torch.zeros(2, *size, dtype=dtype, device=device), torch.zeros(2, dtype=torch.long, device=device)
 
 
+def training_dataset(args: argparse.Namespace, train_hf, info, transform, model):
+    """The training data set and its collate function (with masks under --guidance)."""
+    from timm_bcos.data import ImageClassificationDataset, collate_skipping
+
+    if not args.guidance:
+        return ImageClassificationDataset(train_hf, info, transform, seed=args.seed), collate_skipping
+    from timm_bcos.guidance import AnnotatedImageDataset, collate_annotated
+
+    mean, std = model.pretrained_cfg.get("mean", (0, 0, 0)), model.pretrained_cfg.get("std", (1, 1, 1))
+    try:
+        data = AnnotatedImageDataset(train_hf, info, transform, mask_column=args.mask_column,
+                                     boxes_column=args.boxes_column, fraction=args.annotated_fraction,
+                                     dilation=args.box_dilation, mask_threshold=(0.5 - mean[0]) / std[0],
+                                     seed=args.seed)
+    except ValueError as e:
+        fail(str(e))
+    return data, collate_annotated
+
+
 class TrainState:
     """Where the run is: registered with Accelerate so that save_state/load_state carry it."""
 
@@ -326,6 +369,7 @@ def main(argv=None) -> int:
     from timm_bcos.data import DataError, EpochSampler, ImageClassificationDataset, build_transform, \
         collate_skipping, load_split
     from timm_bcos.eval.accuracy import evaluate_accuracy
+    from timm_bcos.guidance import guidance_layer, guided_loss
     from timm_bcos.losses import create_loss, smooth_targets
 
     output = Path(args.output)
@@ -363,15 +407,19 @@ def main(argv=None) -> int:
     dtype = getattr(torch, args.dtype)
     model = adapt_for_training(create_model(args, num_classes).to(dtype), args)
     meta = run_meta(args, num_classes)
+    try:
+        guidance_at = guidance_layer(model, args.guidance_layer) if args.guidance else None
+    except (ValueError, AttributeError) as e:
+        fail(f"--guidance-layer {args.guidance_layer}: {e}")
 
     per_step = args.batch_size // args.grad_accum
     train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip, img_size=args.img_size,
                                auto_augment=args.auto_augment, scale=args.scale and tuple(args.scale))
-    train_ds = ImageClassificationDataset(train_hf, info, train_tf, seed=args.seed)
+    train_ds, train_collate = training_dataset(args, train_hf, info, train_tf, model)
     sampler = EpochSampler(len(train_ds), seed=args.seed)
     train_loader = torch.utils.data.DataLoader(
         train_ds, batch_size=per_step, sampler=sampler, drop_last=True, num_workers=args.workers,
-        collate_fn=collate_skipping, generator=torch.Generator(),
+        collate_fn=train_collate, generator=torch.Generator(),
     )
     if len(train_loader) == 0:
         fail(f"{len(train_ds)} training images are fewer than one batch of {per_step}")
@@ -453,6 +501,7 @@ def main(argv=None) -> int:
             if state.batches_in_epoch else train_loader
         loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
         window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+        window_guidance, window_guided = 0.0, 0  # guidance loss over the steps with annotated images
         skipped_total = 0  # undecodable images met this epoch (by this process)
         for batch in loader:
             skipped_total += int(batch["skipped"])
@@ -473,6 +522,13 @@ def main(argv=None) -> int:
                 labels = smooth_targets(labels, num_classes, args.smoothing)
             with accelerator.accumulate(model):
                 loss = criterion(train_forward(images), labels) * weight
+                if args.guidance and weight:
+                    guide = guided_loss(accelerator.unwrap_model(model), images, batch["labels"].to(images.device),
+                                        batch["masks"], batch["annotated"], loss=args.guidance, layer=guidance_at)
+                    if guide is not None:
+                        window_guidance += float(guide.detach())
+                        window_guided += 1
+                        loss = loss + args.guidance_weight * guide
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and args.clip_grad:
                     accelerator.unscale_gradients()
@@ -494,6 +550,7 @@ def main(argv=None) -> int:
             if state.update % args.log_every == 0 or state.batches_in_epoch == len(train_loader):
                 elapsed = time.perf_counter() - window_start
                 line = {"train/loss": window_loss / max(window_images, 1),
+                        **({"train/guidance": window_guidance / max(window_guided, 1)} if args.guidance else {}),
                         "train/lr": optimizer.param_groups[0]["lr"],
                         "train/images_per_s": window_images * accelerator.num_processes / max(elapsed, 1e-9),
                         "epoch": epoch + state.batches_in_epoch / len(train_loader)}
@@ -504,6 +561,7 @@ def main(argv=None) -> int:
                     say(json.dumps({"step": state.update, **{k: round(v, 6) for k, v in line.items()}}),
                         flush=True)
                 window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
+                window_guidance, window_guided = 0.0, 0
             if args.max_steps is not None and state.update >= args.max_steps:
                 stop = True
             if (args.checkpoint_every and state.update % args.checkpoint_every == 0
