@@ -330,6 +330,42 @@ def functional_softmax_rule(m: nn.Module, path: str, ctx: Context):
     return RECURSE
 
 
+def _mobilevit_linear_attention(self, x: torch.Tensor) -> torch.Tensor:
+    """MobileViT-v2 separable self-attention, B-cos form: out = v * c(x), the relu on v dropped
+    (activations go); the context c = sum over tokens of k * softmax(q) plays the attention
+    matrix's part and is detached in explanation mode."""
+    q, k, v = self.qkv_proj(x).split([1, self.embed_dim, self.embed_dim], dim=1)
+    context = (k * self.attn_drop(q.softmax(dim=-1))).sum(dim=-1, keepdim=True)
+    if self.bcos_detach:
+        context = context.detach()
+    return self.out_drop(self.out_proj(v * context))
+
+
+def _mobilevit_no_cross_attention(self, x, x_prev=None):
+    raise NotImplementedError("B-cos MobileViT-v2 attention: cross-attention (x_prev) has no rule yet")
+
+
+_MOBILEVIT_CLASSES: dict[type, type] = {}
+
+
+def mobilevit_linear_attention_rule(m: nn.Module, path: str, ctx: Context):
+    """mobilevitv2: see `_mobilevit_linear_attention`."""
+    cls = type(m)
+    if not getattr(cls, "_bcos_linear_attention", False):
+        if cls not in _MOBILEVIT_CLASSES:
+            name = f"Bcos{cls.__name__}"
+            _MOBILEVIT_CLASSES[cls] = type(name, (cls,), {
+                "_forward_self_attn": _mobilevit_linear_attention, "_forward_cross_attn": _mobilevit_no_cross_attention,
+                "set_explanation_mode": lambda self, activate=True: setattr(self, "bcos_detach", bool(activate)),
+                "is_in_explanation_mode": property(lambda self: self.bcos_detach),
+                "_bcos_linear_attention": True, "__module__": __name__, "__qualname__": name,
+            })
+            setattr(sys.modules[__name__], name, _MOBILEVIT_CLASSES[cls])  # importable, so models pickle
+        m.__class__ = _MOBILEVIT_CLASSES[cls]
+        m.bcos_detach = False
+    return RECURSE
+
+
 def attention_qkv_bias_rule(m: nn.Module, path: str, ctx: Context):
     """BEiT / EVA attention: separate q, k, v biases dropped (affine maps lose their bias),
     then detached attention as in `functional_softmax_rule`."""
@@ -439,8 +475,7 @@ RULES: dict[type, Rule] = {
         "timm.models.mambaout.GatedConvBlock": glu_gate_rule,     # mambaout: act(g) * x, a detached gate
         "timm.models.levit.Downsample": keep,                     # levit: token subsampling (a selection)
         "timm.models.edgenext.PositionalEncodingFourier": keep,   # edgenext: input-independent, a fixed term
-        "timm.models.mobilevit.LinearSelfAttention": unsupported(
-            "relu(v) * context(k, q) multiplies two input-dependent branches in its forward; no rule yet"),
+        "timm.models.mobilevit.LinearSelfAttention": mobilevit_linear_attention_rule,  # v * context, context detached
         "timm.models.efficientvit_mit.LiteMLA": unsupported(
             "ReLU linear attention multiplies keys, queries and values outside a softmax; no rule yet"),
     }),
