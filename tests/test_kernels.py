@@ -86,3 +86,51 @@ def test_fallback_to_the_pytorch_path(case, env, prelude):
     """Without triton, or with TIMM_BCOS_KERNELS=0, the layers run their PyTorch code and never load the kernels."""
     out = _run(prelude + _LAYER_STEP, env, timeout=300)
     assert out.split() == ["False", "False", "False"], f"{case}: {out}"
+
+
+_FLOAT_ARGS = {"eps", "b_minus_1", "cos_eps"}
+_OUTPUTS = ("_out", "_ptr")  # pointer arguments end in one of these
+
+
+def _gpu_compile_cases():
+    import triton.language as tl
+
+    from timm_bcos.layers.kernels import _batch_norm as B, _bcos_scale as S, _patch_norm as P
+
+    acc = dict(ACC=tl.float32)
+    return [
+        (P._channel_sumsq_kernel, dict(FINAL=False, BLOCK_K=8, BLOCK_S=256, **acc)),
+        (P._window_sum_sqrt_kernel, dict(KH=3, KW=3, BLOCK=1024)),
+        (P._patch_norm_bwd_kernel, dict(KH=3, KW=3, BLOCK_K=8, BLOCK_S=256, **acc)),
+        (S._scale_fwd_kernel, dict(IS_B2=False, BLOCK_K=8, BLOCK_S=256, **acc)),
+        (S._scale_bwd_kernel, dict(IS_B2=True, DETACH=False, BLOCK_K=8, BLOCK_S=256, **acc)),
+        (S._scale_bwd_kernel, dict(IS_B2=False, DETACH=True, BLOCK_K=8, BLOCK_S=256, **acc)),
+        (B._stats_partial_kernel, dict(BLOCK=1024, **acc)),
+        (B._stats_final_kernel, dict(HAS_W=True, BLOCK=64)),
+        (B._apply_kernel, dict(BLOCK=1024)),
+        (B._gx_partial_kernel, dict(BLOCK=1024, **acc)),
+        (B._bwd_apply_kernel, dict(DETACH=False, BLOCK=1024, BLOCK_SPLITS=64)),
+    ]
+
+
+@needs_triton
+def test_kernels_compile_for_a_gpu_without_one():
+    """Every kernel through Triton's real compiler to an sm_90 binary (the interpreter accepts more than it does)."""
+    if kernels.INTERPRET:
+        pytest.skip("this process runs under Triton's interpreter")
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    for fn, constexprs in _gpu_compile_cases():
+        sig = {}
+        for name in fn.arg_names:
+            if name in constexprs:
+                sig[name] = "constexpr"
+            elif name.endswith(_OUTPUTS):
+                sig[name] = "*bf16" if name in ("x_ptr", "lin_ptr", "g_ptr") else "*fp32"  # autocast's mix
+            else:
+                sig[name] = "fp32" if name in _FLOAT_ARGS else "i32"
+        compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
+                                  target=GPUTarget("cuda", 90, 32))
+        assert ".entry" in compiled.asm["ptx"], fn.__name__
