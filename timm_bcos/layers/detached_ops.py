@@ -24,8 +24,7 @@ class detached_softmax(TorchFunctionMode):
         if func in _SOFTMAX:
             return func(*args, **kwargs).detach()
         if func in _SDPA:
-            q, k, *rest = args
-            if "query" in kwargs or "key" in kwargs:
-                raise TypeError("detached_softmax: pass query and key to scaled_dot_product_attention positionally")
-            return func(q.detach(), k.detach(), *rest, **kwargs)
+            args = [a.detach() if i < 2 else a for i, a in enumerate(args)]
+            kwargs = {n: (t.detach() if n in ("query", "key") else t) for n, t in kwargs.items()}
+            return func(*args, **kwargs)
         return func(*args, **kwargs)
