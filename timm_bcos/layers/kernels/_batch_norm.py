@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import TILE, acc_dtype, acc_torch_dtype, pow2
+from ._common import TILE, acc_dtype, acc_torch_dtype, on_input_device, pow2
 
 MAX_SPLITS = 256
 
@@ -128,6 +128,7 @@ def _rows_block(hw: int) -> int:
 
 
 @torch.library.custom_op("timm_bcos::batch_norm_uncentered", mutates_args=())
+@on_input_device
 def batch_norm_uncentered_op(x: Tensor, weight: Optional[Tensor], eps: float,
                              detach: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """(y, var, mean, inv, scale) for x [N, C, H, W]; statistics in float32 (float64 for float64 x).
@@ -157,6 +158,7 @@ def _(x, weight, eps, detach):
 
 
 @torch.library.custom_op("timm_bcos::batch_norm_uncentered_backward", mutates_args=())
+@on_input_device
 def batch_norm_uncentered_backward_op(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, scale: Tensor,
                                       detach: bool) -> Tuple[Tensor, Tensor]:
     """(grad_x, sum(g * x) * inv), the second being the weight gradient."""

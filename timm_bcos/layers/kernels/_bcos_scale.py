@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import acc_dtype, acc_torch_dtype, k_split, tile_2d
+from ._common import acc_dtype, acc_torch_dtype, k_split, on_input_device, tile_2d
 
 COS_EPS = 1e-6  # the reference's stabiliser (timm_bcos.layers.functional.COS_EPS)
 
@@ -87,6 +87,7 @@ def _launch_args(lin: Tensor, norm: Tensor, b: float):
 
 
 @torch.library.custom_op("timm_bcos::bcos_scale", mutates_args=())
+@on_input_device
 def bcos_scale_op(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
     lin, norm = lin.contiguous(), norm.contiguous()
     # dtype promotion as in the PyTorch path (a bf16 conv output over float32 image norms)
@@ -102,6 +103,7 @@ def _(lin, norm, b, detach):
 
 
 @torch.library.custom_op("timm_bcos::bcos_scale_backward", mutates_args=())
+@on_input_device
 def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tuple[Tensor, Tensor]:
     grad, lin, norm = grad.contiguous(), lin.contiguous(), norm.contiguous()
     grad_lin = torch.empty_like(lin)

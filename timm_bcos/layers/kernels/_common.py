@@ -1,6 +1,8 @@
 """Helpers shared by the kernel modules: tile sizes and the accumulation dtype."""
 from __future__ import annotations
 
+import functools
+
 import torch
 import triton
 import triton.language as tl
@@ -31,6 +33,17 @@ def k_split(programs: int, k: int, block_k: int) -> tuple[int, int]:
     splits = max(1, min(blocks, TARGET_PROGRAMS // max(programs, 1)))
     per = triton.cdiv(blocks, splits) * block_k
     return triton.cdiv(k, per), per
+
+
+def on_input_device(op):
+    """Run `op` with its first argument's CUDA device current: Triton launches on the current device."""
+    @functools.wraps(op)
+    def wrapper(t: torch.Tensor, *args):
+        if t.is_cuda and t.device.index != torch.cuda.current_device():  # e.g. a model on cuda:1
+            with torch.cuda.device(t.device):
+                return op(t, *args)
+        return op(t, *args)
+    return wrapper
 
 
 def acc_dtype(t: torch.Tensor):

@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from ._common import acc_dtype, acc_torch_dtype, k_split, pow2, tile_2d
+from ._common import acc_dtype, acc_torch_dtype, k_split, on_input_device, pow2, tile_2d
 
 
 @triton.jit
@@ -94,6 +94,7 @@ def _is_identity(k, s, p) -> bool:
 
 
 @torch.library.custom_op("timm_bcos::patch_norm", mutates_args=())
+@on_input_device
 def patch_norm_op(x: Tensor, groups: int, kernel_size: List[int], stride: List[int], padding: List[int],
                   dilation: List[int], eps: float) -> Tensor:
     x = x.contiguous()
@@ -122,6 +123,7 @@ def _(x, groups, kernel_size, stride, padding, dilation, eps):
 
 
 @torch.library.custom_op("timm_bcos::patch_norm_backward", mutates_args=())
+@on_input_device
 def patch_norm_backward_op(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List[int], stride: List[int],
                            padding: List[int], dilation: List[int]) -> Tensor:
     grad, x, norm = grad.contiguous(), x.contiguous(), norm.contiguous()
