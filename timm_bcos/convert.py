@@ -366,6 +366,43 @@ def mobilevit_linear_attention_rule(m: nn.Module, path: str, ctx: Context):
     return RECURSE
 
 
+def _lite_mla_attention(self, q, k, v):
+    """EfficientViT's ReLU linear attention, out = A v with A = relu(q) relu(k)^T / row sums:
+    the ReLU kernel belongs to A (as softmax does), and q, k are detached in explanation mode."""
+    in_dtype, dtype = v.dtype, torch.promote_types(v.dtype, torch.float32)  # timm: float32; float64 stays
+    q, k, v = torch.relu(q).to(dtype), torch.relu(k).to(dtype), v.to(dtype)
+    if self.bcos_detach:
+        q, k = q.detach(), k.detach()
+    out = q @ (k.transpose(-1, -2) @ v)  # v carries a column of ones: its output is the row sum of A
+    return (out[..., :-1] / (out[..., -1:] + self.eps)).to(in_dtype)
+
+
+_LITE_MLA_CLASSES: dict[type, type] = {}
+
+
+def lite_mla_rule(m: nn.Module, path: str, ctx: Context):
+    """efficientvit (MIT): see `_lite_mla_attention`; the kernel moves into the attention, so the
+    walker's activation rule does not remove it."""
+    cls = type(m)
+    if getattr(cls, "_bcos_linear_attention", False):
+        return RECURSE
+    if not isinstance(m.kernel_func, nn.ReLU):
+        raise ConversionError(f"{path}: LiteMLA with kernel {type(m.kernel_func).__name__} has no rule (only ReLU)")
+    if cls not in _LITE_MLA_CLASSES:
+        name = f"Bcos{cls.__name__}"
+        _LITE_MLA_CLASSES[cls] = type(name, (cls,), {
+            "_attn": _lite_mla_attention, "_bcos_linear_attention": True,
+            "set_explanation_mode": lambda self, activate=True: setattr(self, "bcos_detach", bool(activate)),
+            "is_in_explanation_mode": property(lambda self: self.bcos_detach),
+            "__module__": __name__, "__qualname__": name,
+        })
+        setattr(sys.modules[__name__], name, _LITE_MLA_CLASSES[cls])  # importable, so models pickle
+    m.__class__ = _LITE_MLA_CLASSES[cls]
+    m.kernel_func = nn.Identity()
+    m.bcos_detach = False
+    return RECURSE
+
+
 def attention_qkv_bias_rule(m: nn.Module, path: str, ctx: Context):
     """BEiT / EVA attention: separate q, k, v biases dropped (affine maps lose their bias),
     then detached attention as in `functional_softmax_rule`."""
@@ -476,8 +513,7 @@ RULES: dict[type, Rule] = {
         "timm.models.levit.Downsample": keep,                     # levit: token subsampling (a selection)
         "timm.models.edgenext.PositionalEncodingFourier": keep,   # edgenext: input-independent, a fixed term
         "timm.models.mobilevit.LinearSelfAttention": mobilevit_linear_attention_rule,  # v * context, context detached
-        "timm.models.efficientvit_mit.LiteMLA": unsupported(
-            "ReLU linear attention multiplies keys, queries and values outside a softmax; no rule yet"),
+        "timm.models.efficientvit_mit.LiteMLA": lite_mla_rule,  # efficientvit: ReLU linear attention A(q, k) v, A detached
     }),
 }
 
