@@ -37,7 +37,7 @@ COMPLETE = {
     "pvt_v2": ("pvt_v2_b0", {}, 64),  # 64: at 32 every attention has a single key (vacuous)
     "twins": ("twins_pcpvt_small", dict(depths=(1, 1, 1, 1)), 64),
     "tiny_vit": ("tiny_vit_5m_224", {}, 64), "mambaout": ("test_mambaout", {}, 32),
-    "mobilevitv2": ("mobilevitv2_050", {}, 64),
+    "mobilevitv2": ("mobilevitv2_050", {}, 64), "efficientvit": ("efficientvit_b0", {}, 64),
 }
 # families with input-independent terms, accounted as fixed shares: family -> (..., fixed term paths)
 WITH_FIXED_SHARE = {
@@ -51,7 +51,6 @@ WITH_FIXED_SHARE = {
 # family -> (timm model, the refusal's reason)
 REFUSED = {
     "tf_efficientnet": ("tf_efficientnet_b0", "Conv2dSame.*SAME"),
-    "efficientvit": ("efficientvit_b0", "LiteMLA.*ReLU linear attention"),
 }
 
 
