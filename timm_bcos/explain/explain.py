@@ -89,18 +89,9 @@ def explain(
                       "differ from inference; call model.eval() first", stacklevel=2)
     if delta is not None and (target is not None or topk is not None or layer is not None):
         raise ValueError("delta=(c1, c2) cannot be combined with target, topk or layer")
-    # every module that reads the raw image encodes it (re-parameterisable stems have several);
-    # each encoding becomes a leaf and the weights are the sum of their gradients
-    encoders = [m for m in model.modules() if isinstance(m, InputEncoding)] or [model.input_encoding()]
     state: dict[str, Tensor] = {}
     encoded_leaves: list[Tensor] = []
-
-    def capture_encoded(module, inputs, output):
-        leaf = output.detach().requires_grad_(True)
-        encoded_leaves.append(leaf)
-        return leaf
-
-    hooks = [e.register_forward_hook(capture_encoded) for e in encoders]
+    hooks = _capture_encodings(model, encoded_leaves)
     terms = fixed.prepare(model, x.shape[0])
     if layer is None:
         hooks.append(model.logit_layer.register_forward_hook(lambda m, i, o: state.__setitem__("pre_bias", i[0])))
@@ -153,6 +144,18 @@ def explain(
         fixed_shares=fixed_shares,
         fixed_maps=fixed.token_maps(model, fixed_shares),
     )
+
+
+def _capture_encodings(model: nn.Module, leaves: list[Tensor]) -> list:
+    """Every module that reads the raw image encodes it (re-parameterisable stems have several):
+    each encoding becomes a leaf, and the weights are the sum of their gradients."""
+    def capture(module, inputs, output):
+        leaf = output.detach().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf
+
+    encoders = [m for m in model.modules() if isinstance(m, InputEncoding)] or [model.input_encoding()]
+    return [e.register_forward_hook(capture) for e in encoders]
 
 
 def _weights_and_shares(explained: Tensor, leaves: list[Tensor], terms: fixed.FixedTerms):
