@@ -39,7 +39,7 @@ def grads(fn, inputs, seed=0):
     """fn(*inputs) and the gradients of <fn(*inputs), r> for a fixed random r."""
     inputs = [t.detach().clone().requires_grad_(t.requires_grad) if t is not None else None for t in inputs]
     out = fn(*inputs)
-    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype)
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(seed), dtype=out.dtype).to(out.device)
     needs = [t for t in inputs if t is not None and t.requires_grad]
     return (out.detach(), *torch.autograd.grad((out * r).sum(), needs))
 

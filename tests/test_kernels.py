@@ -6,6 +6,8 @@ each of its checks is one test here. The fallbacks (no triton, the
 TIMM_BCOS_KERNELS=0 switch, CPU tensors) run in small subprocesses too, since
 they depend on what is imported at start-up.
 """
+import contextlib
+import copy
 import importlib.util
 import json
 import os
@@ -134,3 +136,65 @@ def test_kernels_compile_for_a_gpu_without_one():
         compiled = triton.compile(ASTSource(fn=fn, signature=sig, constexprs=constexprs),
                                   target=GPUTarget("cuda", 90, 32))
         assert ".entry" in compiled.asm["ptx"], fn.__name__
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available() or importlib.util.find_spec("triton") is None,
+                                reason="needs a CUDA device and triton")
+
+
+def fused_matches_pytorch_path(device, dtype, tol):
+    """A small network, training and explanation mode, and one ResNet-sized block (many programs, K splits)."""
+    from kernels_interpreted import _small_net, assert_close, grads, pytorch_path
+    from timm_bcos import layers as L
+    from timm_bcos.layers import explanation_mode
+
+    def block():
+        return torch.nn.Sequential(L.BcosConv2d(256, 512, 1, stride=2), L.BatchNormUncentered2d(512),
+                                   L.BcosConv2d(512, 512, 3, padding=1))
+
+    torch.manual_seed(0)
+    for make, x in [(_small_net, torch.rand(2, 3, 8, 8)), (block, torch.randn(16, 256, 14, 14))]:
+        for explain in (False, True):
+            results = []
+            for fused in (True, False):
+                torch.manual_seed(1)
+                net = make().to(device, dtype)
+                with contextlib.ExitStack() as stack:
+                    if not fused:
+                        stack.enter_context(pytorch_path())
+                    if explain:
+                        stack.enter_context(explanation_mode(net))
+                    results.append(grads(net, [x.to(device, dtype).requires_grad_()]))
+            assert_close(*results, tol=tol, what=f"{make.__name__} explain={explain}")
+
+
+def fused_under_autocast_and_compile(device):
+    """bf16 autocast: the fused path is about as accurate as the PyTorch path (both against float64); inductor."""
+    from helpers import rel_err
+    from kernels_interpreted import _small_net, assert_close, grads, pytorch_path
+
+    net = _small_net().to(device).float()
+    x = torch.rand(4, 3, 8, 8, device=device).requires_grad_()
+    with torch.autocast(device, dtype=torch.bfloat16):
+        fused = grads(net, [x])
+        with pytorch_path():
+            plain = grads(net, [x])
+    with pytorch_path():
+        exact = grads(copy.deepcopy(net).double(), [x.double()])
+    # the input gradient through train-mode batch statistics cancels heavily: in bf16 both paths
+    # are far from float64 there, so the bar is "no worse than the PyTorch path"
+    for what, f, p, e in zip(("output", "input gradient"), fused, plain, exact):
+        assert rel_err(f, e) <= 2 * rel_err(p, e) + 1e-2, f"{what}: fused {rel_err(f, e):.3g} vs plain {rel_err(p, e):.3g}"
+    compiled = grads(torch.compile(net), [x])
+    assert_close(compiled, grads(net, [x]), tol=1e-5, what="inductor vs eager, fused")
+
+
+@needs_cuda
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
+def test_fused_kernels_on_cuda_match_the_pytorch_path(dtype, tol):
+    fused_matches_pytorch_path("cuda", dtype, tol)
+
+
+@needs_cuda
+def test_fused_kernels_on_cuda_under_bf16_autocast_and_compile():
+    fused_under_autocast_and_compile("cuda")
