@@ -9,6 +9,8 @@ and path; nothing conventional is left behind silently.
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -21,6 +23,7 @@ from . import layers as L
 from .layers import affine as LA
 from .layers.detached_ops import detached_softmax
 from .explain.mixin import attach_bcos_mixin
+from .origin import record_origin
 from .recipes import Recipe, resolve_recipe
 
 
@@ -617,6 +620,12 @@ def _classifier_path(model: nn.Module, spec: HeadSpec | None) -> str | None:
     return None
 
 
+def _on_device_of(module: nn.Module):
+    """A `torch.device` context of the module's first own tensor, or a no-op when it has none."""
+    t = next(itertools.chain(module.parameters(), module.buffers()), None)
+    return torch.device(t.device) if t is not None else contextlib.nullcontext()
+
+
 def convert_modules(module: nn.Module, ctx: Context, rules: dict[type, Rule], prefix: str = "") -> nn.Module:
     """Replace every child of `module` in place by its B-cos counterpart."""
     for name, child in list(module.named_children()):
@@ -631,7 +640,8 @@ def convert_modules(module: nn.Module, ctx: Context, rules: dict[type, Rule], pr
                     "pass rules={Type: rule} to convert() to add one"
                 )
             rule = recurse
-        new = rule(child, path, ctx)
+        with _on_device_of(child):  # a replacement lives where the module it replaces lived (meta included)
+            new = rule(child, path, ctx)
         if new is RECURSE:
             convert_modules(child, ctx, rules, prefix=f"{path}.")
         elif new is not KEEP and new is not child:
@@ -682,6 +692,7 @@ def convert(
     convert_modules(model, ctx, table)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", 0)
+    record_origin(model, r, spec, _head_spec_for(model))  # so that a saved config rebuilds it
     model = attach_bcos_mixin(model, r, spec, ctx, table, num_classes)
     # paths of input-independent terms: explain() reports their share beside the contributions
     model.bcos_fixed_terms = _fixed_terms(model, ctx)

@@ -7,9 +7,11 @@ reset and the explanation hooks become B-cos aware.
 """
 from __future__ import annotations
 
+import itertools
 import sys
 from typing import Any
 
+import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -48,11 +50,8 @@ class BcosModelMixin:
     def forward_features(self, x: Tensor, *args: Any, **kwargs: Any) -> Tensor:
         cfg = getattr(self, "pretrained_cfg", None) or {}
         min_size = cfg.get("min_input_size")
-        if min_size is not None and x.dim() == 4 and (x.shape[-2] < min_size[-2] or x.shape[-1] < min_size[-1]):
-            raise ValueError(
-                f"{cfg.get('architecture', type(self).__name__)} needs images of at least "
-                f"{min_size[-2]}x{min_size[-1]} pixels, got {x.shape[-2]}x{x.shape[-1]}"
-            )
+        if min_size is not None and not isinstance(x, torch.fx.Proxy):  # a traced graph is shape-agnostic
+            check_min_input_size(x, tuple(min_size), cfg.get("architecture") or type(self).__name__)
         return super().forward_features(x, *args, **kwargs)
 
     # ------------------------------------------------------------------ head
@@ -84,14 +83,33 @@ class BcosModelMixin:
         return self.logit_layer(x)
 
     def reset_classifier(self, num_classes: int, *args: Any, **kwargs: Any) -> None:
-        """timm's reset, then the new classifier is converted and the logit bias follows num_classes."""
+        """timm's reset, then the new classifier is converted and the logit bias follows num_classes.
+
+        Like timm's own heads, what this creates takes the model's device and dtype and
+        its train/eval mode, whatever the family's reset_classifier does.
+        """
         from ..convert import convert_modules
 
+        ref = next(self.parameters(), None)
+        before = set(self.modules())  # the modules themselves, so no new one can reuse a freed id
         super().reset_classifier(num_classes, *args, **kwargs)
         ctx = self._bcos_context
         ctx.carry_weights = False
         convert_modules(self, ctx, self._bcos_rules)
-        self.logit_layer = _make_logit_layer(self.bcos_recipe, num_classes).to(self.logit_layer.logit_bias.device)
+        old = self.logit_layer.logit_bias
+        self.logit_layer = _make_logit_layer(self.bcos_recipe, num_classes).to(device=old.device, dtype=old.dtype)
+        for m in self.modules():
+            if m not in before:
+                m.train(self.training)
+                if ref is not None and m is not self.logit_layer:
+                    m.to(device=ref.device, dtype=ref.dtype)
+
+
+def check_min_input_size(x: Tensor, min_size: tuple, name: str) -> None:
+    """A clear error for images smaller than the model's `min_input_size`."""
+    if x.dim() == 4 and (x.shape[-2] < min_size[-2] or x.shape[-1] < min_size[-1]):
+        raise ValueError(f"{name} needs images of at least {min_size[-2]}x{min_size[-1]} pixels, "
+                         f"got {x.shape[-2]}x{x.shape[-1]}")
 
 
 def _make_logit_layer(recipe: Any, num_classes: int) -> LogitLayer:
@@ -117,5 +135,6 @@ def attach_bcos_mixin(model: nn.Module, recipe: Any, head: Any, ctx: Any, rules:
     model.bcos_head = head
     model._bcos_context = ctx
     model._bcos_rules = rules
-    model.logit_layer = _make_logit_layer(recipe, num_classes)
+    ref = next(itertools.chain(model.parameters(), model.buffers()), None)
+    model.logit_layer = _make_logit_layer(recipe, num_classes).to(ref.device if ref is not None else None)
     return model

@@ -98,7 +98,9 @@ def build_bcos(
             model = conventional(**model_kwargs)
         else:
             model = timm.create_model(conventional, pretrained=False, **model_kwargs)
-        return convert(model, resolved, head=head)
+        model = convert(model, resolved, head=head)
+        model.__dict__.pop("_model_args", None)  # the factory records this entrypoint's own args instead
+        return model
 
     kwargs.setdefault("pretrained_filter_fn", bcos_v2_filter_fn)
     if not pretrained:

@@ -25,9 +25,11 @@ class CifarConvNet(nn.Module):
     """Plain CIFAR CNN: 8 conv blocks, then a 1x1 classifier (`fc`) and global pooling."""
 
     def __init__(self, num_classes: int = 10, in_chans: int = 3, width: float = 1.0, norm: bool = False,
-                 drop_rate: float = 0.0, global_pool: str = "avg") -> None:
+                 drop_rate: float = 0.0, global_pool: str = "avg", device=None, dtype=None) -> None:
         super().__init__()
+        dd = dict(device=device, dtype=dtype)  # timm's factory kwargs: create the weights where asked
         self.num_classes = num_classes
+        self.in_chans = in_chans
         self.drop_rate = drop_rate
         blocks: list[nn.Module] = []
         cin = in_chans
@@ -35,8 +37,8 @@ class CifarConvNet(nn.Module):
         for i, (c, s) in enumerate(zip(CHANNELS, STRIDES)):
             cout = max(1, int(round(c * width)))
             block = nn.Sequential(
-                nn.Conv2d(cin, cout, 3, s, 1, bias=not norm),
-                nn.BatchNorm2d(cout) if norm else nn.Identity(),
+                nn.Conv2d(cin, cout, 3, s, 1, bias=not norm, **dd),
+                nn.BatchNorm2d(cout, **dd) if norm else nn.Identity(),
                 nn.ReLU(),
             )
             blocks.append(block)
@@ -47,8 +49,8 @@ class CifarConvNet(nn.Module):
             self.feature_info.append(dict(num_chs=cout, reduction=reduction, module=f"features.{i}"))
         self.features = nn.Sequential(*blocks)
         self.num_features = self.head_hidden_size = cin
-        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=True)
-        self.fc = nn.Linear(cin, num_classes) if num_classes > 0 else nn.Identity()
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
+        self.fc = nn.Linear(cin, num_classes, **dd) if num_classes > 0 else nn.Identity()
         self.grad_checkpointing = False
 
     def get_classifier(self) -> nn.Module:
@@ -58,7 +60,9 @@ class CifarConvNet(nn.Module):
         self.num_classes = num_classes
         if global_pool is not None:
             self.global_pool = SelectAdaptivePool2d(pool_type=global_pool, flatten=bool(global_pool))
-        self.fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        ref = next(self.parameters())
+        self.fc = (nn.Linear(self.num_features, num_classes, device=ref.device, dtype=ref.dtype)
+                   if num_classes > 0 else nn.Identity())
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         self.grad_checkpointing = enable

@@ -44,33 +44,58 @@ class ConvStemPatchEmbed(PatchEmbed):
         kwargs.pop("bias", None)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          bias=False, **kwargs)
+        dd = dict(device=kwargs.get("device"), dtype=kwargs.get("dtype"))
         layers: list[nn.Module] = []
         cin, encoded = in_chans, 2 * in_chans  # strides follow the reference, which sees the 6-channel encoding
         for c in stem_channels:
-            layers += [nn.Conv2d(cin, c, 3, 2 if c > encoded else 1, 1, bias=False), nn.GroupNorm(1, c), nn.ReLU()]
+            layers += [nn.Conv2d(cin, c, 3, 2 if c > encoded else 1, 1, bias=False, **dd), nn.GroupNorm(1, c, **dd),
+                       nn.ReLU()]
             cin = encoded = c
-        layers.append(nn.Conv2d(cin, embed_dim, 1, bias=False))
+        layers.append(nn.Conv2d(cin, embed_dim, 1, bias=False, **dd))
         self.proj = nn.Sequential(*layers)
+
+
+class SimpleVisionTransformer(VisionTransformer):
+    """timm's VisionTransformer whose position embedding is the reference's fixed 2D sin-cos
+    table: a buffer (saved in the state dict, never trained), as timm keeps fixed embeddings."""
+
+    def __init__(self, *args, device=None, dtype=None, **kwargs):
+        kwargs["pos_embed"] = "none"
+        super().__init__(*args, device=device, dtype=dtype, **kwargs)
+        del self.pos_embed  # the plain attribute None, replaced by the buffer
+        self.register_buffer("pos_embed", self._sincos(dtype or torch.get_default_dtype(), device))
+
+    def _sincos(self, dtype, device) -> torch.Tensor:
+        h, w = self.patch_embed.grid_size
+        return sincos_pos_embed(h, w, self.embed_dim).to(device=device, dtype=dtype)
+
+    def set_input_size(self, img_size=None, patch_size=None) -> None:
+        """timm's resize, with the table recomputed for the new grid (not interpolated, not a Parameter)."""
+        old = self.pos_embed
+        self.pos_embed = None
+        try:
+            super().set_input_size(img_size=img_size, patch_size=patch_size)
+        finally:
+            self.pos_embed = self._sincos(old.dtype, old.device)
+
+    @torch.jit.ignore
+    def no_weight_decay(self) -> set:
+        return super().no_weight_decay() - {"pos_embed"}  # a buffer: nothing to decay
 
 
 def _simple_vit(stem_channels=None, **kwargs) -> VisionTransformer:
     """The conventional counterpart, with the reference's fixed position embedding."""
-    kwargs.setdefault("img_size", 224)
-    model = VisionTransformer(
-        patch_size=16, class_token=False, global_pool="avg", fc_norm=True, qkv_bias=False,
+    defaults = dict(
+        img_size=224, patch_size=16, class_token=False, global_pool="avg", fc_norm=True, qkv_bias=False,
         norm_layer=partial(nn.LayerNorm, eps=1e-5),
         embed_layer=partial(ConvStemPatchEmbed, stem_channels=stem_channels) if stem_channels else PatchEmbed,
-        **kwargs,
     )
-    h, w = model.patch_embed.grid_size
-    with torch.no_grad():
-        model.pos_embed.copy_(sincos_pos_embed(h, w, model.embed_dim))
-    model.pos_embed.requires_grad_(False)
-    return model
+    return SimpleVisionTransformer(**{**defaults, **kwargs})  # a saved config's global_pool etc. override
 
 
 def _cfg(url: str = "", first_conv: str = "patch_embed.proj", **kwargs):
-    return bcos_cfg(url, first_conv=first_conv, classifier="head", pool_size=None,
+    # token output, no pooled map (pool_size None, as timm's ViTs); the grid is fixed by the embedding
+    return bcos_cfg(url, first_conv=first_conv, classifier="head", pool_size=None, fixed_input_size=True,
                     min_input_size=(3, 224, 224), **kwargs)
 
 
