@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # torchvision must match torch; these are the versions this project is tested on.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+# timm's source distribution (for its tests/test_models.py), fetched once at set-up
+TIMM_TESTS := .timm_tests
 
 .PHONY: demo test bench clean-venv browser
 
@@ -17,8 +19,22 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(PY) -m timm_bcos demo
 
-test: $(VENV)/.installed browser
+test: $(VENV)/.installed browser $(TIMM_TESTS)/.fetched
 	$(PY) -m pytest -n 2 tests
+	$(TIMM_SUITE)
+
+# timm's own model tests (tests/test_models.py of the installed timm's sdist) on every bcos_* model;
+# routing and exclusions (each with its reason) in tests/timm_suite_plugin.py.
+TIMM_SUITE = PYTHONPATH=tests $(PY) -m pytest -n 2 -p timm_bcos -p timm_suite_plugin -p no:cacheprovider \
+	$(TIMM_TESTS)/tests/test_models.py -k bcos_ \
+	-m "base or forward or backward or cfg or features or torchscript or fxforward or fxbackward"
+
+$(TIMM_TESTS)/.fetched: $(VENV)/.installed
+	rm -rf $(TIMM_TESTS) && mkdir -p $(TIMM_TESTS)
+	$(PY) -m pip download --quiet --no-deps --no-binary :all: -d $(TIMM_TESTS) \
+	  "timm==$$($(PY) -c 'import timm; print(timm.__version__)')"
+	tar -xzf $(TIMM_TESTS)/timm-*.tar.gz -C $(TIMM_TESTS) --strip-components=1 --wildcards '*/tests/*' '*/pyproject.toml'
+	touch $@
 
 # Debian's chromium for the real-browser test of the explorer (tests/test_app_browser.py), when missing.
 browser:
