@@ -21,6 +21,14 @@ MAX_SPLITS = 256
 
 
 @triton.jit
+def _row_tile(r, s0, N, C, HW, ROWS, BLOCK: tl.constexpr):
+    """Offsets and mask of the tile at s0 of row n = program_id(1) * ROWS + r of channel program_id(0)."""
+    n = tl.program_id(1) * ROWS + r
+    s = s0 + tl.arange(0, BLOCK)
+    return (n.to(tl.int64) * C + tl.program_id(0)) * HW + s, (s < HW) & (n < N)
+
+
+@triton.jit
 def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, N, C, HW, ROWS, SPLITS,
                           ACC: tl.constexpr, BLOCK: tl.constexpr):
     c = tl.program_id(0)
@@ -29,12 +37,9 @@ def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, N, C, HW, ROWS, SPLI
     mean = tl.zeros([], dtype=ACC)
     m2 = tl.zeros([], dtype=ACC)
     for r in range(0, ROWS):
-        n = sp * ROWS + r
-        base = (n.to(tl.int64) * C + c) * HW
         for s0 in range(0, HW, BLOCK):
-            s = s0 + tl.arange(0, BLOCK)
-            m = (s < HW) & (n < N)
-            v = tl.load(x_ptr + base + s, mask=m, other=0.0).to(ACC)
+            offs, m = _row_tile(r, s0, N, C, HW, ROWS, BLOCK)
+            v = tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC)
             nb = tl.sum(m.to(ACC), axis=0)
             mb = tl.sum(v, axis=0) / tl.maximum(nb, 1.0)
             d = tl.where(m, v - mb, 0.0)
@@ -87,12 +92,9 @@ def _gx_partial_kernel(g_ptr, x_ptr, out_ptr, N, C, HW, ROWS, SPLITS, ACC: tl.co
     sp = tl.program_id(1)
     acc = tl.zeros([BLOCK], dtype=ACC)
     for r in range(0, ROWS):
-        n = sp * ROWS + r
-        base = (n.to(tl.int64) * C + c) * HW
         for s0 in range(0, HW, BLOCK):
-            s = s0 + tl.arange(0, BLOCK)
-            m = (s < HW) & (n < N)
-            acc += tl.load(g_ptr + base + s, mask=m, other=0.0).to(ACC) * tl.load(x_ptr + base + s, mask=m, other=0.0).to(ACC)
+            offs, m = _row_tile(r, s0, N, C, HW, ROWS, BLOCK)
+            acc += tl.load(g_ptr + offs, mask=m, other=0.0).to(ACC) * tl.load(x_ptr + offs, mask=m, other=0.0).to(ACC)
     tl.store(out_ptr + c * SPLITS + sp, tl.sum(acc, axis=0))
 
 
