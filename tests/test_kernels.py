@@ -57,6 +57,14 @@ def test_fused_kernels_under_interpreter():
     assert not failed, "\n\n".join(f"{k}:\n{v}" for k, v in failed.items())
 
 
+@needs_triton
+def test_kernels_use_the_layers_stabilisers():
+    from timm_bcos.layers.functional import COS_EPS
+    from timm_bcos.layers.kernels._bcos_scale import COS_EPS as KERNEL_COS_EPS
+
+    assert KERNEL_COS_EPS == COS_EPS  # kept apart to avoid an import circle (functional -> kernels)
+
+
 def test_cpu_tensors_take_the_pytorch_path():
     if kernels.INTERPRET:
         pytest.skip("this process runs under Triton's interpreter")
