@@ -180,6 +180,7 @@ def test_timm_flag_names_are_aliases():
 
     spec = importlib.util.spec_from_file_location("train_script", TRAIN)
     train = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = train  # dataclasses look their module up there
     spec.loader.exec_module(train)
     base = ["--model", "m", "--dataset", "d"]
     timm_style = train.parse_args(base + ["--aa", "rand-m9", "--amp", "--amp-dtype", "bfloat16",

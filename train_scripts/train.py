@@ -31,15 +31,15 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("--config", help="YAML file of option values (train_scripts/configs/*.yaml)")
+
+def _model_options(p: argparse.ArgumentParser) -> None:
+    """--model and what shapes the network."""
     g = p.add_argument_group("model")
     g.add_argument("--model", help="timm model name (bcos_* or conventional); see timm.list_models()")
     g.add_argument("--model-kwargs", type=json.loads, default={},
@@ -60,6 +60,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "(uncentered B-cos norms get their own synchronised variant)")
     g.add_argument("--compile", "--torchcompile", nargs="?", const="inductor", default=None, metavar="BACKEND",
                    help="torch.compile the training forward (backend: %(const)s if none is given)")
+
+
+def _data_options(p: argparse.ArgumentParser) -> None:
+    """Data set, columns, loaders and augmentation."""
     g = p.add_argument_group("data")
     g.add_argument("--dataset", help="Hub data set id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or a local "
                    "folder (Hub parquet layout, or one subfolder of images per class)")
@@ -80,6 +84,10 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0: off)")
     g.add_argument("--cutmix", type=float, default=0.0, help="cutmix alpha (0: off)")
     g.add_argument("--smoothing", type=float, default=0.0, help="label smoothing (with or without mixup)")
+
+
+def _optimisation_options(p: argparse.ArgumentParser) -> None:
+    """Loss, optimizer, schedule, precision and distribution."""
     g = p.add_argument_group("optimisation")
     g.add_argument("--loss", default="bce", choices=["bce", "bce_uniform_off", "ce"],
                    help="bce: paper Eq. 16; bce_uniform_off: v2 (off-labels 1/C); ce: conventional")
@@ -113,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
                         "across machines and process counts (rounding ~1e-16)")
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--cpu", action="store_true", help="train on the CPU even where GPUs are present")
+
+
+def _guidance_and_output_options(p: argparse.ArgumentParser) -> None:
+    """Guidance, checkpoints, logging and export."""
     g = p.add_argument_group("guidance (training with explanations: timm_bcos.guidance)")
     g.add_argument("--guidance", choices=["energy", "l1", "rrr", "ppce"],
                    help="a loss on the model's own contribution maps where annotations say the evidence is")
@@ -136,6 +148,15 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
     g.add_argument("--no-tensorboard", action="store_true")
     g.add_argument("--max-steps", type=int, help="stop after this many optimizer steps (for tests)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--config", help="YAML file of option values (train_scripts/configs/*.yaml)")
+    for add in (_model_options, _data_options, _optimisation_options, _guidance_and_output_options):
+        add(p)
     return p
 
 
@@ -356,23 +377,59 @@ def save_checkpoint(accelerator, args, state: TrainState, meta: dict) -> None:
     accelerator.wait_for_everyone()
 
 
-def main(argv=None) -> int:
-    args = parse_args(argv)
+class Window:
+    """Loss, guidance loss and throughput between two log lines."""
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        self.loss, self.images, self.guidance, self.guided = 0.0, 0, 0.0, 0
+        self.start = time.perf_counter()
+
+    def line(self, run: "Run", epoch: int) -> dict:
+        elapsed = time.perf_counter() - self.start
+        return {"train/loss": self.loss / max(self.images, 1),
+                **({"train/guidance": self.guidance / max(self.guided, 1)} if run.args.guidance else {}),
+                "train/lr": run.optimizer.param_groups[0]["lr"],
+                "train/images_per_s": self.images * run.accelerator.num_processes / max(elapsed, 1e-9),
+                "epoch": epoch + run.state.batches_in_epoch / len(run.train_loader)}
+
+
+@dataclass
+class Run:
+    """Everything a training run holds, built by `build_run`."""
+
+    args: argparse.Namespace
+    accelerator: Any
+    use_tb: bool
+    info: Any
+    num_classes: int
+    dtype: torch.dtype
+    meta: dict
+    model: torch.nn.Module  # prepared by Accelerate (DDP-wrapped on several processes)
+    train_forward: Any  # `model`, or its torch.compile'd version (training forward only)
+    guidance_at: str | None
+    train_ds: Any
+    sampler: Any
+    train_loader: Any
+    val_loader: Any
+    mixup: Any
+    criterion: torch.nn.Module
+    optimizer: Any
+    scheduler: Any
+    ema: Any
+    state: "TrainState"
+    metrics: dict = field(default_factory=dict)
+    last_batch: tuple | None = None  # for a weight-0 step when a process's batch is all undecodable
+
+    def say(self, *a, **kw) -> None:
+        self.accelerator.print(*a, **kw)
+
+
+def create_accelerator(args: argparse.Namespace):
     from accelerate import Accelerator, DataLoaderConfiguration
-    from accelerate.utils import set_seed
-    from timm.data import Mixup
-    from timm.optim import create_optimizer_v2
-    from timm.scheduler import create_scheduler_v2
-    from timm.utils import ModelEmaV3, dispatch_clip_grad
 
-    import timm_bcos  # noqa: F401
-    from timm_bcos.data import DataError, EpochSampler, ImageClassificationDataset, build_transform, \
-        collate_skipping, load_split
-    from timm_bcos.eval.accuracy import evaluate_accuracy
-    from timm_bcos.guidance import guidance_layer, guided_loss
-    from timm_bcos.losses import create_loss, smooth_targets
-
-    output = Path(args.output)
     use_tb = not args.no_tensorboard
     if use_tb:
         try:
@@ -382,15 +439,18 @@ def main(argv=None) -> int:
     accelerator = Accelerator(
         cpu=args.cpu, gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True), rng_types=[],
-        log_with="tensorboard" if use_tb else None, project_dir=str(output),
+        log_with="tensorboard" if use_tb else None, project_dir=str(args.output),
     )
-    say = accelerator.print
     if args.batch_size % (accelerator.num_processes * args.grad_accum):
         fail(f"--batch-size {args.batch_size} must be divisible by processes x --grad-accum "
              f"({accelerator.num_processes} x {args.grad_accum})")
-    set_seed(args.seed)
+    return accelerator, use_tb
 
-    check_model_name(args.model)
+
+def load_data(args: argparse.Namespace, accelerator):
+    """(train split, validation split or None, info), prepared once by the main process."""
+    from timm_bcos.data import DataError, load_split
+
     try:
         with accelerator.main_process_first():  # one process downloads and prepares, the others reuse it
             train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir,
@@ -403,14 +463,12 @@ def main(argv=None) -> int:
                                        max_samples=args.max_val_samples)
     except DataError as e:
         fail(str(e))
-    num_classes = args.num_classes or info.num_classes
-    dtype = getattr(torch, args.dtype)
-    model = adapt_for_training(create_model(args, num_classes).to(dtype), args)
-    meta = run_meta(args, num_classes)
-    try:
-        guidance_at = guidance_layer(model, args.guidance_layer) if args.guidance else None
-    except (ValueError, AttributeError) as e:
-        fail(f"--guidance-layer {args.guidance_layer}: {e}")
+    return train_hf, val_hf, info
+
+
+def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
+    """(training data set, its epoch sampler, training loader, validation loader or None)."""
+    from timm_bcos.data import EpochSampler, ImageClassificationDataset, build_transform, collate_skipping
 
     per_step = args.batch_size // args.grad_accum
     train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip, img_size=args.img_size,
@@ -429,57 +487,214 @@ def main(argv=None) -> int:
                                                                           img_size=args.img_size))
         val_loader = torch.utils.data.DataLoader(val_ds, batch_size=per_step, num_workers=args.workers,
                                                  collate_fn=collate_skipping)
+    return train_ds, sampler, train_loader, val_loader
 
+
+def build_schedule(args: argparse.Namespace, optimizer, updates_per_epoch: int):
+    from timm.scheduler import create_scheduler_v2
+
+    if args.sched == "none":
+        return None
+    scheduler, _ = create_scheduler_v2(
+        optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
+        decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, min_lr=args.min_lr,
+        warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, step_on_epochs=False,
+        updates_per_epoch=updates_per_epoch,
+    )
+    return scheduler
+
+
+def build_run(args: argparse.Namespace) -> Run:
+    from accelerate.utils import set_seed
+    from timm.data import Mixup
+    from timm.optim import create_optimizer_v2
+    from timm.utils import ModelEmaV3
+
+    from timm_bcos.guidance import guidance_layer
+    from timm_bcos.losses import create_loss
+
+    accelerator, use_tb = create_accelerator(args)
+    set_seed(args.seed)
+    check_model_name(args.model)
+    train_hf, val_hf, info = load_data(args, accelerator)
+    num_classes = args.num_classes or info.num_classes
+    dtype = getattr(torch, args.dtype)
+    model = adapt_for_training(create_model(args, num_classes).to(dtype), args)
+    try:
+        guidance_at = guidance_layer(model, args.guidance_layer) if args.guidance else None
+    except (ValueError, AttributeError) as e:
+        fail(f"--guidance-layer {args.guidance_layer}: {e}")
+    train_ds, sampler, train_loader, val_loader = build_loaders(args, model, train_hf, val_hf, info)
     mixup = None
     if args.mixup > 0 or args.cutmix > 0:
         mixup = Mixup(mixup_alpha=args.mixup, cutmix_alpha=args.cutmix, label_smoothing=args.smoothing,
                       num_classes=num_classes)
-    criterion = create_loss(args.loss)
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
     model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
-    # the compiled module only runs the training forward; checkpoints, EMA and exports use
-    # `model` itself, so their state-dict keys stay plain (no `_orig_mod.`)
-    train_forward = torch.compile(model, backend=args.compile) if args.compile else model
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
-    updates_per_epoch = len(train_loader) // args.grad_accum
-    scheduler = None
-    if args.sched != "none":
-        scheduler, _ = create_scheduler_v2(
-            optimizer, sched=args.sched, num_epochs=args.epochs, decay_epochs=args.decay_epochs,
-            decay_milestones=args.decay_milestones, decay_rate=args.decay_rate, min_lr=args.min_lr,
-            warmup_lr=args.warmup_lr, warmup_epochs=args.warmup_epochs, step_on_epochs=False,
-            updates_per_epoch=updates_per_epoch,
-        )
     ema = None
     if args.ema_decay > 0:
         ema = ModelEmaV3(accelerator.unwrap_model(model), decay=args.ema_decay)
         accelerator.register_for_checkpointing(ema)
     state = TrainState()
     accelerator.register_for_checkpointing(state)
+    return Run(args=args, accelerator=accelerator, use_tb=use_tb, info=info, num_classes=num_classes, dtype=dtype,
+               meta=run_meta(args, num_classes), model=model,
+               # the compiled module only runs the training forward; checkpoints, EMA and exports
+               # use `model` itself, so their state-dict keys stay plain (no `_orig_mod.`)
+               train_forward=torch.compile(model, backend=args.compile) if args.compile else model,
+               guidance_at=guidance_at, train_ds=train_ds, sampler=sampler, train_loader=train_loader,
+               val_loader=val_loader, mixup=mixup, criterion=create_loss(args.loss), optimizer=optimizer,
+               scheduler=build_schedule(args, optimizer, len(train_loader) // args.grad_accum), ema=ema,
+               state=state)
 
-    ckpt = find_checkpoint(args)
-    if ckpt is not None:
-        saved = json.loads((ckpt / "train_meta.json").read_text())
-        differs = {k: (saved.get(k), v) for k, v in meta.items() if saved.get(k) != v}
-        if differs:
-            fail(f"checkpoint {ckpt} is from another run: " +
-                 ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differs.items()))
-        try:
-            accelerator.load_state(str(ckpt))
-        except Exception as e:
-            fail(f"cannot resume from {ckpt}: {type(e).__name__}: {e}")
-        say(f"resumed from {ckpt}: epoch {state.epoch}, {state.batches_in_epoch} batches in, "
-            f"step {state.update}", flush=True)
 
-    if use_tb:
+def resume(run: Run) -> None:
+    ckpt = find_checkpoint(run.args)
+    if ckpt is None:
+        return
+    saved = json.loads((ckpt / "train_meta.json").read_text())
+    differs = {k: (saved.get(k), v) for k, v in run.meta.items() if saved.get(k) != v}
+    if differs:
+        fail(f"checkpoint {ckpt} is from another run: " +
+             ", ".join(f"{k} {a!r} there, {b!r} here" for k, (a, b) in differs.items()))
+    try:
+        run.accelerator.load_state(str(ckpt))
+    except Exception as e:
+        fail(f"cannot resume from {ckpt}: {type(e).__name__}: {e}")
+    run.say(f"resumed from {ckpt}: epoch {run.state.epoch}, {run.state.batches_in_epoch} batches in, "
+            f"step {run.state.update}", flush=True)
+
+
+def forward_backward(run: Run, batch: dict, window: Window) -> bool:
+    """One micro-batch: loss (plus guidance), backward, and the optimizer step when the
+    accumulation is complete. False when this process skipped an all-undecodable batch."""
+    from timm.utils import dispatch_clip_grad
+
+    from timm_bcos.guidance import guided_loss
+    from timm_bcos.losses import smooth_targets
+
+    args, accelerator, model = run.args, run.accelerator, run.model
+    images, labels = batch_tensors(batch, run.dtype, args.channels_last, even=run.mixup is not None)
+    weight = 1.0
+    if images.shape[0] == 0:  # undecodable images only (counted by the caller)
+        if accelerator.num_processes == 1:
+            return False
+        # every process must take the step (DDP's gradient all-reduce, synchronised norms):
+        # this one repeats its previous batch with weight 0
+        images, labels = run.last_batch if run.last_batch is not None else placeholder_batch(model, args, run.dtype)
+        weight = 0.0
+    run.last_batch = (images, labels)
+    if run.mixup is not None:
+        images, labels = run.mixup(images, labels)
+    elif args.smoothing > 0:
+        labels = smooth_targets(labels, run.num_classes, args.smoothing)
+    with accelerator.accumulate(model):
+        loss = run.criterion(run.train_forward(images), labels) * weight
+        if args.guidance and weight:
+            guide = guided_loss(accelerator.unwrap_model(model), images, batch["labels"].to(images.device),
+                                batch["masks"], batch["annotated"], loss=args.guidance, layer=run.guidance_at)
+            if guide is not None:
+                window.guidance += float(guide.detach())
+                window.guided += 1
+                loss = loss + args.guidance_weight * guide
+        accelerator.backward(loss)
+        if accelerator.sync_gradients and args.clip_grad:
+            accelerator.unscale_gradients()
+            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
+        run.optimizer.step()
+        run.optimizer.zero_grad(set_to_none=True)
+    if weight:
+        window.loss += float(loss.detach()) * images.shape[0]
+        window.images += images.shape[0]
+    return True
+
+
+def after_update(run: Run, window: Window, epoch: int, bar) -> None:
+    """Schedule, EMA, progress and the log line after an optimizer update."""
+    args, state = run.args, run.state
+    state.update += 1
+    if run.scheduler is not None:
+        run.scheduler.step_update(state.update)
+    if run.ema is not None:
+        run.ema.update(run.accelerator.unwrap_model(run.model), step=state.update)
+    bar.update(1)
+    if state.update % args.log_every == 0 or state.batches_in_epoch == len(run.train_loader):
+        line = window.line(run, epoch)
+        bar.set_postfix(loss=f"{line['train/loss']:.4f}", ips=f"{line['train/images_per_s']:.0f}")
+        if run.use_tb:
+            run.accelerator.log(line, step=state.update)
+        if args.no_progress:
+            run.say(json.dumps({"step": state.update, **{k: round(v, 6) for k, v in line.items()}}), flush=True)
+        window.reset()
+
+
+def train_epoch(run: Run, bar) -> tuple[bool, int]:
+    """Train from the current data position to the end of the epoch, or until --max-steps.
+    Returns (stopped early, undecodable images this process met)."""
+    args, state, epoch = run.args, run.state, run.state.epoch
+    run.sampler.set_epoch(epoch)
+    run.train_ds.set_epoch(epoch)
+    loader = run.accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch) \
+        if state.batches_in_epoch else run.train_loader
+    loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
+    window, skipped = Window(), 0
+    for batch in loader:
+        skipped += int(batch["skipped"])
+        stepped = forward_backward(run, batch, window)
+        state.batches_in_epoch += 1
+        if not stepped or not run.accelerator.sync_gradients:
+            continue
+        after_update(run, window, epoch, bar)
+        stop = args.max_steps is not None and state.update >= args.max_steps
+        if (args.checkpoint_every and state.update % args.checkpoint_every == 0
+                and state.batches_in_epoch < len(run.train_loader)):
+            save_checkpoint(run.accelerator, args, state, run.meta)
+        if stop:
+            return state.batches_in_epoch < len(run.train_loader), skipped
+    return False, skipped
+
+
+def end_epoch(run: Run, skipped: int) -> None:
+    """Evaluate, remember the best weights, log, checkpoint."""
+    from timm_bcos.eval.accuracy import evaluate_accuracy
+
+    accelerator, state = run.accelerator, run.state
+    if run.val_loader is not None:
+        run.metrics = evaluate_accuracy(run.model, run.val_loader, accelerator=accelerator, dtype=run.dtype)
+        if run.ema is not None:
+            ema_metrics = evaluate_accuracy(run.ema.module, run.val_loader, accelerator=accelerator, dtype=run.dtype)
+            run.metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "n"})
+        if run.metrics["top1"] > state.best_top1:
+            state.best_top1, state.best_epoch = run.metrics["top1"], state.epoch
+            if accelerator.is_main_process:
+                save_weights(accelerator.unwrap_model(run.model), Path(run.args.output) / "best.safetensors")
+        if run.use_tb:
+            accelerator.log({f"val/{k}": v for k, v in run.metrics.items()}, step=state.update)
+    skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum"))
+    run.say(json.dumps({"epoch": state.epoch, "step": state.update,
+                        **{k: round(v, 3) for k, v in run.metrics.items()}, "skipped_images": skipped}), flush=True)
+    state.epoch += 1
+    state.batches_in_epoch = 0
+    save_checkpoint(accelerator, run.args, state, run.meta)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    import timm_bcos  # noqa: F401
+
+    run = build_run(args)
+    resume(run)
+    accelerator, state = run.accelerator, run.state
+    if run.use_tb:
         accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in vars(args).items()})
-    say(f"{args.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M params, "
-        f"{len(train_ds)} train / {len(val_loader.dataset) if val_loader else 0} val images, "
-        f"{num_classes} classes, {accelerator.num_processes} process(es), global batch {args.batch_size}, "
-        f"{updates_per_epoch} steps/epoch", flush=True)
-
+    updates_per_epoch = len(run.train_loader) // args.grad_accum
+    run.say(f"{args.model}: {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M params, "
+            f"{len(run.train_ds)} train / {len(run.val_loader.dataset) if run.val_loader else 0} val images, "
+            f"{run.num_classes} classes, {accelerator.num_processes} process(es), global batch {args.batch_size}, "
+            f"{updates_per_epoch} steps/epoch", flush=True)
     from tqdm.auto import tqdm
 
     total_updates = args.epochs * updates_per_epoch
@@ -487,112 +702,19 @@ def main(argv=None) -> int:
         total_updates = min(total_updates, args.max_steps)
     bar = tqdm(total=total_updates, initial=state.update, unit="step", dynamic_ncols=True,
                disable=args.no_progress or not accelerator.is_local_main_process)
-    metrics: dict[str, float] = {}
-    last_batch = None
-    stop = False
-    model.train()
-    if scheduler is not None:
-        scheduler.step_update(state.update)
-    while state.epoch < args.epochs and not stop:
-        epoch = state.epoch
-        sampler.set_epoch(epoch)
-        train_ds.set_epoch(epoch)
-        loader = accelerator.skip_first_batches(train_loader, state.batches_in_epoch) \
-            if state.batches_in_epoch else train_loader
-        loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
-        window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
-        window_guidance, window_guided = 0.0, 0  # guidance loss over the steps with annotated images
-        skipped_total = 0  # undecodable images met this epoch (by this process)
-        for batch in loader:
-            skipped_total += int(batch["skipped"])
-            images, labels = batch_tensors(batch, dtype, args.channels_last, even=mixup is not None)
-            weight = 1.0
-            if images.shape[0] == 0:  # undecodable images only (counted above)
-                if accelerator.num_processes == 1:
-                    state.batches_in_epoch += 1
-                    continue
-                # every process must take the step (DDP's gradient all-reduce, synchronised
-                # norms): this one repeats its previous batch with weight 0
-                images, labels = last_batch if last_batch is not None else placeholder_batch(model, args, dtype)
-                weight = 0.0
-            last_batch = (images, labels)
-            if mixup is not None:
-                images, labels = mixup(images, labels)
-            elif args.smoothing > 0:
-                labels = smooth_targets(labels, num_classes, args.smoothing)
-            with accelerator.accumulate(model):
-                loss = criterion(train_forward(images), labels) * weight
-                if args.guidance and weight:
-                    guide = guided_loss(accelerator.unwrap_model(model), images, batch["labels"].to(images.device),
-                                        batch["masks"], batch["annotated"], loss=args.guidance, layer=guidance_at)
-                    if guide is not None:
-                        window_guidance += float(guide.detach())
-                        window_guided += 1
-                        loss = loss + args.guidance_weight * guide
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and args.clip_grad:
-                    accelerator.unscale_gradients()
-                    dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
-            state.batches_in_epoch += 1
-            if weight:
-                window_loss += float(loss.detach()) * images.shape[0]
-                window_images += images.shape[0]
-            if not accelerator.sync_gradients:
-                continue
-            state.update += 1
-            if scheduler is not None:
-                scheduler.step_update(state.update)
-            if ema is not None:
-                ema.update(accelerator.unwrap_model(model), step=state.update)
-            bar.update(1)
-            if state.update % args.log_every == 0 or state.batches_in_epoch == len(train_loader):
-                elapsed = time.perf_counter() - window_start
-                line = {"train/loss": window_loss / max(window_images, 1),
-                        **({"train/guidance": window_guidance / max(window_guided, 1)} if args.guidance else {}),
-                        "train/lr": optimizer.param_groups[0]["lr"],
-                        "train/images_per_s": window_images * accelerator.num_processes / max(elapsed, 1e-9),
-                        "epoch": epoch + state.batches_in_epoch / len(train_loader)}
-                bar.set_postfix(loss=f"{line['train/loss']:.4f}", ips=f"{line['train/images_per_s']:.0f}")
-                if use_tb:
-                    accelerator.log(line, step=state.update)
-                if args.no_progress:
-                    say(json.dumps({"step": state.update, **{k: round(v, 6) for k, v in line.items()}}),
-                        flush=True)
-                window_loss, window_images, window_start = 0.0, 0, time.perf_counter()
-                window_guidance, window_guided = 0.0, 0
-            if args.max_steps is not None and state.update >= args.max_steps:
-                stop = True
-            if (args.checkpoint_every and state.update % args.checkpoint_every == 0
-                    and state.batches_in_epoch < len(train_loader)):
-                save_checkpoint(accelerator, args, state, meta)
-            if stop:
-                break
-        if stop and state.batches_in_epoch < len(train_loader):
+    run.model.train()
+    if run.scheduler is not None:
+        run.scheduler.step_update(state.update)
+    while state.epoch < args.epochs:
+        stopped_mid_epoch, skipped = train_epoch(run, bar)
+        if stopped_mid_epoch:
             break
-        # epoch end: evaluate, remember the best, checkpoint
-        if val_loader is not None:
-            metrics = evaluate_accuracy(model, val_loader, accelerator=accelerator, dtype=dtype)
-            if ema is not None:
-                ema_metrics = evaluate_accuracy(ema.module, val_loader, accelerator=accelerator, dtype=dtype)
-                metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "n"})
-            if metrics["top1"] > state.best_top1:
-                state.best_top1, state.best_epoch = metrics["top1"], epoch
-                if accelerator.is_main_process:
-                    save_weights(accelerator.unwrap_model(model), output / "best.safetensors")
-            if use_tb:
-                accelerator.log({f"val/{k}": v for k, v in metrics.items()}, step=state.update)
-        skipped = int(accelerator.reduce(torch.tensor(skipped_total, device=accelerator.device), "sum"))
-        say(json.dumps({"epoch": epoch, "step": state.update, **{k: round(v, 3) for k, v in metrics.items()},
-                        "skipped_images": skipped}), flush=True)
-        state.epoch += 1
-        state.batches_in_epoch = 0
-        save_checkpoint(accelerator, args, state, meta)
+        end_epoch(run, skipped)
+        if args.max_steps is not None and state.update >= args.max_steps:
+            break
     bar.close()
-
     if args.export != "none" and accelerator.is_main_process and state.epoch >= args.epochs:
-        export(args, accelerator.unwrap_model(model), ema, state, metrics, info, output)
+        export(args, accelerator.unwrap_model(run.model), run.ema, state, run.metrics, run.info, Path(args.output))
     finish(accelerator)
     return 0
 
