@@ -117,100 +117,122 @@ def open_split(args, cfg: dict):
     return data, loader, info
 
 
-def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    import timm
+def check_args(args) -> dict[int, int]:
+    """Exit with a clear message on inconsistent options; returns {grid size: number of grids}."""
+    from timm_bcos.cli import unknown_model_message
+    from timm_bcos.eval.attribution import ATTRIBUTION_METHODS
 
-    import timm_bcos  # noqa: F401
-    from timm_bcos.cli import resolve_device
-    from timm_bcos.data import LazyImages
-    from timm_bcos.eval import accuracy_and_confidence, box_plot, build_grids, grid_pointing_game, markdown_table, \
-        summarise
-    from timm_bcos.eval.attribution import ATTRIBUTION_METHODS, METHOD_LABELS, Normalised
-
-    names = args.names or args.models
-    if len(names) != len(args.models):
-        raise SystemExit(f"error: {len(names)} --names for {len(args.models)} --models")
+    if args.names and len(args.names) != len(args.models):
+        raise SystemExit(f"error: {len(args.names)} --names for {len(args.models)} --models")
     unknown = [m for m in args.methods if m not in ATTRIBUTION_METHODS]
     if unknown:
         raise SystemExit(f"error: unknown methods {unknown}; expected some of {sorted(ATTRIBUTION_METHODS)}")
-    from timm_bcos.cli import unknown_model_message
-
     for spec in args.models:
         message = unknown_model_message(spec, cutoff=0.6)
         if message:
             raise SystemExit(f"error: {message}")
     if len(args.num_grids) not in (1, len(args.grid)):
         raise SystemExit(f"error: --num-grids takes one number or one per --grid size ({len(args.grid)})")
-    num_grids = dict(zip(args.grid, args.num_grids * len(args.grid) if len(args.num_grids) == 1 else args.num_grids))
-    out = Path(args.out)
-    accuracy: dict[str, dict] = {}
-    pointing: dict[int, dict[str, dict[str, torch.Tensor]]] = {n: {} for n in args.grid}
-    device = resolve_device(args.device)
-    localisation: dict[str, dict] = {}
-    for spec, name in zip(args.models, names):
-        hub_folder = spec.startswith(("local-dir:", "hf-hub:"))  # such a spec names weights: always load them
-        model = timm.create_model(spec, pretrained=args.pretrained or hub_folder).eval().to(device)
-        cfg = model.pretrained_cfg
-        data, loader, info = open_split(args, cfg)
-        images = LazyImages(data, cfg["input_size"])  # grids and examples decode only the images they use
-        wrapped = Normalised(model).eval()
-        t0 = time.perf_counter()
-        scores, candidates = accuracy_and_confidence(wrapped, loader, device=device)
-        accuracy[name] = {"model": spec, **scores}
-        print(f"{name}: top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% on {scores['n']} images "
-              f"({time.perf_counter() - t0:.1f}s on {device})", flush=True)
-        if (args.mask_column or args.boxes_column) and hasattr(model, "explain"):
-            try:
-                localisation[name] = localise(args, model, data, device)
-            except ValueError as e:
-                raise SystemExit(f"error: {e}") from None
-            print(f"{name}: energy pointing game {localisation[name]['epg']['mean']:.3f}, IoU "
-                  f"{localisation[name]['iou']['mean']:.3f} ({localisation[name]['epg']['n']} images)", flush=True)
-        if not args.grid:
-            continue
-        methods = [m for m in args.methods if m != "own" or hasattr(model, "explain")]
-        if args.examples and hasattr(model, "explain"):
-            write_examples(model, images, candidates, args.examples, info.label_names,
-                           out / f"examples_{slug(name)}.png")
-        smooth = args.smooth if args.smooth is not None else (3 if images.shape[-1] <= 64 else 15)
-        for n in args.grid:
-            try:
-                grids = build_grids(images, candidates, n, num_grids[n], pool=args.pool, seed=args.seed)
-            except ValueError as e:
-                print(f"{name}: no {n}x{n} pointing game: {e}", flush=True)
-                continue
-            t0 = time.perf_counter()
-            pointing[n][name] = grid_pointing_game(model, grids, methods, smooth=smooth, batch_size=args.batch_size)
-            means = ", ".join(f"{METHOD_LABELS.get(m, m)} {float(s.mean()):.3f}" for m, s in pointing[n][name].items())
-            print(f"{name} {n}x{n} pointing game ({len(grids.images)} grids, smoothing {smooth}, "
-                  f"{time.perf_counter() - t0:.0f}s): {means}", flush=True)
+    return dict(zip(args.grid, args.num_grids * len(args.grid) if len(args.num_grids) == 1 else args.num_grids))
 
+
+def play_pointing_game(args, name, model, images, candidates, num_grids, pointing) -> None:
+    """The grid pointing game of one model for every --grid size, into pointing[n][name]."""
+    from timm_bcos.eval import build_grids, grid_pointing_game
+    from timm_bcos.eval.attribution import METHOD_LABELS
+
+    methods = [m for m in args.methods if m != "own" or hasattr(model, "explain")]
+    smooth = args.smooth if args.smooth is not None else (3 if images.shape[-1] <= 64 else 15)
+    for n in args.grid:
+        try:
+            grids = build_grids(images, candidates, n, num_grids[n], pool=args.pool, seed=args.seed)
+        except ValueError as e:
+            print(f"{name}: no {n}x{n} pointing game: {e}", flush=True)
+            continue
+        t0 = time.perf_counter()
+        pointing[n][name] = grid_pointing_game(model, grids, methods, smooth=smooth, batch_size=args.batch_size)
+        means = ", ".join(f"{METHOD_LABELS.get(m, m)} {float(s.mean()):.3f}" for m, s in pointing[n][name].items())
+        print(f"{name} {n}x{n} pointing game ({len(grids.images)} grids, smoothing {smooth}, "
+              f"{time.perf_counter() - t0:.0f}s): {means}", flush=True)
+
+
+def evaluate_model(args, spec, name, device, num_grids, results) -> None:
+    """Accuracy, localisation and the pointing game of one model, into `results`."""
+    import timm
+
+    from timm_bcos.data import LazyImages
+    from timm_bcos.eval import accuracy_and_confidence
+    from timm_bcos.eval.attribution import Normalised
+
+    hub_folder = spec.startswith(("local-dir:", "hf-hub:"))  # such a spec names weights: always load them
+    model = timm.create_model(spec, pretrained=args.pretrained or hub_folder).eval().to(device)
+    cfg = model.pretrained_cfg
+    data, loader, info = open_split(args, cfg)
+    images = LazyImages(data, cfg["input_size"])  # grids and examples decode only the images they use
+    t0 = time.perf_counter()
+    scores, candidates = accuracy_and_confidence(Normalised(model).eval(), loader, device=device)
+    results["accuracy"][name] = {"model": spec, **scores}
+    print(f"{name}: top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% on {scores['n']} images "
+          f"({time.perf_counter() - t0:.1f}s on {device})", flush=True)
+    if (args.mask_column or args.boxes_column) and hasattr(model, "explain"):
+        try:
+            loc = results["localisation"][name] = localise(args, model, data, device)
+        except ValueError as e:
+            raise SystemExit(f"error: {e}") from None
+        print(f"{name}: energy pointing game {loc['epg']['mean']:.3f}, IoU {loc['iou']['mean']:.3f} "
+              f"({loc['epg']['n']} images)", flush=True)
+    if not args.grid:
+        return
+    if args.examples and hasattr(model, "explain"):
+        write_examples(model, images, candidates, args.examples, info.label_names,
+                       Path(args.out) / f"examples_{slug(name)}.png")
+    play_pointing_game(args, name, model, images, candidates, num_grids, results["pointing"])
+
+
+def write_reports(args, results, argv) -> None:
+    """OUT/results.md, OUT/results.json and the box plots."""
+    from timm_bcos.eval import box_plot, markdown_table, summarise
+    from timm_bcos.eval.attribution import METHOD_LABELS
+
+    out = Path(args.out)
     lines = [f"# Evaluation on {args.dataset} ({args.split})", "", "## Accuracy", "",
              "| model | weights | top-1 | top-5 | images |", "|---|---|---:|---:|---:|"]
-    for name, acc in accuracy.items():
+    for name, acc in results["accuracy"].items():
         lines.append(f"| {name} | `{acc['model']}` | {acc['top1']:.2f} | {acc['top5']:.2f} | {acc['n']} |")
-    if localisation:
+    if results["localisation"]:
         lines += ["", f"## Localisation of the own explanation (label class) in `{args.mask_column or args.boxes_column}`",
                   "", "| model | energy pointing game | IoU | images |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {v['epg']['mean']:.3f} | {v['iou']['mean']:.3f} | {v['epg']['n']} |"
-                  for name, v in localisation.items()]
-    for n, results in pointing.items():
-        if not results:
+                  for name, v in results["localisation"].items()]
+    for n, per_model in results["pointing"].items():
+        if not per_model:
             continue
         lines += ["", f"## Grid pointing game, {n}x{n} (uniform attribution scores {1 / n / n:.3f})", "",
-                  markdown_table(results, METHOD_LABELS)]
-        box_plot(results, out / f"pointing_game_{n}x{n}.png", title=f"{n}x{n} grid pointing game",
+                  markdown_table(per_model, METHOD_LABELS)]
+        box_plot(per_model, out / f"pointing_game_{n}x{n}.png", title=f"{n}x{n} grid pointing game",
                  labels=METHOD_LABELS, chance=1 / n / n)
     lines += ["", f"Command: `python train_scripts/evaluate.py {shlex.join(sys.argv[1:] if argv is None else argv)}`"]
     atomic_write(out / "results.md", "\n".join(lines) + "\n")
-    summary = {"accuracy": accuracy, "localisation": localisation,
+    summary = {"accuracy": results["accuracy"], "localisation": results["localisation"],
                "pointing_game": {f"{n}x{n}": {name: {m: summarise(s) for m, s in per.items()}
-                                              for name, per in res.items()} for n, res in pointing.items()}}
+                                              for name, per in res.items()} for n, res in results["pointing"].items()}}
     atomic_write(out / "results.json", json.dumps(summary, indent=1))
     print(f"wrote {out / 'results.md'}", flush=True)
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    import timm_bcos  # noqa: F401
+    from timm_bcos.cli import resolve_device
+
+    num_grids = check_args(args)
+    device = resolve_device(args.device)
+    results = {"accuracy": {}, "localisation": {}, "pointing": {n: {} for n in args.grid}}
+    for spec, name in zip(args.models, args.names or args.models):
+        evaluate_model(args, spec, name, device, num_grids, results)
+    write_reports(args, results, argv)
     return 0
 
 
