@@ -47,6 +47,13 @@ expl = model.explain(timm.data.create_transform(**cfg)(img).unsqueeze(0))
 {licence_text}
 """
 
+# timm has no plugin hook: a process must import timm_bcos before timm.create_model can find a
+# bcos_* architecture (otherwise timm says "Unknown model (bcos_...)"). config.json says so.
+REGISTRATION_MARKER = {
+    "usage": "pip install timm_bcos, then `import timm_bcos` before timm.create_model: it registers "
+             "the bcos_* architectures with timm",
+}
+
 IMAGENET_LICENCE = ("The weights were trained on ImageNet-1k; they are for research and other "
                     "non-commercial use, following the ImageNet terms of access.")
 
@@ -115,9 +122,11 @@ def save_pretrained(
         model.pretrained_cfg = {**original_cfg, **cfg_overlay}
         for key in ("url", "file", "hf_hub_id", "source", "state_dict"):
             model.pretrained_cfg.pop(key, None)
+        model_config: dict[str, Any] = {"timm_bcos": REGISTRATION_MARKER}
+        if label_names is not None:
+            model_config["label_names"] = list(label_names)
         save_for_hf(model, str(tmp), model_args={k: v for k, v in args.items() if v is not None},
-                    model_config={"label_names": list(label_names)} if label_names is not None else None,
-                    safe_serialization=True)
+                    model_config=model_config, safe_serialization=True)
         text = card or model_card(model, repo_id or f"ORG/{folder.name}", metrics=metrics)
         (tmp / "README.md").write_text(text)
         _replace_dir(tmp, folder)

@@ -1,0 +1,165 @@
+"""Save -> reload: registered and converted B-cos models through both savers (timm_bcos.hub.save_pretrained,
+timm's save_for_hf) and both loaders (local-dir:, hf-hub: from a pre-filled cache, offline), and
+train.py --bcosify-from end to end (convert, train, export, reload, explain)."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import huggingface_hub.constants
+import pytest
+import timm
+import torch
+from timm.models import save_for_hf
+from timm.models._hub import save_config_for_hf
+
+import timm_bcos
+from timm_bcos.hub import save_pretrained
+
+ROOT = Path(__file__).resolve().parents[1]
+CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
+COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+# the smallest member of each registered family (the larger ones share their code; every
+# registered model's config is round-tripped in test_every_registered_config_rebuilds)
+SMALL_REGISTERED = {
+    "bcos_resnet18": 64, "bcos_resnet34_v1": 64, "bcos_densenet121": 64, "bcos_convnext_tiny_bnu": 64,
+    "bcos_inception_v3_v1": 75, "bcos_simple_vit_ti_patch16_224": 224, "bcos_vitc_ti_patch1_14": 224,
+    "bcos_cifar10": 32, "bcos_cifar10_w050_bnu": 32,
+}
+# conventional timm models of five families (plus our CIFAR network), converted with a recipe
+CONVERTED = {
+    "test_resnet": dict(recipe="v2"), "test_efficientnet": dict(recipe="v2", b=2.5),
+    "test_convnext": dict(recipe="v2_bnu"), "test_vit": dict(recipe="v2"),
+    "mobilenetv3_small_050": dict(recipe="v1"), "cifar_convnet": dict(recipe="v2", width=0.125),
+}
+
+
+def _hub_cache(folder: Path, cache: Path, repo: str) -> None:
+    """The layout hf_hub_download leaves behind: snapshots/<commit>/ and refs/main."""
+    root = cache / f"models--{repo.replace('/', '--')}"
+    shutil.copytree(folder, root / "snapshots" / COMMIT)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text(COMMIT)
+
+
+def _save(model, folder: Path, saver: str) -> None:
+    if saver == "ours":
+        save_pretrained(model, folder)
+    else:
+        save_for_hf(model, str(folder), safe_serialization=True)
+
+
+def _load(folder: Path, loader: str, tmp_path: Path, monkeypatch):
+    if loader == "local-dir":
+        return timm.create_model(f"local-dir:{folder}", pretrained=True)
+    cache = tmp_path / "hf_cache"
+    _hub_cache(folder, cache, "timm-bcos-test/model")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # no network: the cache only
+    return timm.create_model("hf-hub:timm-bcos-test/model", pretrained=True, cache_dir=str(cache))
+
+
+def _assert_same(model, loaded, size: int) -> None:
+    assert type(loaded) is type(model)
+    ours, theirs = model.state_dict(), loaded.state_dict()
+    assert ours.keys() == theirs.keys()
+    for k, v in ours.items():
+        assert theirs[k].dtype == v.dtype and torch.equal(theirs[k], v), k
+    assert tuple(loaded.pretrained_cfg["mean"]) == (0.0,) * 3 and tuple(loaded.pretrained_cfg["std"]) == (1.0,) * 3
+    # float64 explanations: contributions and the explained value (logit minus its bias) identical
+    model, loaded = model.double().eval(), loaded.double().eval()
+    x = torch.rand(2, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    a, b = model.explain(x, target=[1, 2]), loaded.explain(x, target=[1, 2])
+    assert torch.equal(a.contributions, b.contributions) and torch.equal(a.explained, b.explained)
+    assert a.contributions.abs().sum() > 0
+
+
+def _perturbed(model):
+    """Non-default weights and statistics, so that a reload with fresh init could not match."""
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for t in [*model.parameters(), *(b for n, b in model.named_buffers() if n.endswith("running_var"))]:
+            t.mul_(1 + 0.1 * torch.rand_like(t))
+    return model.eval()
+
+
+@pytest.mark.parametrize("saver", ["ours", "timm"])
+@pytest.mark.parametrize("loader", ["local-dir", "hf-hub"])
+@pytest.mark.parametrize("name", list(SMALL_REGISTERED))
+def test_registered_round_trip(name, saver, loader, tmp_path, monkeypatch):
+    model = _perturbed(timm.create_model(name, num_classes=5))
+    _save(model, tmp_path / "m", saver)
+    _assert_same(model, _load(tmp_path / "m", loader, tmp_path, monkeypatch), SMALL_REGISTERED[name])
+
+
+@pytest.mark.parametrize("saver", ["ours", "timm"])
+@pytest.mark.parametrize("loader", ["local-dir", "hf-hub"])
+@pytest.mark.parametrize("base", list(CONVERTED))
+def test_converted_round_trip(base, saver, loader, tmp_path, monkeypatch):
+    kwargs = dict(CONVERTED[base])
+    recipe = kwargs.pop("recipe")
+    width = {"width": kwargs.pop("width")} if "width" in kwargs else {}
+    model = _perturbed(timm_bcos.convert(timm.create_model(base, num_classes=3, **width), recipe, **kwargs))
+    _save(model, tmp_path / "m", saver)
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert config["architecture"] == "bcos_converted"
+    assert {"base_model": base, "recipe": recipe, **kwargs}.items() <= config["model_args"].items()
+    size = timm.get_pretrained_cfg_value(base, "input_size")[-1]  # test_vit resamples its embedding at other sizes
+    _assert_same(model, _load(tmp_path / "m", loader, tmp_path, monkeypatch), size)
+
+
+@pytest.mark.parametrize("name", timm.list_models("bcos_*"))
+def test_every_registered_config_rebuilds(name, tmp_path):
+    """Every registered model's saved config (timm's save_for_hf) rebuilds the same architecture
+    (on the meta device: shapes and arguments, no weights)."""
+    model = timm.create_model(name, num_classes=7, device="meta")
+    (tmp_path / "m").mkdir()
+    save_config_for_hf(model, tmp_path / "m" / "config.json")
+    rebuilt = timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=False, device="meta")
+    assert type(rebuilt) is type(model)
+    assert {k: v.shape for k, v in rebuilt.state_dict().items()} == {k: v.shape for k, v in model.state_dict().items()}
+
+
+def test_fresh_process_needs_the_import(tmp_path):
+    """What a process that never imported timm_bcos sees, and the config's marker that says what to do."""
+    model = timm.create_model("bcos_cifar10", width=0.125)
+    save_pretrained(model, tmp_path / "m")
+    config = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert "import timm_bcos" in config["timm_bcos"]["usage"]
+    script = f"import timm; timm.create_model(r'local-dir:{tmp_path / 'm'}', pretrained=True)"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0 and "Unknown model (bcos_cifar10)" in proc.stderr
+    ok = subprocess.run([sys.executable, "-c", "import timm_bcos; " + script], capture_output=True, text=True,
+                        timeout=120)
+    assert ok.returncode == 0, ok.stderr[-2000:]
+
+
+@pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
+def test_train_bcosify_from_end_to_end(tmp_path):
+    """train.py --bcosify-from: convert a conventional model, train a few steps, export, reload, explain."""
+    conventional = timm.create_model("cifar_convnet", width=0.125)
+    save_for_hf(conventional, str(tmp_path / "conv"), safe_serialization=True)
+    out = tmp_path / "run"
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hfd"),
+           "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
+    cmd = [sys.executable, str(ROOT / "train_scripts" / "train.py"), "--no-progress", "--no-tensorboard",
+           "--workers", "0", "--bcosify-from", f"local-dir:{tmp_path / 'conv'}", "--model", "bcos_converted",
+           "--dataset", str(CIFAR), "--train-split", "train[:64]", "--val-split", "test[:32]", "--crop", "pad",
+           "--batch-size", "32", "--epochs", "1", "--output", str(out), "--export", "last"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    loaded = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True).eval()
+    config = json.loads((out / "export" / "config.json").read_text())
+    assert config["model_args"]["base_model"] == "cifar_convnet" and config["model_args"]["width"] == 0.125
+    from safetensors.torch import load_file
+
+    exported = load_file(out / "export" / "model.safetensors")
+    assert all(torch.equal(loaded.state_dict()[k], v) for k, v in exported.items())
+    # trained: the B-cos weights moved away from the carried conventional ones
+    carried = timm_bcos.convert(conventional, "v2", carry_weights=True).state_dict()
+    assert not torch.equal(carried["features.1.0.weight"], exported["features.1.0.weight"])
+    expl = loaded.double().explain(torch.rand(2, 3, 32, 32, dtype=torch.float64))
+    assert torch.allclose(expl.contributions.sum((-2, -1)), expl.explained, rtol=1e-9, atol=1e-12)
