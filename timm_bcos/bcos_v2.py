@@ -194,6 +194,7 @@ class Release:
     file: str          # release file name
     top1: float        # published ImageNet top-1 / top-5 (bcos package README)
     top5: float
+    eval_resize: int = 256  # the reference's evaluation: Resize(eval_resize) -> CenterCrop(224), bilinear
 
     @property
     def url(self) -> str:
@@ -216,13 +217,20 @@ RELEASES: tuple[Release, ...] = (
     Release("densenet169", "bcos_densenet169", "bcos_v2_in1k", "densenet_169-7037ee0604.pth", 75.186, 91.786),
     Release("densenet201", "bcos_densenet201", "bcos_v2_in1k", "densenet_201-00ac87066f.pth", 75.480, 91.992),
     Release("vgg11_bnu", "bcos_vgg11_bnu", "bcos_v2_in1k", "vgg_11_bnu-34036029f0.pth", 69.310, 88.388),
-    Release("convnext_tiny", "bcos_convnext_tiny", "bcos_v2_in1k", "convnext_tiny_pn-539b1bfb37.pth", 77.488, 93.192),
-    Release("convnext_base", "bcos_convnext_base", "bcos_v2_in1k", "convnext_base_pn-b0495852c6.pth", 79.650, 94.614),
-    Release("convnext_tiny_bnu", "bcos_convnext_tiny_bnu", "bcos_v2_in1k", "convnext_tiny_bnu-dbd7f5ef9d.pth", 76.826, 93.090),
-    Release("convnext_base_bnu", "bcos_convnext_base_bnu", "bcos_v2_in1k", "convnext_base_bnu-7c32a704b3.pth", 80.142, 94.834),
-    Release("densenet121_long", "bcos_densenet121", "bcos_v2_long_in1k", "densenet_121_long-5175461597.pth", 77.302, 93.234),
-    Release("resnet50_long", "bcos_resnet50", "bcos_v2_long_in1k", "resnet_50_long-ef38a88533.pth", 79.468, 94.452),
-    Release("resnet152_long", "bcos_resnet152", "bcos_v2_long_in1k", "resnet_152_long-0b4b434939.pth", 80.144, 94.116),
+    Release("convnext_tiny", "bcos_convnext_tiny", "bcos_v2_in1k", "convnext_tiny_pn-539b1bfb37.pth",
+            77.488, 93.192, 232),
+    Release("convnext_base", "bcos_convnext_base", "bcos_v2_in1k", "convnext_base_pn-b0495852c6.pth",
+            79.650, 94.614, 232),
+    Release("convnext_tiny_bnu", "bcos_convnext_tiny_bnu", "bcos_v2_in1k", "convnext_tiny_bnu-dbd7f5ef9d.pth",
+            76.826, 93.090, 232),
+    Release("convnext_base_bnu", "bcos_convnext_base_bnu", "bcos_v2_in1k", "convnext_base_bnu-7c32a704b3.pth",
+            80.142, 94.834, 232),
+    Release("densenet121_long", "bcos_densenet121", "bcos_v2_long_in1k", "densenet_121_long-5175461597.pth",
+            77.302, 93.234, 232),
+    Release("resnet50_long", "bcos_resnet50", "bcos_v2_long_in1k", "resnet_50_long-ef38a88533.pth",
+            79.468, 94.452, 232),
+    Release("resnet152_long", "bcos_resnet152", "bcos_v2_long_in1k", "resnet_152_long-0b4b434939.pth",
+            80.144, 94.116, 232),
     Release("simple_vit_ti_patch16_224", "bcos_simple_vit_ti_patch16_224", "bcos_v2_in1k",
             "bcos_simple_vit_ti_patch16_224-4b0824b1c1.pth", 59.960, 81.838),
     Release("simple_vit_s_patch16_224", "bcos_simple_vit_s_patch16_224", "bcos_v2_in1k",
@@ -256,6 +264,8 @@ def released_cfgs(model: str, make_cfg: Callable[..., dict]) -> dict[str, dict]:
         source = dict(hf_hub_id=f"{org}/{r.hub_repo}") if org else dict(url=r.url)
         out[f"{r.model}.{r.tag}"] = make_cfg(
             **source,
+            crop_pct=224 / r.eval_resize,  # timm resizes to floor(224 / crop_pct) = eval_resize
+            paper_ids="arXiv:2306.10898",  # the v2 paper (these are B-cos v2 weights)
             license="other",  # ImageNet-derived weights: research, non-commercial
             origin_url="https://github.com/B-cos/B-cos-v2",
             paper_name="B-cos Alignment for Inherently Interpretable CNNs and Vision Transformers",
