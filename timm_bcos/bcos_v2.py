@@ -250,6 +250,34 @@ RELEASES: tuple[Release, ...] = (
 )
 
 
+def verify_release_file(path: str | os.PathLike) -> None:
+    """Release files are named <name>-<sha256 prefix>.pth (torch.hub's convention; the reference
+    loads them with check_hash=True): a file whose hash does not match is refused."""
+    import hashlib
+
+    from torch.hub import HASH_REGEX
+
+    match = HASH_REGEX.search(os.path.basename(path))
+    if not match:
+        return
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    if not digest.hexdigest().startswith(match.group(1)):
+        raise RuntimeError(f"{path}: its sha256 begins {digest.hexdigest()[:len(match.group(1))]}, the release "
+                           f"file's begins {match.group(1)}; it is damaged or another file: delete it and retry")
+
+
+def fetch_release(url: str, cache_dir: str | None = None) -> str:
+    """Download a release file into timm's cache (hash checked on download) and verify the cached copy."""
+    from timm.models._hub import download_cached_file
+
+    path = download_cached_file(url, check_hash=True, cache_dir=cache_dir)
+    verify_release_file(path)
+    return path
+
+
 def hub_org() -> str | None:
     return os.environ.get("TIMM_BCOS_HUB_ORG") or HUB_ORG
 

@@ -8,7 +8,7 @@ from typing import Any, Callable
 import timm
 from timm.models import build_model_with_cfg
 
-from ..bcos_v2 import bcos_v2_filter_fn, released_cfgs
+from ..bcos_v2 import RELEASES, bcos_v2_filter_fn, fetch_release, released_cfgs
 from ..convert import HeadSpec, convert
 from ..recipes import Recipe, resolve_recipe
 
@@ -110,10 +110,14 @@ def build_bcos(
         if source.startswith("nowhere"):  # timm would only log a warning and hand back random weights
             raise RuntimeError(f"could not load pretrained weights for {variant} from {source}")
         try:
+            if source.startswith("url") and any(source == f"url {r.url!r}" for r in RELEASES):
+                fetch_release(source[5:-1], kwargs.get("cache_dir"))  # hash-checked, then timm reads the copy
             model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
         except Exception as e:
+            hint = ("; with a copy of the file: timm.create_model(..., pretrained=True, "
+                    "pretrained_cfg_overlay=dict(file='PATH'))" if source.startswith("url") else "")
             raise RuntimeError(f"could not load pretrained weights for {variant} from {source}: "
-                               f"{type(e).__name__}: {e}") from e
+                               f"{type(e).__name__}: {e}{hint}") from e
     # what save_pretrained writes as model_args, so the folder re-creates this model
     model.bcos_model_args = {
         **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
