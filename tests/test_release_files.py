@@ -47,3 +47,18 @@ def test_offline_error_says_how_to_use_a_file(tmp_path, monkeypatch):
                                            r"pretrained_cfg_overlay=dict\(file='PATH'\)"):
         timm.create_model("bcos_resnet18.bcos_v2_in1k", pretrained=True)
     assert not list(tmp_path.rglob("*.pth"))
+
+
+def test_hub_org_switch_after_import():
+    from timm_bcos.bcos_v2 import set_hub_org
+
+    try:
+        set_hub_org("someone")
+        cfg = timm.models.get_pretrained_cfg("bcos_resnet18.bcos_v2_in1k")
+        assert cfg.hf_hub_id == "someone/bcos_resnet18.bcos_v2_in1k" and not cfg.url
+        model = timm.create_model("bcos_resnet18.bcos_v2_in1k", pretrained=False)
+        assert model.pretrained_cfg["hf_hub_id"] == "someone/bcos_resnet18.bcos_v2_in1k"
+    finally:
+        set_hub_org(None)
+    cfg = timm.models.get_pretrained_cfg("bcos_resnet18.bcos_v2_in1k")
+    assert cfg.hf_hub_id is None and cfg.url.endswith("/resnet_18-68b4160fff.pth")

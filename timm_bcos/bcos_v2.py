@@ -181,9 +181,9 @@ def _convert(state_dict: dict[str, torch.Tensor], family: str, num_classes: int 
 RELEASE_BASE = "https://github.com/B-cos/B-cos-v2/releases/download/v0.0.1-weights"
 
 # The one switch to the Hub: once the converted repos are published (hub/publish.py),
-# set this (or the TIMM_BCOS_HUB_ORG environment variable) to the Hub account and
+# `set_hub_org(ORG)` (or TIMM_BCOS_HUB_ORG=ORG in the environment before the import) and
 # pretrained=True downloads the safetensors repos instead of the release .pth files.
-HUB_ORG: str | None = None
+HUB_ORG: str | None = None  # what set_hub_org last set; assigning it directly changes nothing
 
 
 @dataclass(frozen=True)
@@ -279,7 +279,23 @@ def fetch_release(url: str, cache_dir: str | None = None) -> str:
 
 
 def hub_org() -> str | None:
-    return os.environ.get("TIMM_BCOS_HUB_ORG") or HUB_ORG
+    return HUB_ORG or os.environ.get("TIMM_BCOS_HUB_ORG")
+
+
+def set_hub_org(org: str | None) -> None:
+    """Point the released tags at ORG/<model>.<tag> on the Hub (None: back to the release files).
+
+    The cfgs live in timm's registry once the models are imported, so they are updated there.
+    """
+    from timm.models._registry import _model_pretrained_cfgs  # timm has no public setter
+
+    global HUB_ORG
+    HUB_ORG = org
+    org = hub_org()
+    for r in RELEASES:
+        cfg = _model_pretrained_cfgs.get(f"{r.model}.{r.tag}")
+        if cfg is not None:
+            cfg.hf_hub_id, cfg.url = (f"{org}/{r.hub_repo}", "") if org else (None, r.url)
 
 
 def released_cfgs(model: str, make_cfg: Callable[..., dict]) -> dict[str, dict]:
