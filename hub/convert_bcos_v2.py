@@ -43,7 +43,8 @@ def convert_file(pth: Path, bcos_name: str, out: Path, repo_id: str | None = Non
             f"missing {result.missing_keys[:5]}, unexpected {result.unexpected_keys[:5]}"
         )
     metrics = {"top1": release.top1, "top5": release.top5} if release else None
-    return save_pretrained(model, out, metrics=metrics, repo_id=repo_id)
+    return save_pretrained(model, out, metrics=metrics, repo_id=repo_id, dataset="imagenet-1k",
+                           dataset_split="validation")
 
 
 def main(argv: list[str] | None = None) -> int:

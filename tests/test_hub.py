@@ -8,6 +8,7 @@ import sys
 import pytest
 import timm
 import torch
+from huggingface_hub import ModelCard
 
 import timm_bcos  # noqa: F401
 from helpers import reference_model
@@ -23,7 +24,7 @@ def saved(tmp_path):
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.1)
     folder = save_pretrained(model, tmp_path / "bcos_cifar10_test", label_names=[f"c{i}" for i in range(10)],
-                             metrics={"top1": 12.3})
+                             metrics={"top1": 12.3}, dataset="cifar10", dataset_split="test", licence="mit")
     return model, folder
 
 
@@ -36,9 +37,24 @@ def test_folder_layout(saved):
     assert {"num_classes": 10, "width": 0.25, "b": 2.5}.items() <= cfg["model_args"].items()
     assert cfg["pretrained_cfg"]["mean"] == [0.0, 0.0, 0.0] and cfg["pretrained_cfg"]["std"] == [1.0, 1.0, 1.0]
     assert cfg["label_names"][:2] == ["c0", "c1"]
-    card = (folder / "README.md").read_text()
-    assert "model-index" in card and "value: 12.3" in card and "library_name: timm" in card
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.library_name == "timm" and card.data.license == "mit" and card.data.datasets == ["cifar10"]
+    (result,) = card.data.eval_results
+    assert (result.dataset_type, result.dataset_split, result.metric_type, result.metric_value) == \
+        ("cifar10", "test", "top1", 12.3)
+    assert "import timm, timm_bcos" in card.text
+    # readable by others, as any export: 0755 folder, 0644 files (umask 022 here)
+    assert folder.stat().st_mode & 0o777 == 0o755
+    assert {p.stat().st_mode & 0o777 for p in folder.iterdir()} == {0o644}
     assert not [p for p in folder.parent.iterdir() if p.name.startswith(".")]  # no temporary left
+
+
+def test_card_claims_no_data_set_it_was_not_given(tmp_path):
+    """Metrics without their data set stay in the text; the card claims no model-index result."""
+    folder = save_pretrained(timm.create_model("bcos_cifar10", width=0.125), tmp_path / "m", metrics={"top1": 50.0})
+    card = ModelCard.load(folder / "README.md")
+    assert card.data.eval_results is None and not card.data.datasets and "imagenet" not in card.content.lower()
+    assert "top1: 50.0" in card.text and "data set not stated" in card.text
 
 
 def test_local_dir_round_trip(saved):

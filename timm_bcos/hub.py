@@ -7,6 +7,7 @@ or, once uploaded, `timm.create_model("hf-hub:ORG/REPO")` (after `import timm_bc
 """
 from __future__ import annotations
 
+import os
 import shutil
 import tempfile
 from pathlib import Path
@@ -14,29 +15,20 @@ from typing import Any, Sequence
 
 from torch import nn
 
-CARD_TEMPLATE = """---
-tags:
-- image-classification
-- timm
-- timm_bcos
-- b-cos
-- interpretability
-library_name: timm
-license: {license}
-{model_index}---
-# {repo_name}
+CARD_BODY = """# {repo_name}
 
 A B-cos network ({architecture}) for [timm](https://github.com/huggingface/pytorch-image-models),
-packaged by [timm_bcos](https://github.com/). B-cos networks are dynamic linear: in
-explanation mode every output is W(x) x, and W(x) is the model's own faithful explanation.
+packaged by timm_bcos. B-cos networks are dynamic linear: in explanation mode every output
+is W(x) x, and W(x) is the model's own faithful explanation.
 
 ```python
-import timm, timm_bcos
+import timm, timm_bcos   # importing timm_bcos registers the bcos_* architectures with timm
 model = timm.create_model("hf-hub:{repo_id}", pretrained=True).eval()
 cfg = timm.data.resolve_data_config({{}}, model=model)     # plain [0, 1] RGB: mean 0, std 1
 expl = model.explain(timm.data.create_transform(**cfg)(img).unsqueeze(0))
 ```
 
+{results}
 {details}
 
 ## Papers
@@ -56,37 +48,34 @@ REGISTRATION_MARKER = {
 
 IMAGENET_LICENCE = ("The weights were trained on ImageNet-1k; they are for research and other "
                     "non-commercial use, following the ImageNet terms of access.")
-
-
-def _model_index(repo_name: str, dataset: str, metrics: dict[str, float] | None) -> str:
-    if not metrics:
-        return ""
-    lines = [
-        "model-index:",
-        f"- name: {repo_name}",
-        "  results:",
-        "  - task:",
-        "      type: image-classification",
-        "    dataset:",
-        f"      name: {dataset}",
-        f"      type: {dataset}",
-        "    metrics:",
-    ]
-    for name, value in metrics.items():
-        lines += [f"    - type: {name}", f"      value: {value}"]
-    return "\n".join(lines) + "\n"
+UNSTATED_LICENCE = "The exporter stated no licence for these weights; see the terms of the training data."
 
 
 def model_card(model: nn.Module, repo_id: str, *, metrics: dict[str, float] | None = None,
-               dataset: str = "imagenet-1k", licence: str = "other", licence_text: str = IMAGENET_LICENCE,
-               details: str = "") -> str:
+               dataset: str | None = None, dataset_split: str | None = None, licence: str = "other",
+               licence_text: str | None = None, details: str = "") -> str:
+    """A huggingface_hub ModelCard (as text). Metrics are claimed in the card's model-index only
+    together with the data set (and split) they were measured on."""
+    from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
     cfg = getattr(model, "pretrained_cfg", {}) or {}
-    arch = cfg.get("architecture", type(model).__name__)
     repo_name = repo_id.split("/")[-1]
-    return CARD_TEMPLATE.format(
-        license=licence, model_index=_model_index(repo_name, dataset, metrics), repo_name=repo_name,
-        architecture=arch, repo_id=repo_id, details=details, licence_text=licence_text,
+    metrics = {k: v for k, v in (metrics or {}).items() if v is not None}
+    results = [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=dataset,
+                          dataset_split=dataset_split, metric_type=k, metric_value=v)
+               for k, v in metrics.items()] if dataset else None
+    data = ModelCardData(library_name="timm", license=licence, model_name=repo_name,
+                         datasets=[dataset] if dataset else None, eval_results=results,
+                         tags=["image-classification", "timm", "timm_bcos", "b-cos", "interpretability"])
+    where = f" on {dataset}" + (f" ({dataset_split})" if dataset_split else "") if dataset else " (data set not stated)"
+    lines = "".join(f"- {k}: {v}\n" for k, v in metrics.items())
+    body = CARD_BODY.format(
+        repo_name=repo_name, architecture=cfg.get("architecture", type(model).__name__), repo_id=repo_id,
+        results=f"## Results{where}\n{lines}" if metrics else "", details=details,
+        licence_text=licence_text or (IMAGENET_LICENCE if dataset == "imagenet-1k" else
+                                      f"{licence}." if licence != "other" else UNSTATED_LICENCE),
     )
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n{body}"))
 
 
 def save_pretrained(
@@ -99,10 +88,15 @@ def save_pretrained(
     repo_id: str | None = None,
     card: str | None = None,
     pretrained_cfg_overlay: dict[str, Any] | None = None,
+    dataset: str | None = None,
+    dataset_split: str | None = None,
+    licence: str = "other",
+    licence_text: str | None = None,
 ) -> Path:
-    """Write `model` to `folder` (created or replaced whole, never half-written).
+    """Write `model` to `folder` (created or replaced whole, never half-written; files 0644).
 
     model_args default to the kwargs the model was created with (e.g. width, num_classes).
+    metrics, dataset (and its split), licence: what the card states (see `model_card`).
     """
     from timm.models._hub import save_for_hf
 
@@ -127,8 +121,10 @@ def save_pretrained(
             model_config["label_names"] = list(label_names)
         save_for_hf(model, str(tmp), model_args={k: v for k, v in args.items() if v is not None},
                     model_config=model_config, safe_serialization=True)
-        text = card or model_card(model, repo_id or f"ORG/{folder.name}", metrics=metrics)
+        text = card or model_card(model, repo_id or f"ORG/{folder.name}", metrics=metrics, dataset=dataset,
+                                  dataset_split=dataset_split, licence=licence, licence_text=licence_text)
         (tmp / "README.md").write_text(text)
+        _readable_by_others(tmp)
         _replace_dir(tmp, folder)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -136,6 +132,15 @@ def save_pretrained(
     finally:
         model.pretrained_cfg = original_cfg
     return folder
+
+
+def _readable_by_others(folder: Path) -> None:
+    """mkdtemp makes a 0700 folder: give the export the usual 0755 / 0644 (less what the umask removes)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    folder.chmod(0o755 & ~umask)
+    for f in folder.iterdir():
+        f.chmod(0o644 & ~umask)
 
 
 def _replace_dir(src: Path, dst: Path) -> None:
