@@ -23,17 +23,37 @@ def unknown_model_message(name: str, pattern: str = "*", cutoff: float = 0.4) ->
 
 
 def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors, or from a .pth read with weights_only=True (tensors only)."""
+    """A state dict through timm's checkpoint reader: .safetensors, or a .pth read with
+    weights_only=True; EMA weights preferred, DDP `module.` prefixes stripped. A damaged or
+    truncated file is one clear error naming it."""
+    from timm.models import load_state_dict
+
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    try:
+        return load_state_dict(str(path), use_ema=True, weights_only=True)
+    except Exception as e:  # SafetensorError, pickle / zip errors of a truncated or foreign file
+        kind = "safetensors file" if path.suffix == ".safetensors" else "PyTorch checkpoint (tensors only)"
+        first = (str(e).splitlines() or [""])[0]
+        raise ValueError(f"{path}: not a readable {kind} ({type(e).__name__}: {first})") from None
 
-        return load_file(path)
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    nested = state.get("state_dict", state.get("model")) if isinstance(state, dict) else None
-    return nested if isinstance(nested, dict) else state
+
+def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
+    """Load a checkpoint into `model`: our layout or the B-cos v2 reference's (converted on the
+    fly); anything that does not fit is one error naming the file and the first keys."""
+    from .bcos_v2 import bcos_v2_filter_fn
+
+    state = bcos_v2_filter_fn(load_weights_file(path), model)
+    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        lines = [ln.strip() for ln in str(e).splitlines() if "size mismatch" in ln]
+        raise ValueError(f"{path} does not fit {arch}: {len(lines)} shape mismatches, e.g. {lines[0]}") from None
+    if missing or unexpected:
+        raise ValueError(f"{path} does not fit {arch}: {len(missing)} missing keys (e.g. {missing[:3]}), "
+                         f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
 
 
 def _load_model(args: argparse.Namespace):
@@ -47,7 +67,10 @@ def _load_model(args: argparse.Namespace):
         kwargs["num_classes"] = args.num_classes
     model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
     if args.checkpoint:
-        model.load_state_dict(load_weights_file(args.checkpoint))
+        try:
+            load_checkpoint(model, args.checkpoint)
+        except (FileNotFoundError, ValueError) as e:
+            raise SystemExit(f"error: {e}") from None
     if not hasattr(model, "explain"):
         raise SystemExit(f"error: {args.model} is not a B-cos model (it has no explain())")
     return model.eval()
