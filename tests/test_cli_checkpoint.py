@@ -64,3 +64,14 @@ def test_checkpoint_of_another_model_is_one_line(tmp_path):
         _explain(tmp_path, path)
     message = str(e.value)
     assert "\n" not in message and "does not fit bcos_cifar10: " in message and "shape mismatches" in message
+
+
+def test_missing_matplotlib_says_what_to_install(tmp_path, monkeypatch):
+    """demo / explain with the core install only: one line naming the extra to install."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    with pytest.raises(SystemExit) as e:
+        main(["explain", SAMPLE, "--model", "bcos_cifar10", "--out", str(tmp_path / "grid.png")])
+    assert str(e.value) == ("error: writing the explanation grid needs matplotlib: "
+                            "pip install 'timm_bcos[eval]' (or pip install matplotlib)")

@@ -24,7 +24,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_app_parser(sub)
     args = parser.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except ImportError as e:  # an optional dependency: say what to install, in one line
+        raise SystemExit(f"error: {e}") from None
 
 
 if __name__ == "__main__":

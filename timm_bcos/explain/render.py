@@ -63,8 +63,11 @@ def save_explanation_grid(
 
     Written to a temporary name and renamed, so `path` is never half-written.
     """
-    import matplotlib
-
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("writing the explanation grid needs matplotlib: pip install 'timm_bcos[eval]' "
+                          "(or pip install matplotlib)") from None
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
