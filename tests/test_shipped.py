@@ -23,7 +23,7 @@ def shipped_model():
 def test_shipped_model_loads_offline_with_its_labels(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     model = shipped_model()
-    assert model.pretrained_cfg["tag"] == "cpu30e"
+    assert model.pretrained_cfg["tag"] == "cpu30e_cifar10"
     assert model.pretrained_cfg["label_names"][3] == "cat"
     import timm
 

@@ -96,7 +96,7 @@ CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog"
 
 default_cfgs = generate_default_cfgs({
     "bcos_cifar10.untrained": _cfg(),
-    "bcos_cifar10_w050_bnu.cpu30e": _cfg(
+    "bcos_cifar10_w050_bnu.cpu30e_cifar10": _cfg(  # tag: recipe (30 epochs on CPU) + data set, as timm names tags
         file=str(SHIPPED_WEIGHTS / "bcos_cifar10_w050_bnu.cpu30e.safetensors"), label_names=CIFAR10_LABELS,
         origin_url="train_scripts/configs/cifar10_bcos_cpu.yaml",
     ),
