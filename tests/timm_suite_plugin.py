@@ -3,12 +3,13 @@
 Load it with `-p timm_suite_plugin` (tests/ on PYTHONPATH) next to `-p timm_bcos`, which
 registers the models before timm's test module builds its model lists.
 
-Two things, both visible in the test report:
+Three things, all visible in the test report:
 - routing: timm sends its transformers to `test_model_default_cfgs_non_std` by name
   ('vit_*', 'deit*', ...); the B-cos ViTs, named 'bcos_*', are routed to it the same way
   (both tests take the same arguments, so only the test function is swapped).
-- EXCLUDED: the timm tests that cannot hold by the nature of B-cos, one line of reason each;
+- EXCLUDED: the timm tests that cannot hold for B-cos models, one line of reason each;
   they are reported as skipped with that reason.
+- LARGER_MEMBERS: the time budget (skipped with that reason).
 """
 from __future__ import annotations
 
@@ -20,15 +21,15 @@ import torch
 # timm's own pattern for its ViT-like models is 'vit_*'; ours carry the 'bcos_' prefix
 NON_STD_MODELS = ("bcos_simple_vit_*", "bcos_vitc_*")
 
-# (test function, model pattern): reason
 _NO_SCRIPT = ("B-cos layers are torch.autograd.Functions (hand-written backward, explanation-mode detaching), "
               "which TorchScript cannot compile; torch.compile is tested instead (tests/test_compile.py)")
+# (test function, model pattern): reason
 EXCLUDED: dict[tuple[str, str], str] = {
     ("test_model_forward_torchscript", "bcos_*"): _NO_SCRIPT,
     ("test_model_forward_fx_torchscript", "bcos_*"): _NO_SCRIPT,
     ("test_model_forward_features", "bcos_inception_v3*"): (
         "valid-padding Inception: timm exempts 'inception_v3*' by name from the reduction lower bound, "
-        "which its own inception_v3 fails the same way at the test's small input"),
+        "which its own inception_v3 fails the same way at the test's 96 px input (1x1 map at reduction 32)"),
 }
 
 
