@@ -79,10 +79,10 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
             return fused
     if b == 2 and not detach:
         return _BcosScaleB2.apply(linear_out, input_norm, detach)
+    if b == 2:  # explanation mode: the constant factor |l| / n, built in place
+        # (as fast as the hand-written function: benchmarks/explain_mode_ops.py)
+        return linear_out.detach().abs().mul_(input_norm.detach().reciprocal()) * linear_out
     out_for_scale = linear_out.detach() if detach else linear_out
     norm = input_norm.detach() if detach else input_norm
-    if b == 2:
-        scale = out_for_scale.abs() / norm
-    else:
-        scale = ((out_for_scale / norm).abs() + COS_EPS).pow(b - 1)
+    scale = ((out_for_scale / norm).abs() + COS_EPS).pow(b - 1)
     return scale * linear_out
