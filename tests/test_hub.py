@@ -57,6 +57,15 @@ def test_card_claims_no_data_set_it_was_not_given(tmp_path):
     assert "top1: 50.0" in card.text and "data set not stated" in card.text
 
 
+def test_imagenet_release_card_names_its_licence():
+    from timm_bcos.hub import model_card
+
+    card = ModelCard(model_card(timm.create_model("bcos_cifar10", width=0.125), "ORG/x", metrics={"top1": 1.0},
+                                dataset="imagenet-1k", dataset_split="validation"))
+    assert (card.data.license, card.data.license_name) == ("other", "imagenet-terms-of-access")
+    assert card.data.license_link == "https://image-net.org/download" and "non-commercial" in card.text
+
+
 def test_local_dir_round_trip(saved):
     model, folder = saved
     loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()

@@ -64,7 +64,10 @@ def model_card(model: nn.Module, repo_id: str, *, metrics: dict[str, float] | No
     results = [EvalResult(task_type="image-classification", dataset_type=dataset, dataset_name=dataset,
                           dataset_split=dataset_split, metric_type=k, metric_value=v)
                for k, v in metrics.items()] if dataset else None
-    data = ModelCardData(library_name="timm", license=licence, model_name=repo_name,
+    named = {}
+    if licence == "other" and dataset == "imagenet-1k":  # the reference's terms: ImageNet's, non-commercial
+        named = dict(license_name="imagenet-terms-of-access", license_link="https://image-net.org/download")
+    data = ModelCardData(library_name="timm", license=licence, model_name=repo_name, **named,
                          datasets=[dataset] if dataset else None, eval_results=results,
                          tags=["image-classification", "timm", "timm_bcos", "b-cos", "interpretability"])
     where = f" on {dataset}" + (f" ({dataset_split})" if dataset_split else "") if dataset else " (data set not stated)"
