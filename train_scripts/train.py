@@ -216,7 +216,7 @@ def load_weights_file(path: str) -> dict[str, torch.Tensor]:
 
     try:
         return load(path)
-    except FileNotFoundError as e:
+    except (FileNotFoundError, ValueError) as e:  # missing, damaged or not a state dict: one line
         fail(str(e))
 
 
@@ -752,6 +752,7 @@ def export(args, model, ema, state: TrainState, metrics: dict, info, output: Pat
     model = model.cpu().to(memory_format=torch.contiguous_format)  # --channels-last weights: safetensors wants contiguous
     folder = save_pretrained(model, output / "export", model_args=dict(args.model_kwargs),
                              label_names=info.label_names, metrics=accuracy or None,
+                             dataset=Path(args.dataset).name, dataset_split=args.val_split or None,
                              repo_id=f"ORG/{args.model}-{Path(args.dataset).name}")
     print(f"exported the {which} weights to {folder} (accuracy on {args.val_split or 'no split'}: "
           f"{accuracy or 'not measured'})", flush=True)
