@@ -71,6 +71,9 @@ def test_boxes_follow_the_image_through_crop_and_flip():
                                    boxes_column="boxes")
     samples = data.__getitems__(list(range(8)))
     assert all(s[3] for s in samples)
+    unboxed = G.AnnotatedImageDataset(rows.map(lambda r: {"boxes": []}), ImageDatasetInfo("image", "label", 1, None),
+                                      PadCropFlip((32, 32), pad=6), boxes_column="boxes")
+    assert not any(s[3] for s in unboxed.__getitems__([0, 1]))  # an empty box list is no annotation
     for x, _, mask, _ in samples:
         assert torch.equal((x[0] > 0.5).float(), mask)
     assert len({tuple(s[2].nonzero()[0].tolist()) for s in samples}) > 1  # the crops differ

@@ -63,7 +63,9 @@ class AnnotatedImageDataset(ImageClassificationDataset):
         except Exception:  # counted by the collate step, as in ImageClassificationDataset
             return None
         x, label = self.seeded_transform(index, img), int(label)
-        annotated = note is not None and is_annotated(index, self.fraction, self.seed)
+        # no mask, or an empty box list, is no annotation (an empty region would push all evidence out)
+        has_note = note is not None and (self.boxes_column is None or len(note) > 0)
+        annotated = has_note and is_annotated(index, self.fraction, self.seed)
         if not annotated:
             return x, label, torch.zeros(x.shape[-2:]), False
         size = img.size  # (width, height) of the original image
