@@ -46,6 +46,9 @@ def test_losses_and_metrics_on_hand_made_maps():
     both = torch.stack([inside[0], outside[1]])
     assert G.guidance_loss("energy", both, masks, torch.tensor([True, False])).item() == pytest.approx(0.0, abs=1e-6)
     assert G.guidance_loss("energy", both, masks).item() == pytest.approx(0.5, abs=1e-6)
+    # half precision: the ratios run in float32 (1e-12 underflows to 0 in float16)
+    assert torch.isfinite(G.guidance_loss("energy", torch.zeros(2, 6, 6, dtype=torch.float16), masks)).all()
+    assert torch.isfinite(G.guidance_loss("l1", -inside.half(), masks)).all()
     with pytest.raises(ValueError, match="unknown guidance loss 'gradcam'"):
         G.guidance_loss("gradcam", both, masks)
     with pytest.raises(ValueError, match="same shape"):
@@ -78,6 +81,16 @@ def test_boxes_follow_the_image_through_crop_and_flip():
         assert torch.equal((x[0] > 0.5).float(), mask)
     assert len({tuple(s[2].nonzero()[0].tolist()) for s in samples}) > 1  # the crops differ
     assert G.boxes_to_mask([box], 32, 32, dilation=2)[7:16, 3:19].all()
+    # timm's random resized crop and flip (train.py turns colour jitter off under --guidance)
+    import timm
+
+    from timm_bcos.data import build_transform
+
+    rrc = build_transform(timm.create_model("bcos_cifar10", width=0.125), is_training=True, crop="rrc",
+                          color_jitter=0.0)
+    data = G.AnnotatedImageDataset(rows, ImageDatasetInfo("image", "label", 1, None), rrc, boxes_column="boxes")
+    for x, _, mask, _ in data.__getitems__(list(range(8))):
+        assert torch.equal((x[0] > 0.5).float(), mask)
     with pytest.raises(ValueError, match=r"\[x0, y0, x1, y1\]"):
         G.boxes_to_mask([[1, 2, 3]], 8, 8)
     # the annotated share is a fixed draw per image
@@ -101,7 +114,10 @@ def toy():
 
 def test_contribution_maps_are_the_explanation_and_carry_gradients(toy):
     model, x, t, masks = toy
+    stats = {k: v.clone() for k, v in model.state_dict().items() if "running" in k or "tracked" in k}
     maps = G.contribution_maps(model, x, t)
+    # a second look at the step's images, not a second batch: running statistics untouched
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in stats.items())
     with pytest.warns(UserWarning, match="training mode"):  # batch statistics, as the guided step uses
         expl = model.explain(x, target=t)
     assert torch.allclose(maps.detach(), expl.contributions[:, 0], rtol=1e-9, atol=1e-12)

@@ -88,3 +88,12 @@ def test_one_process_is_the_plain_layer_and_convert_keeps_tensors():
     assert type(model[0]) is L.SyncBatchNormUncentered2d and model[0].weight is weight
     # torch's batch norms go to torch's SyncBatchNorm (centered), ours never do
     assert type(model[1][0]) is nn.SyncBatchNorm
+    # a subclass with behaviour of its own is refused, not silently left per-process
+    class OwnNorm(L.BatchNormUncentered2d):
+        pass
+
+    import pytest
+
+    with pytest.raises(NotImplementedError, match="cannot synchronise"):
+        L.convert_sync_batchnorm(nn.Sequential(OwnNorm(3)))
+

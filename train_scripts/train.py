@@ -191,8 +191,10 @@ def check_guidance_args(parser: argparse.ArgumentParser, args: argparse.Namespac
     if bool(args.mask_column) == bool(args.boxes_column):
         parser.error("--guidance needs exactly one of --mask-column or --boxes-column")
     clash = [flag for flag, on in (("--mixup/--cutmix", args.mixup or args.cutmix), ("--auto-augment", args.auto_augment),
-                                   ("--sync-bn", args.sync_bn)) if on]
-    if clash:  # mixed images have no single mask; colour ops would repaint masks; see guidance/data.py
+                                   ("--sync-bn", args.sync_bn), ("--grad-checkpointing", args.grad_checkpointing)) if on]
+    # mixed images have no single mask; colour ops would repaint masks; checkpointed segments would be
+    # recomputed outside explanation mode in the double backward
+    if clash:
         parser.error(f"--guidance does not work with {', '.join(clash)} yet")
     if not 0 < args.annotated_fraction <= 1:
         parser.error(f"--annotated-fraction must be in (0, 1], got {args.annotated_fraction}")
@@ -275,7 +277,10 @@ def adapt_for_training(model: torch.nn.Module, args: argparse.Namespace) -> torc
     if args.sync_bn:
         from timm_bcos.layers import convert_sync_batchnorm
 
-        model = convert_sync_batchnorm(model)  # never torch's own: it would center B-cos norms
+        try:
+            model = convert_sync_batchnorm(model)  # never torch's own: it would center B-cos norms
+        except NotImplementedError as e:
+            fail(f"--sync-bn: {e}")
     if args.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -471,8 +476,11 @@ def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
     from timm_bcos.data import EpochSampler, ImageClassificationDataset, build_transform, collate_skipping
 
     per_step = args.batch_size // args.grad_accum
+    # under --guidance the masks go through the same transform: geometry only (timm's default
+    # colour jitter would repaint them)
     train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip, img_size=args.img_size,
-                               auto_augment=args.auto_augment, scale=args.scale and tuple(args.scale))
+                               auto_augment=args.auto_augment, scale=args.scale and tuple(args.scale),
+                               color_jitter=0.0 if args.guidance else None)
     train_ds, train_collate = training_dataset(args, train_hf, info, train_tf, model)
     sampler = EpochSampler(len(train_ds), seed=args.seed)
     train_loader = torch.utils.data.DataLoader(

@@ -7,11 +7,30 @@ At a layer l the same holds for the layer's output a_l: the logit is W_{l->L}(a_
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..layers import InputEncoding, explanation_mode
+
+
+@contextlib.contextmanager
+def frozen_running_stats(model: nn.Module):
+    """Batch norms use batch statistics but leave their running statistics as they are: the
+    guidance forward is a second look at the step's images, not a second batch."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+    saved = [(m.momentum, m.num_batches_tracked.clone() if m.num_batches_tracked is not None else None) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running <- (1 - 0) running + 0 batch
+    try:
+        yield
+    finally:
+        for m, (momentum, tracked) in zip(norms, saved):
+            m.momentum = momentum
+            if tracked is not None:
+                m.num_batches_tracked.copy_(tracked)
 
 
 def guidance_layer(model: nn.Module, where: str | None) -> str | None:
@@ -51,7 +70,7 @@ def contribution_maps(model: nn.Module, x: Tensor, targets: Tensor, *, layer: st
     else:
         hooks = [model.get_submodule(layer).register_forward_hook(lambda m, i, o: captured.append(o))]
     try:
-        with torch.enable_grad(), explanation_mode(model):
+        with torch.enable_grad(), explanation_mode(model), frozen_running_stats(model):
             logits = model(x)
             explained = logits.gather(1, targets[:, None].to(logits.device)).sum()
             grads = torch.autograd.grad(explained, captured, create_graph=True)

@@ -70,6 +70,8 @@ def guidance_loss(name: str, maps: Tensor, masks: Tensor, annotated: Tensor | No
     0 (still in the graph) when none is annotated."""
     if name not in GUIDANCE_LOSSES:
         raise ValueError(f"unknown guidance loss {name!r}; expected one of {sorted(GUIDANCE_LOSSES)}")
+    if maps.dtype in (torch.float16, torch.bfloat16):  # eps and ratios need float32's range
+        maps = maps.float()
     per_image = GUIDANCE_LOSSES[name](maps, masks.to(maps.dtype))
     if annotated is None:
         return per_image.mean()

@@ -101,6 +101,12 @@ def convert_sync_batchnorm(model: nn.Module, process_group=None) -> nn.Module:
         return model
     if type(model) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
         return nn.SyncBatchNorm.convert_sync_batchnorm(model, process_group)
+    if isinstance(model, nn.modules.batchnorm._BatchNorm) and not isinstance(model, (nn.SyncBatchNorm,
+                                                                                    SyncBatchNormUncentered2d)):
+        # a subclass with behaviour of its own (a 1d uncentered norm, timm's BatchNormAct2d):
+        # converting it as its base class would change what it computes
+        raise NotImplementedError(f"cannot synchronise {type(model).__module__}.{type(model).__name__} yet; "
+                                  "train without --sync-bn")
     for name, child in model.named_children():
         converted = convert_sync_batchnorm(child, process_group)
         if converted is not child:
