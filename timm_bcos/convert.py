@@ -299,29 +299,34 @@ def glu_gate_rule(m: nn.Module, path: str, ctx: Context):
     return RECURSE
 
 
+def _switchable_subclass(cls: type, name: str, overrides: dict, cache: dict[type, type]) -> type:
+    """A subclass of `cls` named `name` with `overrides` and an explanation-mode switch (the
+    flag `bcos_detach`), made once per class (`cache`) and importable from this module, so
+    converted models pickle."""
+    if cls not in cache:
+        cache[cls] = type(name, (cls,), {
+            **overrides,
+            "set_explanation_mode": lambda self, activate=True: setattr(self, "bcos_detach", bool(activate)),
+            "is_in_explanation_mode": property(lambda self: self.bcos_detach),
+            "__module__": __name__, "__qualname__": name,
+        })
+        setattr(sys.modules[__name__], name, cache[cls])
+    return cache[cls]
+
+
 _DETACHED_SOFTMAX_CLASSES: dict[type, type] = {}
 
 
 def _detached_softmax_class(cls: type) -> type:
-    if cls not in _DETACHED_SOFTMAX_CLASSES:
-        def forward(self, *args, **kwargs):
-            if self.bcos_detach:
-                with detached_softmax():
-                    return cls.forward(self, *args, **kwargs)
-            return cls.forward(self, *args, **kwargs)
+    def forward(self, *args, **kwargs):
+        if self.bcos_detach:
+            with detached_softmax():
+                return cls.forward(self, *args, **kwargs)
+        return cls.forward(self, *args, **kwargs)
 
-        def set_explanation_mode(self, activate: bool = True) -> None:
-            self.bcos_detach = bool(activate)
-
-        name = f"DetachedSoftmax_{cls.__module__.replace('.', '_')}_{cls.__qualname__}"
-        new = type(name, (cls,), {
-            "forward": forward, "set_explanation_mode": set_explanation_mode, "_bcos_detached_softmax": True,
-            "is_in_explanation_mode": property(lambda self: self.bcos_detach),
-            "__module__": __name__, "__qualname__": name,
-        })
-        setattr(sys.modules[__name__], name, new)  # importable, so converted models pickle
-        _DETACHED_SOFTMAX_CLASSES[cls] = new
-    return _DETACHED_SOFTMAX_CLASSES[cls]
+    name = f"DetachedSoftmax_{cls.__module__.replace('.', '_')}_{cls.__qualname__}"
+    return _switchable_subclass(cls, name, {"forward": forward, "_bcos_detached_softmax": True},
+                                _DETACHED_SOFTMAX_CLASSES)
 
 
 def functional_softmax_rule(m: nn.Module, path: str, ctx: Context):
@@ -355,16 +360,9 @@ def mobilevit_linear_attention_rule(m: nn.Module, path: str, ctx: Context):
     """mobilevitv2: see `_mobilevit_linear_attention`."""
     cls = type(m)
     if not getattr(cls, "_bcos_linear_attention", False):
-        if cls not in _MOBILEVIT_CLASSES:
-            name = f"Bcos{cls.__name__}"
-            _MOBILEVIT_CLASSES[cls] = type(name, (cls,), {
-                "_forward_self_attn": _mobilevit_linear_attention, "_forward_cross_attn": _mobilevit_no_cross_attention,
-                "set_explanation_mode": lambda self, activate=True: setattr(self, "bcos_detach", bool(activate)),
-                "is_in_explanation_mode": property(lambda self: self.bcos_detach),
-                "_bcos_linear_attention": True, "__module__": __name__, "__qualname__": name,
-            })
-            setattr(sys.modules[__name__], name, _MOBILEVIT_CLASSES[cls])  # importable, so models pickle
-        m.__class__ = _MOBILEVIT_CLASSES[cls]
+        m.__class__ = _switchable_subclass(cls, f"Bcos{cls.__name__}", {
+            "_forward_self_attn": _mobilevit_linear_attention, "_forward_cross_attn": _mobilevit_no_cross_attention,
+            "_bcos_linear_attention": True}, _MOBILEVIT_CLASSES)
         m.bcos_detach = False
     return RECURSE
 
@@ -391,16 +389,9 @@ def lite_mla_rule(m: nn.Module, path: str, ctx: Context):
         return RECURSE
     if not isinstance(m.kernel_func, nn.ReLU):
         raise ConversionError(f"{path}: LiteMLA with kernel {type(m.kernel_func).__name__} has no rule (only ReLU)")
-    if cls not in _LITE_MLA_CLASSES:
-        name = f"Bcos{cls.__name__}"
-        _LITE_MLA_CLASSES[cls] = type(name, (cls,), {
-            "_attn": _lite_mla_attention, "_bcos_linear_attention": True,
-            "set_explanation_mode": lambda self, activate=True: setattr(self, "bcos_detach", bool(activate)),
-            "is_in_explanation_mode": property(lambda self: self.bcos_detach),
-            "__module__": __name__, "__qualname__": name,
-        })
-        setattr(sys.modules[__name__], name, _LITE_MLA_CLASSES[cls])  # importable, so models pickle
-    m.__class__ = _LITE_MLA_CLASSES[cls]
+    m.__class__ = _switchable_subclass(cls, f"Bcos{cls.__name__}",
+                                       {"_attn": _lite_mla_attention, "_bcos_linear_attention": True},
+                                       _LITE_MLA_CLASSES)
     m.kernel_func = nn.Identity()
     m.bcos_detach = False
     return RECURSE
