@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .accuracy import accuracy_and_confidence
 from .attribution import attribution_maps, model_device
 
 
@@ -29,16 +30,9 @@ def confident_per_class(model: nn.Module, images: Tensor, labels: Tensor, *, thr
                         batch_size: int = 256) -> dict[int, list[int]]:
     """Per class, the indices of images classified correctly with sigmoid(logit) > threshold,
     most confident first (pass the model behind its input normalisation, e.g. `Normalised`)."""
-    model.eval()
-    logits = torch.cat([model(images[i:i + batch_size]).float() for i in range(0, len(images), batch_size)])
-    pred = logits.argmax(1)
-    conf = torch.sigmoid(logits.gather(1, labels[:, None]).squeeze(1))
-    ok = (pred == labels) & (conf > threshold)
-    out: dict[int, list[int]] = {}
-    for c in labels.unique().tolist():
-        idx = torch.nonzero(ok & (labels == c)).squeeze(1)
-        out[c] = idx[conf[idx].argsort(descending=True)].tolist()
-    return out
+    batches = [{"images": images[i:i + batch_size], "labels": labels[i:i + batch_size],
+                "indices": torch.arange(i, min(i + batch_size, len(images)))} for i in range(0, len(images), batch_size)]
+    return accuracy_and_confidence(model, batches, threshold=threshold)[1]
 
 
 def build_grids(images: Tensor, candidates: dict[int, list[int]], n: int, num_grids: int, *,
