@@ -173,7 +173,11 @@ def check_bfloat16_and_mixed_dtypes():
     assert y.dtype == torch.bfloat16 and rel_err(y, lin64 * lin64.abs() / norm.double()) <= 1e-2
     y.float().sum().backward()
     assert lin.grad.dtype == torch.bfloat16 and rel_err(lin.grad, 2 * lin64.abs() / norm.double()) <= 1e-2
-    assert _ops.bcos_scale(lin, norm.float(), 1.5, False).dtype == torch.float32  # as bf16 * float32 in torch
+    for b in (2.0, 1.5):  # a bf16 conv output over float32 image norms: the PyTorch path's dtype
+        with pytorch_path():
+            expected_dtype = torch_bcos_scale(lin, norm.float(), b, False).dtype
+        assert _ops.bcos_scale(lin, norm.float(), b, False).dtype == expected_dtype, f"B={b}"
+    assert expected_dtype == torch.float32  # B != 2 promotes as bf16 / float32 does in torch
     w = torch.rand(8, requires_grad=True)
     y, var = _ops.batch_norm_uncentered(x.detach(), w, 1e-5, False)
     assert y.dtype == torch.bfloat16 and var.dtype == torch.float32

@@ -86,12 +86,17 @@ def _launch_args(lin: Tensor, norm: Tensor, b: float):
     return grid, args, dict(IS_B2=b == 2.0, ACC=acc_dtype(lin), BLOCK_K=bk, BLOCK_S=bs)
 
 
+def _out_dtype(lin: Tensor, norm: Tensor, b: float) -> torch.dtype:
+    """The PyTorch path's dtype: B = 2 scales l in place (a bf16 conv output stays bf16 over float32
+    image norms, so autocast keeps bf16 activations); other B promote as l / n does."""
+    return lin.dtype if b == 2.0 else torch.promote_types(lin.dtype, norm.dtype)
+
+
 @torch.library.custom_op("timm_bcos::bcos_scale", mutates_args=())
 @on_input_device
 def bcos_scale_op(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
     lin, norm = lin.contiguous(), norm.contiguous()
-    # dtype promotion as in the PyTorch path (a bf16 conv output over float32 image norms)
-    out = torch.empty_like(lin, dtype=torch.promote_types(lin.dtype, norm.dtype))
+    out = torch.empty_like(lin, dtype=_out_dtype(lin, norm, b))
     grid, args, meta = _launch_args(lin, norm, b)
     _scale_fwd_kernel[grid](lin, norm, out, *args, **meta)
     return out
@@ -99,7 +104,7 @@ def bcos_scale_op(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
 
 @bcos_scale_op.register_fake
 def _(lin, norm, b, detach):
-    return torch.empty_like(lin, dtype=torch.promote_types(lin.dtype, norm.dtype))
+    return torch.empty_like(lin, dtype=_out_dtype(lin, norm, b))
 
 
 @torch.library.custom_op("timm_bcos::bcos_scale_backward", mutates_args=())

@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Every GPU check and figure of issue 14 in one call, most important first, inside one time budget.
+#
+#   bash benchmarks/gpu_run.sh [SECONDS]     (default 520; logs in $OUT, else ./gpu_out)
+#
+# Stages: exactness of the fused kernels on the device, eager training steps (fp32 + bf16,
+# with the bcos reference), explanation vs forward, per-kernel bandwidth + a profile, then
+# compiled training steps per model. Each stage gets its own log and at most what is left of
+# the budget, so a slow stage (inductor compiles) cannot swallow the others' results.
+# Wheels in .whl/ (timm, bcos: the versions the CPU machine tests with) are installed first.
+set -u
+BUDGET=${1:-520}
+DEADLINE=$(( $(date +%s) + BUDGET ))
+OUT=${OUT:-gpu_out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+PY=${PYTHON:-python3}
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+    $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+        && export PYTHONPATH="/tmp/site:$PYTHONPATH"
+fi
+
+stage() {  # stage NAME LIMIT COMMAND...: run with min(LIMIT, time left), log to $OUT/NAME.log
+    local name=$1 limit=$2; shift 2
+    local left=$(( DEADLINE - $(date +%s) ))
+    (( left < limit )) && limit=$left
+    if (( limit < 15 )); then echo "== $name: skipped, ${left}s left"; return; fi
+    local start=$(date +%s)
+    timeout "$limit" "$@" >"$OUT/$name.log" 2>&1
+    echo "== $name: rc=$? in $(( $(date +%s) - start ))s (limit ${limit}s)"
+    grep -E '^\||passed|failed|skipped|rror|ms$|x$' "$OUT/$name.log" | tail -n 24
+}
+
+stage env 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv;
+    $PY -c 'import torch, triton, timm, bcos; print(torch.__version__, triton.__version__, timm.__version__, torch.cuda.get_device_name())'"
+cat "$OUT/env.log"
+stage kernels_test 120 $PY -m pytest tests/test_kernels.py -q -k cuda -p no:cacheprovider
+stage models_eager 150 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --precision fp32 bf16
+stage explain 60 $PY benchmarks/explain.py --device cuda --batch 64 --repeats 10 --no-reference
+stage kernels_bench 90 $PY benchmarks/kernels.py --batch 64 --profile bcos_resnet50
+stage compiled_resnet50 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
+    --no-reference --models resnet50 --precision fp32
+stage compiled_densenet121 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
+    --no-reference --models densenet121 --precision fp32
