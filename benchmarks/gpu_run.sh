@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Every GPU check and figure of issue 14 in one call, most important first, inside one time budget.
 #
-#   bash benchmarks/gpu_run.sh [SECONDS]     (default 520; logs in $OUT, else ./gpu_out)
+#   [STAGES="..."] [NO_REFERENCE=1] bash benchmarks/gpu_run.sh [SECONDS]   (default 520; logs in $OUT, else ./gpu_out)
 #
 # Stages: exactness of the fused kernels on the device, eager training steps (fp32 + bf16,
 # with the bcos reference), explanation vs forward, per-kernel bandwidth + a profile, then
@@ -32,14 +32,24 @@ stage() {  # stage NAME LIMIT COMMAND...: run with min(LIMIT, time left), log to
     grep -E '^\||passed|failed|skipped|rror|ms$|x$' "$OUT/$name.log" | tail -n 24
 }
 
-stage env 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv;
-    $PY -c 'import torch, triton, timm, bcos; print(torch.__version__, triton.__version__, timm.__version__, torch.cuda.get_device_name())'"
-cat "$OUT/env.log"
-stage kernels_test 120 $PY -m pytest tests/test_kernels.py -q -k cuda -p no:cacheprovider
-stage models_eager 150 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --precision fp32 bf16
-stage explain 60 $PY benchmarks/explain.py --device cuda --batch 64 --repeats 10 --no-reference
-stage kernels_bench 90 $PY benchmarks/kernels.py --batch 64 --profile bcos_resnet50
-stage compiled_resnet50 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
-    --no-reference --models resnet50 --precision fp32
-stage compiled_densenet121 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
-    --no-reference --models densenet121 --precision fp32
+REF=${NO_REFERENCE:+--no-reference}  # NO_REFERENCE=1 leaves the bcos reference out of the eager round
+run_stage() {
+    case $1 in
+    env) stage env 30 bash -c "nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv;
+        $PY -c 'import torch, triton, timm, bcos; print(torch.__version__, triton.__version__, timm.__version__, torch.cuda.get_device_name())'"
+        cat "$OUT/env.log" ;;
+    kernels_test) stage kernels_test 120 $PY -m pytest tests/test_kernels.py -q -k cuda -p no:cacheprovider ;;
+    models_eager) stage models_eager 150 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 \
+        --precision fp32 bf16 $REF ;;
+    explain) stage explain 60 $PY benchmarks/explain.py --device cuda --batch 64 --repeats 10 --no-reference ;;
+    kernels_bench) stage kernels_bench 90 $PY benchmarks/kernels.py --batch 64 --profile bcos_resnet50 ;;
+    compiled_*) stage "$1" 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
+        --no-reference --models "${1#compiled_}" --precision fp32 ;;
+    *) echo "unknown stage $1" ;;
+    esac
+}
+
+# STAGES="..." picks and orders the stages (a short rerun: STAGES="env kernels_test models_eager")
+for name in ${STAGES:-env kernels_test models_eager explain kernels_bench compiled_resnet50 compiled_densenet121}; do
+    run_stage "$name"
+done

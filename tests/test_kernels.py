@@ -30,8 +30,7 @@ CHECKS = [
     "check_batch_norm_gradcheck",
     "check_bfloat16_and_mixed_dtypes",
     "check_layers_train_and_explain",
-    "check_compiled_graph_sees_the_ops",
-    "check_opcheck",
+    "check_compile_takes_the_pytorch_path",
 ]
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="triton is not installed")
 
@@ -197,9 +196,13 @@ def fused_under_autocast_and_compile(device):
 @needs_cuda
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-10), (torch.float32, 1e-5)])
 def test_fused_kernels_on_cuda_match_the_pytorch_path(dtype, tol):
-    fused_matches_pytorch_path("cuda", dtype, tol)
+    # TF32 convolutions (cuDNN's default) would round both paths' conv inputs to 10 bits and turn
+    # float32 rounding differences of the kernels into ~1e-5 (seen on an H100): compare in full float32
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        fused_matches_pytorch_path("cuda", dtype, tol)
 
 
 @needs_cuda
 def test_fused_kernels_on_cuda_under_bf16_autocast_and_compile():
-    fused_under_autocast_and_compile("cuda")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        fused_under_autocast_and_compile("cuda")

@@ -8,14 +8,16 @@ sum(g * x) gives the weight gradient and the variance term,
 grad_x = g * scale - (scale inv^2 / M) sum(g x) (x - mean); with `detach`
 (explanation mode) the variance is a constant and grad_x = g * scale.
 """
+import functools
 from typing import Optional, Tuple
 
 import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from ._common import TILE, acc_dtype, acc_torch_dtype, on_input_device, pow2
+from ._common import TILE, acc_dtype, acc_torch_dtype, cdiv, on_input_device, pow2
 
 MAX_SPLITS = 256
 
@@ -118,25 +120,21 @@ def _bwd_apply_kernel(g_ptr, x_ptr, gx_ptr, partial_ptr, mean_ptr, inv_ptr, scal
     tl.store(gx_ptr + row * HW + s, gx.to(gx_ptr.dtype.element_ty), mask=m)
 
 
+@functools.lru_cache(maxsize=1024)
 def _splits(n: int, hw: int) -> Tuple[int, int, int]:
     """(BLOCK, ROWS, SPLITS): each channel's N rows of HW values in SPLITS programs of ROWS rows."""
     block = min(pow2(hw), TILE // 2)
-    rows = max(1, min(n, triton.cdiv(8 * block, hw)), triton.cdiv(n, MAX_SPLITS))  # >= ~8 tiles per program
-    return block, rows, triton.cdiv(n, rows)
+    rows = max(1, min(n, cdiv(8 * block, hw)), cdiv(n, MAX_SPLITS))  # >= ~8 tiles per program
+    return block, rows, cdiv(n, rows)
 
 
 def _rows_block(hw: int) -> int:
     return min(pow2(hw), 1024)
 
 
-@torch.library.custom_op("timm_bcos::batch_norm_uncentered", mutates_args=())
 @on_input_device
-def batch_norm_uncentered_op(x: Tensor, weight: Optional[Tensor], eps: float,
-                             detach: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, var, mean, inv, scale) for x [N, C, H, W]; statistics in float32 (float64 for float64 x).
-
-    `detach` (explanation mode) only changes the backward.
-    """
+def batch_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> Tuple[Tensor, ...]:
+    """(y, var, mean, inv, scale) for x [N, C, H, W]; statistics in float32 (float64 for float64 x)."""
     x = x.contiguous()
     n, c, h, w = x.shape
     hw = h * w
@@ -149,20 +147,13 @@ def batch_norm_uncentered_op(x: Tensor, weight: Optional[Tensor], eps: float,
                               mean, var, inv, scale, splits, eps, HAS_W=weight is not None, BLOCK=pow2(splits))
     y = torch.empty_like(x)
     rb = _rows_block(hw)
-    _apply_kernel[(n * c, triton.cdiv(hw, rb))](x, scale, y, c, hw, BLOCK=rb)
+    _apply_kernel[(n * c, cdiv(hw, rb))](x, scale, y, c, hw, BLOCK=rb)
     return y, var, mean, inv, scale
 
 
-@batch_norm_uncentered_op.register_fake
-def _(x, weight, eps, detach):
-    stats = [x.new_empty(x.shape[1], dtype=acc_torch_dtype(x)) for _ in range(4)]
-    return (torch.empty_like(x), *stats)
-
-
-@torch.library.custom_op("timm_bcos::batch_norm_uncentered_backward", mutates_args=())
 @on_input_device
-def batch_norm_uncentered_backward_op(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, scale: Tensor,
-                                      detach: bool) -> Tuple[Tensor, Tensor]:
+def batch_norm_backward(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, scale: Tensor,
+                        detach: bool) -> Tuple[Tensor, Tensor]:
     """(grad_x, sum(g * x) * inv), the second being the weight gradient."""
     grad, x = grad.contiguous(), x.contiguous()
     n, c, h, w = x.shape
@@ -172,35 +163,33 @@ def batch_norm_uncentered_backward_op(grad: Tensor, x: Tensor, mean: Tensor, inv
     _gx_partial_kernel[(c, splits)](grad, x, partial, n, c, hw, rows, splits, ACC=acc_dtype(inv), BLOCK=block)
     grad_x = torch.empty_like(x)
     rb = _rows_block(hw)
-    _bwd_apply_kernel[(n * c, triton.cdiv(hw, rb))](grad, x, grad_x, partial, mean, inv, scale, c, hw, m, splits,
-                                                    DETACH=detach, BLOCK=rb, BLOCK_SPLITS=pow2(splits))
+    _bwd_apply_kernel[(n * c, cdiv(hw, rb))](grad, x, grad_x, partial, mean, inv, scale, c, hw, m, splits,
+                                             DETACH=detach, BLOCK=rb, BLOCK_SPLITS=pow2(splits))
     return grad_x, partial.sum(1) * inv
 
 
-@batch_norm_uncentered_backward_op.register_fake
-def _(grad, x, mean, inv, scale, detach):
-    return torch.empty_like(x), torch.empty_like(inv)
+class FusedBatchNormUncentered(torch.autograd.Function):
+    """Eager autograd around the kernels: (y, var); `detach` (explanation mode) only changes the backward.
+    A plain Function for its low dispatch cost (see _bcos_scale.FusedBcosScale)."""
 
+    @staticmethod
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], eps: float, detach: bool):
+        y, var, mean, inv, scale = batch_norm_forward(x, weight, eps)
+        ctx.save_for_backward(x, mean, inv, scale)
+        ctx.detach = detach
+        ctx.weight_dtype = weight.dtype if weight is not None else None
+        ctx.mark_non_differentiable(var)
+        return y, var
 
-def _setup_context(ctx, inputs, output):
-    x, weight, _eps, detach = inputs
-    _y, _var, mean, inv, scale = output
-    ctx.save_for_backward(x, mean, inv, scale)
-    ctx.detach = detach
-    ctx.weight_dtype = weight.dtype if weight is not None else None
-
-
-def _backward(ctx, grad, *_grad_stats):
-    x, mean, inv, scale = ctx.saved_tensors
-    grad_x, grad_w = batch_norm_uncentered_backward_op(grad, x, mean, inv, scale, ctx.detach)
-    grad_w = grad_w.to(ctx.weight_dtype) if ctx.weight_dtype is not None and ctx.needs_input_grad[1] else None
-    return grad_x, grad_w, None, None
-
-
-batch_norm_uncentered_op.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor, _grad_var):
+        x, mean, inv, scale = ctx.saved_tensors
+        grad_x, grad_w = batch_norm_backward(grad, x, mean, inv, scale, ctx.detach)
+        grad_w = grad_w.to(ctx.weight_dtype) if ctx.weight_dtype is not None and ctx.needs_input_grad[1] else None
+        return grad_x, grad_w, None, None
 
 
 def batch_norm_uncentered(x: Tensor, weight: Optional[Tensor], eps: float, detach: bool) -> Tuple[Tensor, Tensor]:
     """(y, var) as `_UncenteredBatchNormTrain` returns them."""
-    y, var, _mean, _inv, _scale = batch_norm_uncentered_op(x, weight, float(eps), bool(detach))
-    return y, var
+    return FusedBatchNormUncentered.apply(x, weight, float(eps), bool(detach))

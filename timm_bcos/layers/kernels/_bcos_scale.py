@@ -16,8 +16,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from ._common import acc_dtype, acc_torch_dtype, k_split, on_input_device, tile_2d
+from ._common import acc_dtype, acc_torch_dtype, cdiv, grouped_geometry, on_input_device
 
 COS_EPS = 1e-6  # the reference's stabiliser (timm_bcos.layers.functional.COS_EPS)
 
@@ -78,11 +79,8 @@ def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, KPER, NGS,
 
 def _launch_args(lin: Tensor, norm: Tensor, b: float):
     n, c, s = lin.shape
-    groups = norm.shape[1]
-    bk, bs = tile_2d(c // groups, s)
-    splits, per = k_split(n * groups * triton.cdiv(s, bs), c // groups, bk)
-    grid = (n * groups, triton.cdiv(s, bs), splits)
-    args = (c // groups, s, per, norm.numel(), b - 1.0, COS_EPS)
+    grid, k, per, bk, bs = grouped_geometry(n, c, s, norm.shape[1])
+    args = (k, s, per, norm.numel(), b - 1.0, COS_EPS)
     return grid, args, dict(IS_B2=b == 2.0, ACC=acc_dtype(lin), BLOCK_K=bk, BLOCK_S=bs)
 
 
@@ -92,9 +90,9 @@ def _out_dtype(lin: Tensor, norm: Tensor, b: float) -> torch.dtype:
     return lin.dtype if b == 2.0 else torch.promote_types(lin.dtype, norm.dtype)
 
 
-@torch.library.custom_op("timm_bcos::bcos_scale", mutates_args=())
 @on_input_device
-def bcos_scale_op(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
+def scale_forward(lin: Tensor, norm: Tensor, b: float) -> Tensor:
+    """Eq. 9 on lin [N, G*K, S] over norm [N, G, S]."""
     lin, norm = lin.contiguous(), norm.contiguous()
     out = torch.empty_like(lin, dtype=_out_dtype(lin, norm, b))
     grid, args, meta = _launch_args(lin, norm, b)
@@ -102,14 +100,9 @@ def bcos_scale_op(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
     return out
 
 
-@bcos_scale_op.register_fake
-def _(lin, norm, b, detach):
-    return torch.empty_like(lin, dtype=_out_dtype(lin, norm, b))
-
-
-@torch.library.custom_op("timm_bcos::bcos_scale_backward", mutates_args=())
 @on_input_device
-def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tuple[Tensor, Tensor]:
+def scale_backward(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool):
+    """(grad_lin, grad_norm); grad_norm is None with `detach`."""
     grad, lin, norm = grad.contiguous(), lin.contiguous(), norm.contiguous()
     grad_lin = torch.empty_like(lin)
     grid, args, meta = _launch_args(lin, norm, b)
@@ -120,29 +113,30 @@ def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, de
     else:
         grad_norm = norm.new_empty((grid[2], *norm.shape), dtype=acc_torch_dtype(lin))
     _scale_bwd_kernel[grid](grad, lin, norm, grad_lin, grad_norm, *args, DETACH=detach, **meta)
+    if detach:
+        return grad_lin, None
     if grad_norm.dim() > norm.dim():
         grad_norm = grad_norm.sum(0).to(norm.dtype)
     return grad_lin, grad_norm
 
 
-@bcos_scale_backward_op.register_fake
-def _(grad, lin, norm, b, detach):
-    return torch.empty_like(lin), (norm.new_empty(0) if detach else torch.empty_like(norm))
+class FusedBcosScale(torch.autograd.Function):
+    """Eager autograd around the two kernels. A plain Function, not a torch.library custom op: the
+    custom-op dispatch cost ~60 us per forward + backward on the CPU, which bound small layers on an
+    H100 (benchmarks/RESULTS.md); torch.compile takes the PyTorch path instead (kernels.use_fused)."""
 
+    @staticmethod
+    def forward(ctx, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
+        ctx.save_for_backward(lin, norm)
+        ctx.b, ctx.detach = b, detach
+        return scale_forward(lin, norm, b)
 
-def _setup_context(ctx, inputs, output):
-    lin, norm, b, detach = inputs
-    ctx.save_for_backward(lin, norm)
-    ctx.b, ctx.detach = b, detach
-
-
-def _backward(ctx, grad):
-    lin, norm = ctx.saved_tensors
-    grad_lin, grad_norm = bcos_scale_backward_op(grad, lin, norm, ctx.b, ctx.detach)
-    return grad_lin, (None if ctx.detach else grad_norm), None, None
-
-
-bcos_scale_op.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        lin, norm = ctx.saved_tensors
+        grad_lin, grad_norm = scale_backward(grad, lin, norm, ctx.b, ctx.detach)
+        return grad_lin, grad_norm, None, None
 
 
 def _as_groups(lin: Tensor, norm: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
@@ -160,4 +154,4 @@ def bcos_scale(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Optional[Te
     views = _as_groups(lin, norm)
     if views is None or lin.numel() == 0:
         return None
-    return bcos_scale_op(*views, float(b), bool(detach)).view(lin.shape)
+    return FusedBcosScale.apply(*views, float(b), bool(detach)).view(lin.shape)

@@ -4,7 +4,6 @@ from __future__ import annotations
 import functools
 
 import torch
-import triton
 import triton.language as tl
 
 # Elements per program tile: big enough to keep a GPU's memory system busy,
@@ -12,8 +11,15 @@ import triton.language as tl
 TILE = 2048
 
 
+# Host-side integer helpers in plain Python: triton.cdiv / next_power_of_2 are jit functions whose
+# host call costs ~10 us each, which made the launch geometry most of a small layer's CPU time.
+def cdiv(a: int, b: int) -> int:
+    return -(-a // b)
+
+
 def pow2(n: int) -> int:
-    return triton.next_power_of_2(max(int(n), 1))
+    """The smallest power of two >= max(n, 1)."""
+    return 1 << (max(int(n), 1) - 1).bit_length()
 
 
 def tile_2d(rows: int, cols: int) -> tuple[int, int]:
@@ -29,10 +35,20 @@ TARGET_PROGRAMS = 1024
 
 def k_split(programs: int, k: int, block_k: int) -> tuple[int, int]:
     """(splits, channels per split) so that `programs` x splits fills the GPU; channels per split a multiple of block_k."""
-    blocks = triton.cdiv(k, block_k)
+    blocks = cdiv(k, block_k)
     splits = max(1, min(blocks, TARGET_PROGRAMS // max(programs, 1)))
-    per = triton.cdiv(blocks, splits) * block_k
-    return triton.cdiv(k, per), per
+    per = cdiv(blocks, splits) * block_k
+    return cdiv(k, per), per
+
+
+@functools.lru_cache(maxsize=1024)
+def grouped_geometry(n: int, c: int, s: int, groups: int):
+    """Launch geometry over [N, groups * K, S] where each program owns one (n, g), a block of S and a
+    split of the K channels: (grid, K, channels per program, BLOCK_K, BLOCK_S). Cached, since a
+    model repeats its shapes every step."""
+    bk, bs = tile_2d(c // groups, s)
+    splits, per = k_split(n * groups * cdiv(s, bs), c // groups, bk)
+    return (n * groups, cdiv(s, bs), splits), c // groups, per, bk, bs
 
 
 def on_input_device(op):

@@ -1,4 +1,4 @@
-"""Importing this module imports triton and registers the timm_bcos:: custom ops."""
+"""Importing this module imports triton and defines the kernels (each compiles at its first launch)."""
 from ._batch_norm import batch_norm_uncentered
 from ._bcos_scale import bcos_scale
 from ._patch_norm import patch_norm

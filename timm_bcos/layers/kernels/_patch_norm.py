@@ -13,8 +13,9 @@ import torch
 import triton
 import triton.language as tl
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
-from ._common import acc_dtype, acc_torch_dtype, k_split, on_input_device, pow2, tile_2d
+from ._common import acc_dtype, acc_torch_dtype, cdiv, grouped_geometry, on_input_device, pow2
 
 
 @triton.jit
@@ -93,68 +94,55 @@ def _is_identity(k, s, p) -> bool:
     return list(k) == [1, 1] and list(s) == [1, 1] and list(p) == [0, 0]
 
 
-@torch.library.custom_op("timm_bcos::patch_norm", mutates_args=())
 @on_input_device
-def patch_norm_op(x: Tensor, groups: int, kernel_size: List[int], stride: List[int], padding: List[int],
-                  dilation: List[int], eps: float) -> Tensor:
+def patch_norm_forward(x: Tensor, groups: int, kernel_size: List[int], stride: List[int], padding: List[int],
+                       dilation: List[int], eps: float) -> Tensor:
     x = x.contiguous()
     n, c, h, w = x.shape
     ho, wo = _out_hw(h, w, kernel_size, stride, padding, dilation)
-    k = c // groups
+    grid, k, per, bk, bs = grouped_geometry(n, c, h * w, groups)
     out = torch.empty(n, groups, ho, wo, device=x.device, dtype=x.dtype)
-    bk, bs = tile_2d(k, h * w)
-    splits, per = k_split(n * groups * triton.cdiv(h * w, bs), k, bk)
-    final = splits == 1 and _is_identity(kernel_size, stride, padding)  # one kernel does it all
-    sq = out if final else torch.empty(splits, n, groups, h, w, device=x.device, dtype=acc_torch_dtype(x))
-    _channel_sumsq_kernel[(n * groups, triton.cdiv(h * w, bs), splits)](
+    final = grid[2] == 1 and _is_identity(kernel_size, stride, padding)  # one kernel does it all
+    sq = out if final else torch.empty(grid[2], n, groups, h, w, device=x.device, dtype=acc_torch_dtype(x))
+    _channel_sumsq_kernel[grid](
         x, sq, k, h * w, per, n * groups * h * w, eps, FINAL=final, ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
     if not final:
         block = min(pow2(ho * wo), 1024)
-        _window_sum_sqrt_kernel[(n * groups, triton.cdiv(ho * wo, block))](
-            sq, out, h, w, ho, wo, *stride, *padding, *dilation, splits, n * groups * h * w, eps,
+        _window_sum_sqrt_kernel[(n * groups, cdiv(ho * wo, block))](
+            sq, out, h, w, ho, wo, *stride, *padding, *dilation, grid[2], n * groups * h * w, eps,
             KH=kernel_size[0], KW=kernel_size[1], BLOCK=block)
     return out
 
 
-@patch_norm_op.register_fake
-def _(x, groups, kernel_size, stride, padding, dilation, eps):
-    ho, wo = _out_hw(x.shape[2], x.shape[3], kernel_size, stride, padding, dilation)
-    return x.new_empty(x.shape[0], groups, ho, wo)
-
-
-@torch.library.custom_op("timm_bcos::patch_norm_backward", mutates_args=())
 @on_input_device
-def patch_norm_backward_op(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List[int], stride: List[int],
-                           padding: List[int], dilation: List[int]) -> Tensor:
+def patch_norm_backward(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List[int], stride: List[int],
+                        padding: List[int], dilation: List[int]) -> Tensor:
     grad, x, norm = grad.contiguous(), x.contiguous(), norm.contiguous()
     n, c, h, w = x.shape
     groups, ho, wo = norm.shape[1:]
     grad_x = torch.empty_like(x)
-    bk, bs = tile_2d(c // groups, h * w)
-    splits, per = k_split(n * groups * triton.cdiv(h * w, bs), c // groups, bk)
-    _patch_norm_bwd_kernel[(n * groups, triton.cdiv(h * w, bs), splits)](
-        grad, norm, x, grad_x, c // groups, per, h, w, ho, wo, *stride, *padding, *dilation,
+    grid, k, per, bk, bs = grouped_geometry(n, c, h * w, groups)
+    _patch_norm_bwd_kernel[grid](
+        grad, norm, x, grad_x, k, per, h, w, ho, wo, *stride, *padding, *dilation,
         KH=kernel_size[0], KW=kernel_size[1], ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
     return grad_x
 
 
-@patch_norm_backward_op.register_fake
-def _(grad, x, norm, kernel_size, stride, padding, dilation):
-    return torch.empty_like(x)
+class FusedPatchNorm(torch.autograd.Function):
+    """Eager autograd around the kernels (a plain Function for its low dispatch cost; see FusedBcosScale)."""
 
+    @staticmethod
+    def forward(ctx, x: Tensor, groups: int, kernel_size, stride, padding, dilation, eps: float) -> Tensor:
+        out = patch_norm_forward(x, groups, kernel_size, stride, padding, dilation, eps)
+        ctx.save_for_backward(x, out)
+        ctx.geometry = (kernel_size, stride, padding, dilation)
+        return out
 
-def _setup_context(ctx, inputs, output):
-    x, _groups, kernel_size, stride, padding, dilation, _eps = inputs
-    ctx.save_for_backward(x, output)
-    ctx.geometry = (kernel_size, stride, padding, dilation)
-
-
-def _backward(ctx, grad):
-    x, norm = ctx.saved_tensors
-    return patch_norm_backward_op(grad, x, norm, *ctx.geometry), None, None, None, None, None, None
-
-
-patch_norm_op.register_autograd(_backward, setup_context=_setup_context)
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, norm = ctx.saved_tensors
+        return patch_norm_backward(grad, x, norm, *ctx.geometry), None, None, None, None, None, None
 
 
 def _explicit_padding(padding, kernel_size, stride, dilation):
@@ -174,4 +162,4 @@ def patch_norm(x: Tensor, groups: int, kernel_size, stride, padding, dilation, e
     pad = _explicit_padding(padding, kernel_size, stride, dilation)
     if pad is None:
         return None
-    return patch_norm_op(x, groups, list(kernel_size), list(stride), pad, list(dilation), float(eps))
+    return FusedPatchNorm.apply(x, groups, list(kernel_size), list(stride), pad, list(dilation), float(eps))
