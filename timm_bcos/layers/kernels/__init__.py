@@ -3,10 +3,11 @@
 The layers call `use_fused(x)` and, where it says yes, the functions below
 instead of their PyTorch code; that code stays the CPU path and the oracle.
 Eager autograd goes through plain `torch.autograd.Function`s (their dispatch
-costs far less than `torch.library` custom ops', which bound small layers on
-an H100). Under torch.compile the layers take their PyTorch code, which
-inductor fuses itself: that measured 2.3x faster than the fused kernels as
-opaque ops in a compiled ResNet-50 step (benchmarks/RESULTS.md).
+costs far less than `torch.library` custom ops', and eager steps on an H100
+were bound by host time); compiled graphs get the same kernels as custom ops
+with fake (meta) kernels, opaque to inductor. (Compiling the PyTorch code
+instead was 2.3x faster on an H100 but gave a wrong input gradient there;
+benchmarks/RESULTS.md.)
 
 Fused only for CUDA tensors (or any tensor under Triton's interpreter,
 TRITON_INTERPRET=1, which is how the tests run them on a CPU), only when
@@ -18,7 +19,6 @@ from __future__ import annotations
 import importlib.util
 import os
 
-import torch
 from torch import Tensor
 
 
@@ -36,8 +36,8 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def use_fused(x: Tensor) -> bool:
-    """Whether the fused kernels handle `x` (eager, CUDA or interpreter, contiguous NCHW/rows)."""
-    return ENABLED and (x.is_cuda or INTERPRET) and x.is_contiguous() and not torch.compiler.is_compiling()
+    """Whether the fused kernels handle `x` (CUDA or interpreter, contiguous NCHW/rows)."""
+    return ENABLED and (x.is_cuda or INTERPRET) and x.is_contiguous()
 
 
 def _load():

@@ -190,6 +190,51 @@ class FusedBatchNormUncentered(torch.autograd.Function):
         return grad_x, grad_w, None, None
 
 
+# The same kernels as torch custom ops, for compiled graphs (see _bcos_scale.bcos_scale_op).
+@torch.library.custom_op("timm_bcos::batch_norm_uncentered", mutates_args=())
+def batch_norm_uncentered_op(x: Tensor, weight: Optional[Tensor], eps: float,
+                             detach: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(y, var, mean, inv, scale); `detach` (explanation mode) only changes the backward."""
+    return batch_norm_forward(x, weight, eps)
+
+
+@batch_norm_uncentered_op.register_fake
+def _(x, weight, eps, detach):
+    stats = [x.new_empty(x.shape[1], dtype=acc_torch_dtype(x)) for _ in range(4)]
+    return (torch.empty_like(x), *stats)
+
+
+@torch.library.custom_op("timm_bcos::batch_norm_uncentered_backward", mutates_args=())
+def batch_norm_uncentered_backward_op(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, scale: Tensor,
+                                      detach: bool) -> Tuple[Tensor, Tensor]:
+    return batch_norm_backward(grad, x, mean, inv, scale, detach)
+
+
+@batch_norm_uncentered_backward_op.register_fake
+def _(grad, x, mean, inv, scale, detach):
+    return torch.empty_like(x), torch.empty_like(inv)
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _eps, detach = inputs
+    _y, _var, mean, inv, scale = output
+    ctx.save_for_backward(x, mean, inv, scale)
+    ctx.detach = detach
+    ctx.weight_dtype = weight.dtype if weight is not None else None
+
+
+def _backward(ctx, grad, *_grad_stats):
+    x, mean, inv, scale = ctx.saved_tensors
+    grad_x, grad_w = batch_norm_uncentered_backward_op(grad, x, mean, inv, scale, ctx.detach)
+    grad_w = grad_w.to(ctx.weight_dtype) if ctx.weight_dtype is not None and ctx.needs_input_grad[1] else None
+    return grad_x, grad_w, None, None
+
+
+batch_norm_uncentered_op.register_autograd(_backward, setup_context=_setup_context)
+
+
 def batch_norm_uncentered(x: Tensor, weight: Optional[Tensor], eps: float, detach: bool) -> Tuple[Tensor, Tensor]:
     """(y, var) as `_UncenteredBatchNormTrain` returns them."""
+    if torch.compiler.is_compiling():
+        return batch_norm_uncentered_op(x, weight, float(eps), bool(detach))[:2]
     return FusedBatchNormUncentered.apply(x, weight, float(eps), bool(detach))

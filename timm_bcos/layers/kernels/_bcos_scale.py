@@ -121,9 +121,9 @@ def scale_backward(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bo
 
 
 class FusedBcosScale(torch.autograd.Function):
-    """Eager autograd around the two kernels. A plain Function, not a torch.library custom op: the
-    custom-op dispatch cost ~60 us per forward + backward on the CPU, which bound small layers on an
-    H100 (benchmarks/RESULTS.md); torch.compile takes the PyTorch path instead (kernels.use_fused)."""
+    """Eager autograd around the two kernels. A plain Function rather than the custom op below: the
+    custom op's dispatch costs ~60 us more per forward + backward on the host, and the eager steps
+    on an H100 were bound by host time (benchmarks/RESULTS.md)."""
 
     @staticmethod
     def forward(ctx, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
@@ -137,6 +137,44 @@ class FusedBcosScale(torch.autograd.Function):
         lin, norm = ctx.saved_tensors
         grad_lin, grad_norm = scale_backward(grad, lin, norm, ctx.b, ctx.detach)
         return grad_lin, grad_norm, None, None
+
+
+# The same kernels as torch custom ops, for compiled graphs: opaque to inductor, with fake (meta)
+# kernels and autograd. Eager mode uses FusedBcosScale, whose dispatch costs far less.
+@torch.library.custom_op("timm_bcos::bcos_scale", mutates_args=())
+def bcos_scale_op(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
+    return scale_forward(lin, norm, b)
+
+
+@bcos_scale_op.register_fake
+def _(lin, norm, b, detach):
+    return torch.empty_like(lin, dtype=_out_dtype(lin, norm, b))
+
+
+@torch.library.custom_op("timm_bcos::bcos_scale_backward", mutates_args=())
+def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tuple[Tensor, Tensor]:
+    grad_lin, grad_norm = scale_backward(grad, lin, norm, b, detach)
+    return grad_lin, (norm.new_empty(0) if grad_norm is None else grad_norm)  # an op returns tensors only
+
+
+@bcos_scale_backward_op.register_fake
+def _(grad, lin, norm, b, detach):
+    return torch.empty_like(lin), (norm.new_empty(0) if detach else torch.empty_like(norm))
+
+
+def _setup_context(ctx, inputs, output):
+    lin, norm, b, detach = inputs
+    ctx.save_for_backward(lin, norm)
+    ctx.b, ctx.detach = b, detach
+
+
+def _backward(ctx, grad):
+    lin, norm = ctx.saved_tensors
+    grad_lin, grad_norm = bcos_scale_backward_op(grad, lin, norm, ctx.b, ctx.detach)
+    return grad_lin, (None if ctx.detach else grad_norm), None, None
+
+
+bcos_scale_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _as_groups(lin: Tensor, norm: Tensor) -> Optional[Tuple[Tensor, Tensor]]:
@@ -154,4 +192,5 @@ def bcos_scale(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Optional[Te
     views = _as_groups(lin, norm)
     if views is None or lin.numel() == 0:
         return None
-    return FusedBcosScale.apply(*views, float(b), bool(detach)).view(lin.shape)
+    apply = bcos_scale_op if torch.compiler.is_compiling() else FusedBcosScale.apply
+    return apply(*views, float(b), bool(detach)).view(lin.shape)

@@ -129,7 +129,7 @@ def patch_norm_backward(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List
 
 
 class FusedPatchNorm(torch.autograd.Function):
-    """Eager autograd around the kernels (a plain Function for its low dispatch cost; see FusedBcosScale)."""
+    """Eager autograd around the kernels (a plain Function for its low dispatch cost; see _bcos_scale)."""
 
     @staticmethod
     def forward(ctx, x: Tensor, groups: int, kernel_size, stride, padding, dilation, eps: float) -> Tensor:
@@ -143,6 +143,44 @@ class FusedPatchNorm(torch.autograd.Function):
     def backward(ctx, grad: Tensor):
         x, norm = ctx.saved_tensors
         return patch_norm_backward(grad, x, norm, *ctx.geometry), None, None, None, None, None, None
+
+
+# The same kernels as torch custom ops, for compiled graphs (see _bcos_scale.bcos_scale_op).
+@torch.library.custom_op("timm_bcos::patch_norm", mutates_args=())
+def patch_norm_op(x: Tensor, groups: int, kernel_size: List[int], stride: List[int], padding: List[int],
+                  dilation: List[int], eps: float) -> Tensor:
+    return patch_norm_forward(x, groups, kernel_size, stride, padding, dilation, eps)
+
+
+@patch_norm_op.register_fake
+def _(x, groups, kernel_size, stride, padding, dilation, eps):
+    ho, wo = _out_hw(x.shape[2], x.shape[3], kernel_size, stride, padding, dilation)
+    return x.new_empty(x.shape[0], groups, ho, wo)
+
+
+@torch.library.custom_op("timm_bcos::patch_norm_backward", mutates_args=())
+def patch_norm_backward_op(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List[int], stride: List[int],
+                           padding: List[int], dilation: List[int]) -> Tensor:
+    return patch_norm_backward(grad, x, norm, kernel_size, stride, padding, dilation)
+
+
+@patch_norm_backward_op.register_fake
+def _(grad, x, norm, kernel_size, stride, padding, dilation):
+    return torch.empty_like(x)
+
+
+def _setup_context(ctx, inputs, output):
+    x, _groups, kernel_size, stride, padding, dilation, _eps = inputs
+    ctx.save_for_backward(x, output)
+    ctx.geometry = (kernel_size, stride, padding, dilation)
+
+
+def _backward(ctx, grad):
+    x, norm = ctx.saved_tensors
+    return patch_norm_backward_op(grad, x, norm, *ctx.geometry), None, None, None, None, None, None
+
+
+patch_norm_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _explicit_padding(padding, kernel_size, stride, dilation):
@@ -162,4 +200,5 @@ def patch_norm(x: Tensor, groups: int, kernel_size, stride, padding, dilation, e
     pad = _explicit_padding(padding, kernel_size, stride, dilation)
     if pad is None:
         return None
-    return FusedPatchNorm.apply(x, groups, list(kernel_size), list(stride), pad, list(dilation), float(eps))
+    apply = patch_norm_op if torch.compiler.is_compiling() else FusedPatchNorm.apply
+    return apply(x, groups, list(kernel_size), list(stride), pad, list(dilation), float(eps))
