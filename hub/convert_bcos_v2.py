@@ -15,7 +15,7 @@ import timm
 import torch
 
 import timm_bcos  # noqa: F401
-from timm_bcos.bcos_v2 import BCOS_V2_MODELS, RELEASES, convert_bcos_v2_state_dict
+from timm_bcos.weights import BCOS_V2_MODELS, RELEASES, convert_bcos_v2_state_dict
 from timm_bcos.hub import save_pretrained
 
 
