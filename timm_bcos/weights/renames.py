@@ -102,14 +102,13 @@ def _vit_patch_projection(state: dict[str, torch.Tensor], grid_size: tuple[int, 
     w = state.pop("to_patch_embedding.weight")
     stem = sorted((k for k in state if k.startswith("patch_embed.proj.") and k.endswith("weight")),
                   key=lambda k: int(k.split(".")[2]))
-    if grid_size is None:
-        grid_size = (REFERENCE_IMG_SIZE // _patch_stride(state, w, stem),) * 2
+    stride = _patch_stride(state, w, stem)
     if stem:
         state[f"patch_embed.proj.{int(stem[-1].split('.')[2]) + 2}.weight"] = w[:, :, None, None]
     else:
-        c = 6
-        p = int(round((w.shape[1] / c) ** 0.5))
-        state["patch_embed.proj.weight"] = w.reshape(w.shape[0], p, p, c).permute(0, 3, 1, 2).contiguous()
+        state["patch_embed.proj.weight"] = w.reshape(w.shape[0], stride, stride, 6).permute(0, 3, 1, 2).contiguous()
+    if grid_size is None:
+        grid_size = (REFERENCE_IMG_SIZE // stride,) * 2
     state["pos_embed"] = sincos_pos_embed(*grid_size, w.shape[0]).to(w.dtype)
 
 
@@ -144,22 +143,14 @@ def convert_bcos_v2_state_dict(
     """
     if bcos_name not in BCOS_V2_MODELS:
         raise ValueError(f"unknown B-cos v2 model {bcos_name!r}; known: {sorted(BCOS_V2_MODELS)}")
-    return convert_reference_layout(state_dict, BCOS_V2_MODELS[bcos_name], num_classes=num_classes,
-                                    logit_bias=logit_bias, logit_temperature=logit_temperature, grid_size=grid_size)
+    state = rename_reference_keys(state_dict, BCOS_V2_MODELS[bcos_name], grid_size)
+    return add_logit_layer(state, num_classes, logit_bias, logit_temperature)
 
 
-def convert_reference_layout(
-    state_dict: dict[str, torch.Tensor],
-    model_name: str,
-    *,
-    num_classes: int | None = None,
-    logit_bias: float | None = None,
-    logit_temperature: float = 1.0,
-    grid_size: tuple[int, int] | None = None,
-) -> dict[str, torch.Tensor]:
-    """`convert_bcos_v2_state_dict` for the model named `model_name` (see `reference_family`)."""
-    family = reference_family(model_name)
-    rename = _FAMILY_RENAMES.get(family, lambda k: k)
+def rename_reference_keys(state_dict: dict[str, torch.Tensor], model_name: str,
+                          grid_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+    """A reference state dict in the layout of the model named `model_name` (see `reference_family`)."""
+    rename = _FAMILY_RENAMES.get(reference_family(model_name), lambda k: k)
     out: dict[str, torch.Tensor] = {}
     for key, value in state_dict.items():
         new_key = rename(key.replace(".linear.weight", ".weight"))
@@ -168,14 +159,20 @@ def convert_reference_layout(
         out[new_key] = value
     if "to_patch_embedding.weight" in out:
         _vit_patch_projection(out, grid_size)
+    return out
+
+
+def add_logit_layer(state: dict[str, torch.Tensor], num_classes: int | None = None, logit_bias: float | None = None,
+                    logit_temperature: float = 1.0) -> dict[str, torch.Tensor]:
+    """`state` with the logit layer's buffers, which the reference keeps in its model config."""
     if num_classes is None:
-        classifier = [v for k, v in out.items() if k.endswith(("fc.weight", "classifier.weight", "head.weight"))]
+        classifier = [v for k, v in state.items() if k.endswith(("fc.weight", "classifier.weight", "head.weight"))]
         if not classifier:
-            raise ValueError(f"cannot infer num_classes of this {family or 'resnet/densenet'} checkpoint: "
-                             "no classifier weight found")
+            raise ValueError("cannot infer num_classes of this checkpoint: no classifier weight "
+                             "(fc, classifier or head) found")
         num_classes = classifier[-1].shape[0]
     if logit_bias is None:
         logit_bias = -math.log(num_classes - 1)
-    out["logit_layer.logit_bias"] = torch.tensor(float(logit_bias), dtype=torch.float64)
-    out["logit_layer.logit_temperature"] = torch.tensor(float(logit_temperature), dtype=torch.float64)
-    return out
+    return {**state,
+            "logit_layer.logit_bias": torch.tensor(float(logit_bias), dtype=torch.float64),
+            "logit_layer.logit_temperature": torch.tensor(float(logit_temperature), dtype=torch.float64)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .renames import convert_reference_layout
+from .renames import add_logit_layer, rename_reference_keys
 
 
 def bcos_v2_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
@@ -17,7 +17,7 @@ def bcos_v2_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
     if any(k.endswith(".linear.weight") for k in state_dict):
         name = cfg.get("architecture", "") or type(model).__name__
         grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)  # a ViT's token grid
-        state_dict = convert_reference_layout(state_dict, name, grid_size=grid)
+        state_dict = add_logit_layer(rename_reference_keys(state_dict, name, grid))
     classifier = cfg.get("classifier")
     w = state_dict.get(f"{classifier}.weight") if classifier else None
     own = getattr(model.get_submodule(classifier), "weight", None) if w is not None else None
