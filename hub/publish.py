@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from convert_bcos_v2 import convert_file  # noqa: E402
 
-from timm_bcos.weights import RELEASES  # noqa: E402
 from timm_bcos.hub import push_to_hub  # noqa: E402
+from timm_bcos.weights import RELEASES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

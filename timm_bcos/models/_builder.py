@@ -9,10 +9,10 @@ from typing import Any, Callable, Iterator
 import timm
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-from ..weights.catalogue import RELEASES, fetch_release, released_cfgs
-from ..weights.timm_filter import bcos_v2_filter_fn
 from ..convert import HeadSpec, convert
 from ..recipes import Recipe, resolve_recipe
+from ..weights.catalogue import RELEASES, fetch_release, released_cfgs
+from ..weights.timm_filter import bcos_v2_filter_fn
 
 # B-cos models take plain [0, 1] RGB (the [x, 1-x] encoding is their first layer).
 BCOS_MEAN = (0.0, 0.0, 0.0)
