@@ -6,7 +6,7 @@ On a GPU (issue 14's bar: top-1 explanation of 64 images <= 2.2x a forward pass)
     python benchmarks/explain.py --device cuda --batch 64 --repeats 10
 
 Same weights on both sides (the reference model's random weights converted with
-timm_bcos.bcos_v2). Cases:
+timm_bcos.weights.convert_bcos_v2_state_dict). Cases:
   top-5:   timm_bcos `model.explain(x, topk=5)` vs bcos `explain()` per image and class (16 x 5 calls)
   top-1:   timm_bcos `model.explain(x)` vs bcos `explain()` per image (16 calls), and vs a plain
            forward pass of the batch (no grad)
@@ -26,7 +26,7 @@ from _timing import time_interleaved  # noqa: E402
 import timm  # noqa: E402
 
 import timm_bcos  # noqa: E402,F401
-from timm_bcos.bcos_v2 import convert_bcos_v2_state_dict  # noqa: E402
+from timm_bcos.weights import convert_bcos_v2_state_dict  # noqa: E402
 
 
 def main() -> None:

@@ -15,8 +15,8 @@ import timm
 import torch
 
 import timm_bcos  # noqa: F401
-from timm_bcos.bcos_v2 import BCOS_V2_MODELS, RELEASES, convert_bcos_v2_state_dict
 from timm_bcos.hub import save_pretrained
+from timm_bcos.weights import BCOS_V2_MODELS, RELEASES, convert_bcos_v2_state_dict
 
 
 def convert_file(pth: Path, bcos_name: str, out: Path, repo_id: str | None = None) -> Path:

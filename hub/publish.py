@@ -7,7 +7,7 @@ DIR holds the release .pth files (names as on the B-cos-v2 release v0.0.1-weight
 download them first, e.g. `python hub/publish.py --print-urls | xargs -n1 wget`).
 Each becomes a repo ORG/<model>.<tag> (model.safetensors, config.json, README.md).
 --dry-run writes the folders under --out-dir and uploads nothing. After publishing,
-call timm_bcos.bcos_v2.set_hub_org("ORG") (or set TIMM_BCOS_HUB_ORG) so pretrained=True uses them.
+call timm_bcos.weights.set_hub_org("ORG") (or set TIMM_BCOS_HUB_ORG) so pretrained=True uses them.
 """
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from convert_bcos_v2 import convert_file  # noqa: E402
 
-from timm_bcos.bcos_v2 import RELEASES  # noqa: E402
 from timm_bcos.hub import push_to_hub  # noqa: E402
+from timm_bcos.weights import RELEASES  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,7 @@ import torch
 
 import timm_bcos  # noqa: F401
 from helpers import calibrate_bn, model_contributions, reference_model, rel_err
-from timm_bcos.bcos_v2 import BCOS_V2_MODELS, convert_bcos_v2_state_dict
+from timm_bcos.weights import BCOS_V2_MODELS, convert_bcos_v2_state_dict
 
 pretrained = pytest.importorskip("bcos.models.pretrained")
 from bcos.data.transforms import AddInverse  # noqa: E402

@@ -6,7 +6,7 @@ import timm
 from torchvision import transforms as T
 
 import timm_bcos  # noqa: F401
-from timm_bcos.bcos_v2 import RELEASES
+from timm_bcos.weights import RELEASES
 
 
 def _reference_eval_transform(file: str):

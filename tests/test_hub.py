@@ -12,8 +12,8 @@ from huggingface_hub import ModelCard
 
 import timm_bcos  # noqa: F401
 from helpers import reference_model
-from timm_bcos.bcos_v2 import convert_bcos_v2_state_dict
 from timm_bcos.hub import save_pretrained
+from timm_bcos.weights import convert_bcos_v2_state_dict
 
 
 @pytest.fixture()

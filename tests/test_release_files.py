@@ -7,7 +7,7 @@ import pytest
 import timm
 
 import timm_bcos  # noqa: F401
-from timm_bcos.bcos_v2 import verify_release_file
+from timm_bcos.weights import verify_release_file
 
 
 def _named_by_hash(tmp_path, data: bytes, good: bool):
@@ -50,7 +50,7 @@ def test_offline_error_says_how_to_use_a_file(tmp_path, monkeypatch):
 
 
 def test_hub_org_switch_after_import():
-    from timm_bcos.bcos_v2 import set_hub_org
+    from timm_bcos.weights import set_hub_org
 
     try:
         set_hub_org("someone")

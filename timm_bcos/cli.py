@@ -42,7 +42,7 @@ def load_weights_file(path: str | Path) -> dict[str, torch.Tensor]:
 def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     """Load a checkpoint into `model`: our layout or the B-cos v2 reference's (converted on the
     fly); anything that does not fit is one error naming the file and the first keys."""
-    from .bcos_v2 import bcos_v2_filter_fn
+    from .weights import bcos_v2_filter_fn
 
     state = bcos_v2_filter_fn(load_weights_file(path), model)
     arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", type(model).__name__)

@@ -16,6 +16,7 @@ from .norms import (
     PositionNormUncentered2d,
     drop_bias,
 )
+from .pos_embed import sincos_pos_embed
 from .sync_norm import SyncBatchNormUncentered2d, convert_sync_batchnorm
 
 __all__ = [
@@ -41,5 +42,6 @@ __all__ = [
     "detachable_modules",
     "drop_bias",
     "explanation_mode",
+    "sincos_pos_embed",
     "v1_output_scale",
 ]

@@ -2,15 +2,17 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager, nullcontext
 from dataclasses import fields
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import timm
-from timm.models import build_model_with_cfg
+from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
-from ..bcos_v2 import RELEASES, bcos_v2_filter_fn, fetch_release, released_cfgs
 from ..convert import HeadSpec, convert
 from ..recipes import Recipe, resolve_recipe
+from ..weights.catalogue import RELEASES, fetch_release, released_cfgs
+from ..weights.timm_filter import bcos_v2_filter_fn
 
 # B-cos models take plain [0, 1] RGB (the [x, 1-x] encoding is their first layer).
 BCOS_MEAN = (0.0, 0.0, 0.0)
@@ -47,27 +49,42 @@ def model_cfgs(models: list[str], make_cfg: Callable[..., dict]) -> dict[str, di
     return cfgs
 
 
-def _weights_source(variant: str, kwargs: dict[str, Any]) -> str:
-    """Where timm would read the weights from: a file, a Hub repo or a URL."""
-    from timm.models._pretrained import PretrainedCfg
-    from timm.models import resolve_pretrained_cfg
-
+def _weights_source(variant: str, kwargs: dict[str, Any]) -> tuple[str, str] | None:
+    """(cfg key, location) of the weights timm would read: a file, a Hub repo or a URL; None when there are none."""
     try:
         cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
                                      pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
-        cfg = cfg.to_dict() if isinstance(cfg, PretrainedCfg) else dict(cfg)
-    except Exception:  # pragma: no cover - only used to word an error
-        return "its pretrained cfg"
+    except Exception:  # timm's builder meets the same error, which _pretrained_weights reports
+        return "", "its pretrained cfg"
     for key in ("file", "hf_hub_id", "url"):
-        if cfg.get(key):
-            where = cfg[key]
+        where = getattr(cfg, key)
+        if where:
             if key == "file" and os.path.isdir(where):  # local-dir: the weights file inside the folder
-                for name in ("model.safetensors", "pytorch_model.bin"):
-                    if os.path.exists(os.path.join(where, name)):
-                        where = os.path.join(where, name)
-                        break
-            return f"{key} {where!r}"
-    return "nowhere: this tag has no weights (see timm.list_pretrained('bcos_*'))"
+                where = next((os.path.join(where, name) for name in ("model.safetensors", "pytorch_model.bin")
+                              if os.path.exists(os.path.join(where, name))), where)
+            return key, where
+    return None
+
+
+@contextmanager
+def _pretrained_weights(variant: str, kwargs: dict[str, Any]) -> Iterator[None]:
+    """Around timm's builder when it loads weights: a tag without weights is refused (timm would only
+    log a warning and hand back random weights), a release file is fetched hash-checked first (timm
+    then reads the cached copy), and any failure names where the weights came from."""
+    source = _weights_source(variant, kwargs)
+    if source is None:
+        raise RuntimeError(f"could not load pretrained weights for {variant} from nowhere: "
+                           "this tag has no weights (see timm.list_pretrained('bcos_*'))")
+    key, where = source
+    try:
+        if key == "url" and any(where == r.url for r in RELEASES):
+            fetch_release(where, kwargs.get("cache_dir"))
+        yield
+    except Exception as e:
+        hint = ("; with a copy of the file: timm.create_model(..., pretrained=True, "
+                "pretrained_cfg_overlay=dict(file='PATH'))" if key == "url" else "")
+        raise RuntimeError(f"could not load pretrained weights for {variant} from "
+                           f"{f'{key} {where!r}' if key else where}: {type(e).__name__}: {e}{hint}") from e
 
 
 def build_bcos(
@@ -76,15 +93,18 @@ def build_bcos(
     *,
     conventional: str | Callable[..., Any],
     recipe: str | Recipe = "v2",
-    arch_kwargs: dict[str, Any] | None = None,
+    conventional_kwargs: dict[str, Any] | None = None,
     head: HeadSpec | None | str = "auto",
-    arch_kwargs_public: dict[str, Any] | None = None,
+    entrypoint_args: dict[str, Any] | None = None,
     **kwargs: Any,
 ):
     """Create the conventional model, convert it with `recipe`, hand it to timm's builder.
 
     `kwargs` are timm's usual model kwargs (num_classes, drop_rate, global_pool,
     features_only, ...) plus recipe fields (b, max_out, logit_bias, ...).
+    conventional_kwargs: arguments of the conventional model that the entrypoint fixes (a ViT's depth).
+    entrypoint_args: the entrypoint's own arguments, written into a saved config's model_args
+    (with timm's arch kwargs and the recipe fields) so that the folder re-creates this model.
     """
     in_chans = kwargs.pop("in_chans", 3)
     if in_chans != 3:
@@ -93,7 +113,7 @@ def build_bcos(
     resolved = resolve_recipe(recipe, **overrides)
 
     def make_model(**model_kwargs: Any):
-        model_kwargs = {**(arch_kwargs or {}), **model_kwargs}
+        model_kwargs = {**(conventional_kwargs or {}), **model_kwargs}
         if callable(conventional):
             model = conventional(**model_kwargs)
         else:
@@ -103,25 +123,12 @@ def build_bcos(
         return model
 
     kwargs.setdefault("pretrained_filter_fn", bcos_v2_filter_fn)
-    if not pretrained:
+    with _pretrained_weights(variant, kwargs) if pretrained else nullcontext():
         model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
-    else:
-        source = _weights_source(variant, kwargs)
-        if source.startswith("nowhere"):  # timm would only log a warning and hand back random weights
-            raise RuntimeError(f"could not load pretrained weights for {variant} from {source}")
-        try:
-            if source.startswith("url") and any(source == f"url {r.url!r}" for r in RELEASES):
-                fetch_release(source[5:-1], kwargs.get("cache_dir"))  # hash-checked, then timm reads the copy
-            model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
-        except Exception as e:
-            hint = ("; with a copy of the file: timm.create_model(..., pretrained=True, "
-                    "pretrained_cfg_overlay=dict(file='PATH'))" if source.startswith("url") else "")
-            raise RuntimeError(f"could not load pretrained weights for {variant} from {source}: "
-                               f"{type(e).__name__}: {e}{hint}") from e
     # what save_pretrained writes as model_args, so the folder re-creates this model
     model.bcos_model_args = {
         **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
-        **(arch_kwargs_public or {}),
+        **(entrypoint_args or {}),
         **overrides,
     }
     return model

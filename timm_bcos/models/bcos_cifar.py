@@ -118,7 +118,7 @@ def bcos_cifar10(pretrained=False, width: float = 1.0, norm: bool = False, **kwa
         kwargs.setdefault("norms", {"batch": "bn_uncentered"})
     arch = dict(width=width, norm=norm)
     return build_bcos("bcos_cifar10", pretrained, conventional=CifarConvNet, recipe="v1",
-                      arch_kwargs=arch, arch_kwargs_public=arch,
+                      conventional_kwargs=arch, entrypoint_args=arch,
                       feature_cfg=dict(flatten_sequential=True), **kwargs)
 
 
@@ -133,7 +133,7 @@ def bcos_cifar10_w050_bnu(pretrained=False, **kwargs):
     kwargs.setdefault("b", 2.0)
     arch = dict(width=0.5, norm=True)
     return build_bcos("bcos_cifar10_w050_bnu", pretrained, conventional=CifarConvNet, recipe="v1",
-                      arch_kwargs=arch, arch_kwargs_public={}, feature_cfg=dict(flatten_sequential=True),
+                      conventional_kwargs=arch, entrypoint_args={}, feature_cfg=dict(flatten_sequential=True),
                       **kwargs)
 
 

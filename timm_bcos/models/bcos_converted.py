@@ -41,4 +41,4 @@ def bcos_converted(pretrained: bool = False, base_model: str = "resnet18", recip
         base = {k: v for k, v in (base_cfg.to_dict() if base_cfg else {}).items() if k in _BASE_CFG_KEYS}
         kwargs["pretrained_cfg_overlay"] = {**base, **(kwargs.get("pretrained_cfg_overlay") or {})}
     return build_bcos(CONVERTED_ARCHITECTURE, pretrained, conventional=base_model, recipe=recipe, head=head,
-                      arch_kwargs_public=public, **kwargs)
+                      entrypoint_args=public, **kwargs)

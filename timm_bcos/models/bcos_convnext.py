@@ -22,7 +22,7 @@ default_cfgs = generate_default_cfgs(model_cfgs([
 
 def _create(variant: str, conventional: str, pretrained: bool, recipe: str, **kwargs):
     return build_bcos(variant, pretrained, conventional=conventional, recipe=recipe,
-                      arch_kwargs=dict(conv_mlp=True),
+                      conventional_kwargs=dict(conv_mlp=True),
                       feature_cfg=dict(out_indices=(0, 1, 2, 3), flatten_sequential=True), **kwargs)
 
 

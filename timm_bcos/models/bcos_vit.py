@@ -20,19 +20,8 @@ from timm.layers import PatchEmbed
 from timm.models import VisionTransformer, generate_default_cfgs, register_model
 from torch import nn
 
+from ..layers import sincos_pos_embed
 from ._builder import bcos_cfg, build_bcos, model_cfgs
-
-
-def sincos_pos_embed(h: int, w: int, dim: int, temperature: float = 10_000.0) -> torch.Tensor:
-    """[1, h*w, dim] fixed 2D sin-cos embedding, in the reference's (x sin, x cos, y sin, y cos) order."""
-    if dim % 4:
-        raise ValueError(f"embedding dim must be a multiple of 4 for the sin-cos embedding, got {dim}")
-    y, x = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
-    omega = torch.arange(dim // 4) / (dim // 4 - 1)
-    omega = 1.0 / (temperature ** omega)
-    y = y.flatten()[:, None] * omega[None, :]
-    x = x.flatten()[:, None] * omega[None, :]
-    return torch.cat((x.sin(), x.cos(), y.sin(), y.cos()), dim=1)[None]
 
 
 class ConvStemPatchEmbed(PatchEmbed):
@@ -123,8 +112,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool, **kwargs):
-    return build_bcos(variant, pretrained, conventional=_simple_vit, recipe="v2", arch_kwargs=_ARCHS[variant],
-                      feature_cfg=dict(feature_cls="getter"), **kwargs)
+    return build_bcos(variant, pretrained, conventional=_simple_vit, recipe="v2",
+                      conventional_kwargs=_ARCHS[variant], feature_cfg=dict(feature_cls="getter"), **kwargs)
 
 
 @register_model

@@ -1,20 +1,16 @@
-"""The B-cos v2 reference's checkpoint layout (`pip install bcos`, release v0.0.1-weights).
-
-`convert_bcos_v2_state_dict` maps a state dict of a `bcos.models.pretrained.<name>`
-model onto the corresponding `bcos_*` model. Logit bias and temperature are not
-in those state dicts (they live in the reference's model config); they are
-added here.
+"""The catalogue of B-cos v2 checkpoints (`pip install bcos`, release v0.0.1-weights): which reference
+architecture each `bcos_*` model reproduces, the released files with their published accuracy, and
+the timm pretrained cfgs that point at them (release .pth files, or the converted Hub repos).
 """
 from __future__ import annotations
 
-import math
+import hashlib
 import os
-import re
 from dataclasses import dataclass
 from typing import Callable
 
-import torch
-from torch import nn
+from timm.models._hub import download_cached_file  # in _hub.__all__, not re-exported by timm.models
+from torch.hub import HASH_REGEX
 
 # bcos.models.pretrained entrypoint -> timm_bcos model name
 BCOS_V2_MODELS: dict[str, str] = {
@@ -40,144 +36,6 @@ BCOS_V2_MODELS: dict[str, str] = {
     **{f"vitc_{s}_patch1_14": f"bcos_vitc_{s}_patch1_14" for s in ("ti", "s", "b", "l")},
 }
 
-_VGG11_CFG = (64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M")
-
-
-def _vgg_feature_index_map(cfg=_VGG11_CFG) -> dict[int, int]:
-    """Reference VGG-BNU features are (conv, bn) per layer; timm's vgg*_bn are (conv, bn, act)."""
-    mapping, ref, ours = {}, 0, 0
-    for v in cfg:
-        if v == "M":
-            ref, ours = ref + 1, ours + 1
-            continue
-        mapping[ref], mapping[ref + 1] = ours, ours + 1
-        ref, ours = ref + 2, ours + 3
-    return mapping
-
-
-def _rename_vgg(key: str) -> str:
-    m = re.match(r"features\.(\d+)\.(.*)", key)
-    if m:
-        return f"features.{_vgg_feature_index_map()[int(m.group(1))]}.{m.group(2)}"
-    for ref, ours in (("classifier.0.", "pre_logits.fc1."), ("classifier.1.", "pre_logits.fc2."),
-                      ("classifier.2.", "head.fc.")):
-        if key.startswith(ref):
-            return ours + key[len(ref):]
-    return key
-
-
-_CONVNEXT_BLOCK = {"block.0": "conv_dw", "block.1": "norm", "block.2": "mlp.fc1", "block.3": "mlp.fc2",
-                   "layer_scale": "gamma"}
-
-
-def _rename_convnext(key: str) -> str:
-    for ref, ours in (("features.0.", "stem.0."), ("features.1.", "stem.1."),
-                      ("classifier.0.", "head.norm."), ("classifier.1.", "head.fc.")):
-        if key.startswith(ref):
-            return ours + key[len(ref):]
-    m = re.match(r"features\.(\d+)\.(.*)", key)
-    if not m:
-        return key
-    idx, rest = int(m.group(1)), m.group(2)
-    if idx % 2 == 1:  # features.3/5/7: the downsampling (norm, conv) in front of stages 1-3
-        return f"stages.{(idx - 1) // 2}.downsample.{rest}"
-    block, _, tail = rest.partition(".")
-    for ref, ours in _CONVNEXT_BLOCK.items():
-        if tail == ref or tail.startswith(ref + "."):
-            tail = ours + tail[len(ref):]
-            break
-    return f"stages.{(idx - 2) // 2}.blocks.{block}.{tail}"
-
-
-_VIT_RENAMES = (
-    (r"transformer\.encoder_(\d+)\.attn\.norm\.", r"blocks.\1.norm1."),
-    (r"transformer\.encoder_(\d+)\.attn\.to_qkv\.", r"blocks.\1.attn.qkv."),
-    (r"transformer\.encoder_(\d+)\.attn\.to_out\.", r"blocks.\1.attn.proj."),
-    (r"transformer\.encoder_(\d+)\.ff\.net\.norm\.", r"blocks.\1.norm2."),
-    (r"transformer\.encoder_(\d+)\.ff\.net\.linear1\.", r"blocks.\1.mlp.fc1."),
-    (r"transformer\.encoder_(\d+)\.ff\.net\.linear2\.", r"blocks.\1.mlp.fc2."),
-    (r"linear_head\.norm\.", "fc_norm."),
-    (r"linear_head\.linear\.", "head."),
-    (r"to_patch_embedding\.conv_stem\.", "patch_embed.proj."),
-    (r"to_patch_embedding\.linear\.", "to_patch_embedding."),
-)
-
-
-def _rename_vit(key: str) -> str:
-    key = key[2:] if key.startswith("0.") else key  # the reference wraps its ViTs: Sequential(vit, logit layer)
-    for pattern, repl in _VIT_RENAMES:
-        key = re.sub(pattern, repl, key)
-    return key
-
-
-def _vit_patch_projection(state: dict[str, torch.Tensor]) -> None:
-    """The reference's patch projection is a B-cos linear on (p1 p2 c)-flattened patches; ours is the
-    equivalent B-cos conv (kernel = stride = patch) or, after a conv stem, a 1x1 conv."""
-    w = state.pop("to_patch_embedding.weight")
-    stem = sorted(int(k.split(".")[2]) for k in state if k.startswith("patch_embed.proj.") and k.endswith("weight"))
-    if stem:
-        state[f"patch_embed.proj.{stem[-1] + 2}.weight"] = w[:, :, None, None]
-    else:
-        c = 6
-        p = int(round((w.shape[1] / c) ** 0.5))
-        state["patch_embed.proj.weight"] = w.reshape(w.shape[0], p, p, c).permute(0, 3, 1, 2).contiguous()
-    from .models.bcos_vit import sincos_pos_embed
-
-    state["pos_embed"] = sincos_pos_embed(14, 14, w.shape[0]).to(w.dtype)
-
-
-_FAMILY_RENAMES: dict[str, Callable[[str], str]] = {
-    "vgg": _rename_vgg,
-    "convnext": _rename_convnext,
-    "simple_vit": _rename_vit,
-    "vitc": _rename_vit,
-}
-
-
-def convert_bcos_v2_state_dict(
-    state_dict: dict[str, torch.Tensor],
-    bcos_name: str,
-    *,
-    num_classes: int | None = None,
-    logit_bias: float | None = None,
-    logit_temperature: float = 1.0,
-) -> dict[str, torch.Tensor]:
-    """Rename a reference state dict to the `bcos_*` layout and add the logit layer buffers.
-
-    num_classes: inferred from the classifier when None; the logit bias defaults to
-    -log(num_classes - 1), the reference's default.
-    """
-    if bcos_name not in BCOS_V2_MODELS:
-        raise ValueError(f"unknown B-cos v2 model {bcos_name!r}; known: {sorted(BCOS_V2_MODELS)}")
-    family = next((f for f in _FAMILY_RENAMES if bcos_name.startswith(f)), "")
-    return _convert(state_dict, family, num_classes, logit_bias, logit_temperature)
-
-
-def _convert(state_dict: dict[str, torch.Tensor], family: str, num_classes: int | None,
-             logit_bias: float | None, logit_temperature: float) -> dict[str, torch.Tensor]:
-    rename = _FAMILY_RENAMES.get(family, lambda k: k)
-    out: dict[str, torch.Tensor] = {}
-    for key, value in state_dict.items():
-        new_key = rename(key.replace(".linear.weight", ".weight"))
-        if new_key.endswith("gamma") and value.dim() == 3:  # layer_scale [C, 1, 1] -> gamma [C]
-            value = value.reshape(-1)
-        out[new_key] = value
-    if "to_patch_embedding.weight" in out:
-        _vit_patch_projection(out)
-    if num_classes is None:
-        classifier = [v for k, v in out.items() if k.endswith(("fc.weight", "classifier.weight", "head.weight"))]
-        if not classifier:
-            raise ValueError(f"cannot infer num_classes of this {family or 'resnet/densenet'} checkpoint: "
-                             "no classifier weight found")
-        num_classes = classifier[-1].shape[0]
-    if logit_bias is None:
-        logit_bias = -math.log(num_classes - 1)
-    out["logit_layer.logit_bias"] = torch.tensor(float(logit_bias), dtype=torch.float64)
-    out["logit_layer.logit_temperature"] = torch.tensor(float(logit_temperature), dtype=torch.float64)
-    return out
-
-
-# ----------------------------------------------------------------------------- released weights
 RELEASE_BASE = "https://github.com/B-cos/B-cos-v2/releases/download/v0.0.1-weights"
 
 # The one switch to the Hub: once the converted repos are published (hub/publish.py),
@@ -253,10 +111,6 @@ RELEASES: tuple[Release, ...] = (
 def verify_release_file(path: str | os.PathLike) -> None:
     """Release files are named <name>-<sha256 prefix>.pth (torch.hub's convention; the reference
     loads them with check_hash=True): a file whose hash does not match is refused."""
-    import hashlib
-
-    from torch.hub import HASH_REGEX
-
     match = HASH_REGEX.search(os.path.basename(path))
     if not match:
         return
@@ -271,8 +125,6 @@ def verify_release_file(path: str | os.PathLike) -> None:
 
 def fetch_release(url: str, cache_dir: str | None = None) -> str:
     """Download a release file into timm's cache (hash checked on download) and verify the cached copy."""
-    from timm.models._hub import download_cached_file
-
     path = download_cached_file(url, check_hash=True, cache_dir=cache_dir)
     verify_release_file(path)
     return path
@@ -317,27 +169,3 @@ def released_cfgs(model: str, make_cfg: Callable[..., dict]) -> dict[str, dict]:
                    f"published ImageNet-1k top-1 {r.top1:.3f}, top-5 {r.top5:.3f}",),
         )
     return out
-
-
-def _reference_family(model: nn.Module) -> str:
-    arch = (getattr(model, "pretrained_cfg", None) or {}).get("architecture", "") or type(model).__name__.lower()
-    for family in _FAMILY_RENAMES:
-        if family in arch:
-            return family
-    return ""
-
-
-def bcos_v2_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
-    """timm `pretrained_filter_fn`: convert a reference (`.linear.weight`) checkpoint on load.
-
-    Our own layout passes through unchanged. The logit-layer buffers of a checkpoint
-    for another number of classes are dropped so the model keeps -log(C-1) for its C.
-    """
-    if any(k.endswith(".linear.weight") for k in state_dict):
-        state_dict = _convert(state_dict, _reference_family(model), None, None, 1.0)
-    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
-    w = state_dict.get(f"{classifier}.weight") if classifier else None
-    own = getattr(model.get_submodule(classifier), "weight", None) if w is not None else None
-    if own is not None and w.shape[0] != own.shape[0]:
-        state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logit_layer.")}
-    return state_dict
