@@ -150,7 +150,7 @@ def test_cifar_network_with_uncentered_batch_norm():
     model = timm.create_model("bcos_cifar10", width=0.25, norm=True).double()
     norms = [m for m in model.modules() if isinstance(m, BatchNormUncentered2d)]
     assert len(norms) == 8 and all(n.bias is None for n in norms)
-    assert model.bcos_model_args["norm"] is True
+    assert model.bcos.model_args["norm"] is True
     x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
     calibrate_bn(model, x)
     contrib, pre, _ = model_contributions(model, x, torch.tensor([0, 1, 2]))

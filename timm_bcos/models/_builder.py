@@ -119,7 +119,7 @@ def build_bcos(
             raise RuntimeError(f"could not load pretrained weights for {variant} from {source}: "
                                f"{type(e).__name__}: {e}{hint}") from e
     # what save_pretrained writes as model_args, so the folder re-creates this model
-    model.bcos_model_args = {
+    model.bcos.model_args = {
         **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
         **(arch_kwargs_public or {}),
         **overrides,
