@@ -11,6 +11,7 @@ from timm.models import build_model_with_cfg
 from ..bcos_v2 import RELEASES, bcos_v2_filter_fn, fetch_release, released_cfgs
 from ..convert import HeadSpec, convert
 from ..recipes import Recipe, resolve_recipe
+from ..runtime import BcosModelMixin
 
 # B-cos models take plain [0, 1] RGB (the [x, 1-x] encoding is their first layer).
 BCOS_MEAN = (0.0, 0.0, 0.0)
@@ -119,9 +120,10 @@ def build_bcos(
             raise RuntimeError(f"could not load pretrained weights for {variant} from {source}: "
                                f"{type(e).__name__}: {e}{hint}") from e
     # what save_pretrained writes as model_args, so the folder re-creates this model
-    model.bcos.model_args = {
-        **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
-        **(arch_kwargs_public or {}),
-        **overrides,
-    }
+    if isinstance(model, BcosModelMixin):  # not a features_only wrapper
+        model.bcos.model_args = {
+            **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
+            **(arch_kwargs_public or {}),
+            **overrides,
+        }
     return model
