@@ -90,6 +90,7 @@ def test_target_forms(small):
         model.explain(x, layer="features.55")
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         model.explain(x[0])
+    assert not any(m._forward_hooks for m in model.modules())  # a refused call leaves no hook behind
 
 
 def test_delta_explanation_is_the_difference(small):

@@ -77,7 +77,7 @@ def _assert_complete(expl):
 @pytest.mark.parametrize("family", list(COMPLETE))
 def test_family_is_complete(family):
     model, expl = _explain(*COMPLETE[family])
-    assert model.bcos_fixed_terms == () and expl.fixed_shares == {}
+    assert model.bcos.fixed_terms == () and expl.fixed_shares == {}
     _assert_complete(expl)
 
 
@@ -85,7 +85,7 @@ def test_family_is_complete(family):
 def test_family_is_complete_with_its_fixed_share(family):
     name, kwargs, size, terms = WITH_FIXED_SHARE[family]
     model, expl = _explain(name, kwargs, size)
-    assert set(model.bcos_fixed_terms) == terms and set(expl.fixed_shares) == terms
+    assert set(model.bcos.fixed_terms) == terms and set(expl.fixed_shares) == terms
     assert (expl.fixed_share.abs() > 1e-12 * expl.explained.abs()).all()
     _assert_complete(expl)
 
@@ -104,7 +104,7 @@ def test_bcos_v2_vit_reports_the_position_embedding_share_as_a_number_and_a_map(
     model = timm.create_model("bcos_simple_vit_ti_patch16_224", num_classes=5, depth=2).double().eval()
     x = torch.rand(1, 3, 224, 224, dtype=torch.float64)
     expl = model.explain(x, topk=2)
-    assert model.bcos_fixed_terms == ("pos_embed",)
+    assert model.bcos.fixed_terms == ("pos_embed",)
     share_map = expl.fixed_maps["pos_embed"]
     assert share_map.shape == (1, 2, 14, 14)
     assert torch.allclose(share_map.sum((2, 3)), expl.fixed_share, rtol=1e-12, atol=0)
@@ -118,8 +118,8 @@ def test_biases_a_recipe_keeps_are_accounted_per_image():
     x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
     calibrate_bn(model, x)
     expl = model.explain(x, topk=2)
-    assert model.bcos_fixed_terms and all(t.endswith(".bias") for t in model.bcos_fixed_terms)
-    assert expl.fixed_shares[model.bcos_fixed_terms[0]].shape == (3, 2)
+    assert model.bcos.fixed_terms and all(t.endswith(".bias") for t in model.bcos.fixed_terms)
+    assert expl.fixed_shares[model.bcos.fixed_terms[0]].shape == (3, 2)
     assert (expl.fixed_share.abs() > 1e-6 * expl.explained.abs()).all()
     _assert_complete(expl)
     single = model.explain(x[1:2], target=expl.targets[1:2])  # each image's share is its own

@@ -143,6 +143,18 @@ def test_images_below_the_minimum_size_are_refused(name, small):
         model(torch.rand(1, 3, small, small))
 
 
+@pytest.mark.parametrize("max_pool_to_avg", [True, False])
+def test_inception_reduction_blocks_pool_as_the_recipe_says(max_pool_to_avg):
+    """Inception's reduction blocks pool in their forward (F.max_pool2d): the family's rule makes
+    that branch average where the recipe turns max pooling into average pooling (v1, Sec. 3.3)."""
+    model = timm.create_model("bcos_inception_v3_v1", max_pool_to_avg=max_pool_to_avg).eval()
+    pool = torch.nn.functional.avg_pool2d if max_pool_to_avg else torch.nn.functional.max_pool2d
+    for block in (model.Mixed_6a, model.Mixed_7a):  # InceptionB, InceptionD: the pooled input comes last
+        channels = next(m for m in block.modules() if hasattr(m, "in_channels")).in_channels
+        x = torch.rand(1, channels, 17, 17)
+        assert torch.equal(block(x)[:, -channels:], pool(x, kernel_size=3, stride=2))
+
+
 def test_cifar_network_with_uncentered_batch_norm():
     from timm_bcos.layers import BatchNormUncentered2d
 
@@ -150,7 +162,7 @@ def test_cifar_network_with_uncentered_batch_norm():
     model = timm.create_model("bcos_cifar10", width=0.25, norm=True).double()
     norms = [m for m in model.modules() if isinstance(m, BatchNormUncentered2d)]
     assert len(norms) == 8 and all(n.bias is None for n in norms)
-    assert model.bcos_model_args["norm"] is True
+    assert model.bcos.model_args["norm"] is True
     x = torch.rand(3, 3, 32, 32, dtype=torch.float64)
     calibrate_bn(model, x)
     contrib, pre, _ = model_contributions(model, x, torch.tensor([0, 1, 2]))

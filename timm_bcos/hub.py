@@ -15,6 +15,8 @@ from typing import Any, Sequence
 
 from torch import nn
 
+from .runtime import bcos_state
+
 CARD_BODY = """# {repo_name}
 
 A B-cos network ({architecture}) for [timm](https://github.com/huggingface/pytorch-image-models),
@@ -104,7 +106,8 @@ def save_pretrained(
     from timm.models._hub import save_for_hf
 
     folder = Path(folder)
-    args = dict(getattr(model, "bcos_model_args", {}) or {})
+    state = bcos_state(model)
+    args = dict(state.model_args) if state is not None else {}
     args.update(model_args or {})
     args.setdefault("num_classes", getattr(model, "num_classes", None))
     cfg_overlay = dict(pretrained_cfg_overlay or {})

@@ -1,7 +1,6 @@
-"""Explanations of B-cos models: the model mixin, batched explanations, rendering."""
+"""Explanations of B-cos models: batched explanations, rendering, the Captum entry."""
 from .captum import BcosAttribution
 from .explain import explain
-from .mixin import BcosModelMixin
 from .result import Explanation
 
-__all__ = ["BcosAttribution", "BcosModelMixin", "Explanation", "explain"]
+__all__ = ["BcosAttribution", "Explanation", "explain"]

@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import difflib
 import warnings
+from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 from torch import Tensor, nn
@@ -59,6 +62,57 @@ def _spatial_scores(out: Tensor) -> tuple[Tensor, Tensor | None]:
     raise ValueError(f"layer outputs of shape {tuple(out.shape)} are not supported; expected [N, C, H, W] or [N, C]")
 
 
+@dataclass
+class _Selection:
+    """What an explanation mode picked: the [N, K] values to explain and which they are."""
+
+    targets: Tensor                    # [N, K] classes or channels
+    explained: Tensor                  # [N, K] the values whose input gradients are the explanation
+    positions: Tensor | None = None    # [N, K, 2] neuron positions in a layer's map
+    reference: Tensor | None = None    # [N, 1] the subtracted classes of a Delta explanation
+
+
+def _select_classes(pre_bias: Tensor, logits: Tensor, *, temperature: Tensor, target, topk) -> _Selection:
+    values = pre_bias / temperature.to(logits.dtype)  # logit - bias
+    targets = _as_targets(target, values.shape[0], values.detach(), topk)
+    return _Selection(targets, values.gather(1, targets))
+
+
+def _select_delta(pre_bias: Tensor, logits: Tensor, *, temperature: Tensor, delta: tuple) -> _Selection:
+    values = pre_bias / temperature.to(logits.dtype)  # logit - bias
+    c1, c2 = (_as_targets(c, values.shape[0], values, None) for c in delta)
+    return _Selection(c1, values.gather(1, c1) - values.gather(1, c2), reference=c2)
+
+
+def _select_neurons(out: Tensor, logits: Tensor, *, target, topk, position) -> _Selection:
+    n = out.shape[0]
+    scores, argpos = _spatial_scores(out.detach())
+    targets = _as_targets(target, n, scores, topk)
+    if out.dim() != 4:
+        return _Selection(targets, out.gather(1, targets))
+    if position is None:
+        positions = argpos.gather(1, targets[..., None].expand(-1, -1, 2))
+    else:
+        positions = torch.as_tensor(position, dtype=torch.long).expand(n, targets.shape[1], 2)
+    h, w = out.shape[-2:]
+    flat_idx = targets * (h * w) + positions[..., 0] * w + positions[..., 1]
+    return _Selection(targets, out.flatten(1).gather(1, flat_idx), positions=positions)
+
+
+def _mode(model: nn.Module, target, topk, layer, position, delta) -> tuple[nn.Module, bool, Callable]:
+    """The module an explanation reads, whether it reads that module's input (else its output),
+    and the target selector that turns what it read into the explained values."""
+    if delta is not None:
+        if target is not None or topk is not None or layer is not None:
+            raise ValueError("delta=(c1, c2) cannot be combined with target, topk or layer")
+        temperature = model.logit_layer.logit_temperature
+        return model.logit_layer, True, partial(_select_delta, temperature=temperature, delta=delta)
+    if layer is not None:
+        return _submodule(model, layer), False, partial(_select_neurons, target=target, topk=topk, position=position)
+    temperature = model.logit_layer.logit_temperature
+    return model.logit_layer, True, partial(_select_classes, temperature=temperature, target=target, topk=topk)
+
+
 def explain(
     model: nn.Module,
     x: Tensor,
@@ -87,46 +141,17 @@ def explain(
     if model.training:
         warnings.warn("explaining a model in training mode: batch statistics make the explanation "
                       "differ from inference; call model.eval() first", stacklevel=2)
-    if delta is not None and (target is not None or topk is not None or layer is not None):
-        raise ValueError("delta=(c1, c2) cannot be combined with target, topk or layer")
-    state: dict[str, Tensor] = {}
+    watched, reads_input, select = _mode(model, target, topk, layer, position, delta)
+    read: dict[str, Tensor] = {}
     encoded_leaves: list[Tensor] = []
     hooks = _capture_encodings(model, encoded_leaves)
     terms = fixed.prepare(model, x.shape[0])
-    if layer is None:
-        hooks.append(model.logit_layer.register_forward_hook(lambda m, i, o: state.__setitem__("pre_bias", i[0])))
-    else:
-        hooks.append(_submodule(model, layer).register_forward_hook(lambda m, i, o: state.__setitem__("layer", o)))
+    hooks.append(watched.register_forward_hook(lambda m, i, o: read.__setitem__("value", i[0] if reads_input else o)))
     try:
         with torch.enable_grad(), explanation_mode(model):
             logits = fixed.forward(model, x.detach(), terms)
-            n = x.shape[0]
-            positions = None
-            reference = None
-            if layer is None:
-                values = state["pre_bias"] / model.logit_layer.logit_temperature.to(logits.dtype)  # logit - bias
-                if delta is not None:
-                    c1, c2 = (_as_targets(c, n, values, None) for c in delta)
-                    targets, reference = c1, c2
-                    explained = values.gather(1, c1) - values.gather(1, c2)
-                else:
-                    targets = _as_targets(target, n, values.detach(), topk)
-                    explained = values.gather(1, targets)
-            else:
-                out = state["layer"]
-                scores, argpos = _spatial_scores(out.detach())
-                targets = _as_targets(target, n, scores, topk)
-                if out.dim() == 4:
-                    if position is None:
-                        positions = argpos.gather(1, targets[..., None].expand(-1, -1, 2))
-                    else:
-                        positions = torch.as_tensor(position, dtype=torch.long).expand(n, targets.shape[1], 2)
-                    h, w = out.shape[-2:]
-                    flat_idx = targets * (h * w) + positions[..., 0] * w + positions[..., 1]
-                    explained = out.flatten(1).gather(1, flat_idx)
-                else:
-                    explained = out.gather(1, targets)
-            weights_t, fixed_shares = _weights_and_shares(explained, encoded_leaves, terms)
+            chosen = select(read["value"], logits)
+            weights, fixed_shares = _weights_and_shares(chosen.explained, encoded_leaves, terms)
     finally:
         for h in hooks:
             h.remove()
@@ -134,13 +159,13 @@ def explain(
     enc = encoded_leaves[0].detach()
     return Explanation(
         logits=logits.detach(),
-        targets=targets,
-        weights=weights_t,
-        contributions=(weights_t * enc[:, None]).sum(2),
+        targets=chosen.targets,
+        weights=weights,
+        contributions=(weights * enc[:, None]).sum(2),
         encoded_input=enc,
-        explained=explained.detach(),
-        positions=positions,
-        reference_targets=reference,
+        explained=chosen.explained.detach(),
+        positions=chosen.positions,
+        reference_targets=chosen.reference,
         fixed_shares=fixed_shares,
         fixed_maps=fixed.token_maps(model, fixed_shares),
     )

@@ -3,7 +3,7 @@
 In explanation mode a converted model computes y = W(x) x + sum_t V_t(x) c_t with W(x) and
 every V_t(x) detached (Eqs. 13-15), so the share of a term c_t is (dy/dc_t) . c_t, and
 contributions + sum of the shares = y exactly. `convert()` lists the terms' paths in
-`model.bcos_fixed_terms`: parameters or buffers (broadcast over the batch, so each gets
+`model.bcos.fixed_terms`: parameters or buffers (broadcast over the batch, so each gets
 a batch-expanded copy and per-image gradients) or modules whose output does not depend
 on the input (their output becomes a leaf).
 """
@@ -29,7 +29,8 @@ class FixedTerms:
 
 def prepare(model: nn.Module, n: int) -> FixedTerms:
     terms = FixedTerms()
-    for path in getattr(model, "bcos_fixed_terms", ()):
+    state = getattr(model, "bcos", None)  # a converted model's runtime state (timm_bcos.runtime.BcosState)
+    for path in getattr(state, "fixed_terms", ()):
         try:
             target = model.get_submodule(path)
         except AttributeError:
@@ -49,7 +50,7 @@ def _tensor(model: nn.Module, path: str) -> Tensor | None:
     owner, _, name = path.rpartition(".")
     module = model.get_submodule(owner) if owner else model
     if not hasattr(module, name):
-        raise ValueError(f"{type(model).__name__}.bcos_fixed_terms names {path!r}, which does not exist")
+        raise ValueError(f"{type(model).__name__}.bcos.fixed_terms names {path!r}, which does not exist")
     return getattr(module, name)
 
 

@@ -24,7 +24,7 @@ class Explanation:
                    so it does not suffer cancellation).
     positions:     [N, K, 2] (row, col) of explained intermediate neurons, else None.
     fixed_shares:  {path: share} of each input-independent term the model adds (class token,
-                   position embedding, a bias the recipe keeps; `model.bcos_fixed_terms`):
+                   position embedding, a bias the recipe keeps; `model.bcos.fixed_terms`):
                    [N, K, T] per token, [N, K, H, W] per position, [N, K] for a bias.
                    contributions.sum((2, 3)) + fixed_share == explained, exactly.
     fixed_maps:    the token shares laid out on the patch grid, [N, K, h, w], where there is one.

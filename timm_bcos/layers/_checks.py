@@ -14,3 +14,17 @@ def check_input(x: Tensor, *, layer: str, ndim: int | None, channels: int, chann
         raise ValueError(
             f"{layer} expects {channels} channels in {where}, got shape {tuple(x.shape)}"
         )
+
+
+def check_bcos_args(b: float, max_out: int) -> None:
+    """The arguments every B-cos transform takes: B >= 1 (B = 1 is linear) and at least one MaxOut unit."""
+    if b < 1:
+        raise ValueError(f"b must be >= 1, got {b}")
+    if max_out < 1:
+        raise ValueError(f"max_out must be >= 1, got {max_out}")
+
+
+def bcos_repr(max_out: int, scale: float | None) -> str:
+    """The extra_repr tail of a B-cos transform: MaxOut units and v1 output scale, where set."""
+    s = f", max_out={max_out}" if max_out != 1 else ""
+    return s + (f", scale={scale:.4g}" if scale is not None else "")

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from . import kernels
-from ._checks import check_input
+from ._checks import bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
 from .encoding import InputEncoding
 from .functional import bcos_scale, max_out, unit_norm_rows
@@ -60,10 +60,7 @@ class BcosConv2d(DetachableModule):
         super().__init__()
         if encode_input and in_channels % 2:
             raise ValueError(f"encode_input needs an even in_channels (2 x image channels), got {in_channels}")
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}")
-        if max_out < 1:
-            raise ValueError(f"max_out must be >= 1, got {max_out}")
+        check_bcos_args(b, max_out)
         if in_channels % groups or out_channels % groups:
             raise ValueError(
                 f"in_channels ({in_channels}) and out_channels ({out_channels}) "
@@ -141,8 +138,4 @@ class BcosConv2d(DetachableModule):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
-        if self.max_out != 1:
-            s += f", max_out={self.max_out}"
-        if self.scale is not None:
-            s += f", scale={self.scale:.4g}"
-        return s
+        return s + bcos_repr(self.max_out, self.scale)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import check_input
+from ._checks import bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
 from .functional import bcos_scale, max_out, unit_norm_rows
 
@@ -32,10 +32,7 @@ class BcosLinear(DetachableModule):
         dtype=None,
     ) -> None:
         super().__init__()
-        if b < 1:
-            raise ValueError(f"b must be >= 1, got {b}")
-        if max_out < 1:
-            raise ValueError(f"max_out must be >= 1, got {max_out}")
+        check_bcos_args(b, max_out)
         self.in_features = in_features
         self.out_features = out_features
         self.b = float(b)
@@ -61,9 +58,5 @@ class BcosLinear(DetachableModule):
         return out
 
     def extra_repr(self) -> str:
-        s = f"in_features={self.in_features}, out_features={self.out_features}, b={self.b:g}"
-        if self.max_out != 1:
-            s += f", max_out={self.max_out}"
-        if self.scale is not None:
-            s += f", scale={self.scale:.4g}"
-        return s
+        return (f"in_features={self.in_features}, out_features={self.out_features}, b={self.b:g}"
+                + bcos_repr(self.max_out, self.scale))

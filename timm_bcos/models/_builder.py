@@ -11,6 +11,7 @@ from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
 from ..convert import HeadSpec, convert
 from ..recipes import Recipe, resolve_recipe
+from ..runtime import BcosModelMixin
 from ..weights.catalogue import RELEASES, fetch_release, released_cfgs
 from ..weights.timm_filter import bcos_v2_filter_fn
 
@@ -126,9 +127,10 @@ def build_bcos(
     with _pretrained_weights(variant, kwargs) if pretrained else nullcontext():
         model = build_model_with_cfg(make_model, variant, pretrained, **kwargs)
     # what save_pretrained writes as model_args, so the folder re-creates this model
-    model.bcos_model_args = {
-        **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
-        **(entrypoint_args or {}),
-        **overrides,
-    }
+    if isinstance(model, BcosModelMixin):  # not a features_only wrapper
+        model.bcos.model_args = {
+            **{k: v for k, v in kwargs.items() if k in _ARCH_KWARGS},
+            **(entrypoint_args or {}),
+            **overrides,
+        }
     return model

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from timm.layers import SelectAdaptivePool2d
 from timm.models import generate_default_cfgs, register_model
 
+from ..convert import HeadSpec, register_family
 from ._builder import bcos_cfg, build_bcos
 
 CHANNELS = (64, 64, 128, 128, 128, 256, 256, 256)
@@ -82,6 +83,9 @@ class CifarConvNet(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.forward_head(self.forward_features(x))
+
+
+register_family(CifarConvNet, head=HeadSpec(classifier="fc", pool="global_pool"))
 
 
 def _cfg(url: str = "", **kwargs):

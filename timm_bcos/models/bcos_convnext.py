@@ -4,8 +4,13 @@ timm's ConvNeXt is built with conv_mlp=True so that blocks run channels-first
 like the reference (dwconv -> norm -> 1x1 -> 1x1 -> layer scale).
 """
 from timm.models import generate_default_cfgs, register_model
+from timm.models.convnext import ConvNeXt
 
+from ..convert import HeadSpec, register_family
 from ._builder import bcos_cfg, build_bcos, model_cfgs
+
+register_family(ConvNeXt, head=HeadSpec(classifier="head.fc", pool="head.global_pool", before=("head.norm",),
+                                        after=("head.flatten",)))
 
 
 def _cfg(url: str = "", **kwargs):

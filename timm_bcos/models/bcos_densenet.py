@@ -1,7 +1,11 @@
 """B-cos DenseNets: timm's DenseNet, converted (v2 zoo and the paper's v1 DenseNet-121)."""
 from timm.models import generate_default_cfgs, register_model
+from timm.models.densenet import DenseNet
 
+from ..convert import HeadSpec, register_family
 from ._builder import bcos_cfg, build_bcos, model_cfgs
+
+register_family(DenseNet, head=HeadSpec(classifier="classifier", pool="global_pool"))
 
 
 def _cfg(url: str = "", **kwargs):

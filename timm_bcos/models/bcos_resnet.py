@@ -5,8 +5,12 @@ the stem, 1x1 B-cos classifier before global pooling. v1 (the CVPR 2022
 paper, Sec. 3.3): no norms, two MaxOut units per neuron.
 """
 from timm.models import generate_default_cfgs, register_model
+from timm.models.resnet import ResNet
 
+from ..convert import HeadSpec, register_family
 from ._builder import bcos_cfg, build_bcos, model_cfgs
+
+register_family(ResNet, head=HeadSpec(classifier="fc", pool="global_pool"))
 
 
 def _cfg(url: str = "", **kwargs):

@@ -1,8 +1,12 @@
 """B-cos VGG-11: v2 with uncentered batch norm ("bnu") and the paper's v1 (MaxOut 2, no norms)."""
 import timm
 from timm.models import generate_default_cfgs, register_model
+from timm.models.vgg import VGG
 
+from ..convert import HeadSpec, register_family
 from ._builder import bcos_cfg, build_bcos, model_cfgs
+
+register_family(VGG, head=HeadSpec(classifier="head.fc", pool="head.global_pool", before=("pre_logits",)))
 
 
 def _cfg(url: str = "", **kwargs):

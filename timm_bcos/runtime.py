@@ -1,42 +1,65 @@
-"""The mixin every timm_bcos model carries.
+"""The model runtime: what every converted model carries.
 
-`convert()` swaps a converted model's class for a subclass of its timm class
-with this mixin in front, so timm's own methods (forward_features, feature
-extraction, grad checkpointing) keep working while the head, the classifier
-reset and the explanation hooks become B-cos aware.
+`convert()` swaps a converted model's class for a subclass of its timm class with
+`BcosModelMixin` in front, so timm's own methods (forward_features, feature extraction,
+grad checkpointing) keep working while the head, the classifier reset, the input-size
+check and `explain` become B-cos aware. Beside its modules (the logit layer among them,
+`model.logit_layer`, saved with the weights) the model carries one object, `model.bcos`
+(a `BcosState`): the recipe, the head layout, the paths of its fixed terms and the
+arguments a saved config re-creates it with.
 """
 from __future__ import annotations
 
 import itertools
 import sys
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..layers import InputEncoding, LogitLayer, default_logit_bias, explanation_mode
+from .explain.explain import explain
+from .explain.result import Explanation
+from .layers import InputEncoding, LogitLayer, default_logit_bias, explanation_mode
+from .recipes import Recipe
+
+
+@dataclass(frozen=True)
+class HeadSpec:
+    """Where a family's head lives, for the v2 layout pool(classifier(before(x)))."""
+
+    classifier: str                 # path of the final Linear
+    pool: str                       # path of the global pooling module
+    before: tuple[str, ...] = ()    # modules applied to the feature map first
+    after: tuple[str, ...] = ()     # modules applied after pooling (e.g. a flatten)
+    drop_rate_attr: str | None = "drop_rate"  # attribute holding the head dropout rate
+
+
+@dataclass
+class BcosState:
+    """What a converted model carries beside its modules: `model.bcos`."""
+
+    recipe: Recipe                  # the recipe the model was converted with
+    head: HeadSpec | None           # the v2 head layout; None: the family's own head, then the logit layer
+    convert_new: Callable[[nn.Module], nn.Module]  # converts modules added later (a new classifier) by the same rules
+    fixed_terms: tuple[str, ...] = ()  # paths of input-independent additive terms; explain reports their shares
+    model_args: dict[str, Any] = field(default_factory=dict)  # what save_pretrained writes as the config's model_args
 
 
 class BcosModelMixin:
     """Adds the logit layer, the v2 head order and explanation helpers to a timm model."""
 
-    bcos_head: Any
-
-    @property
-    def bcos_recipe(self):
-        """The recipe this model was converted with."""
-        return self._bcos_context.recipe
+    bcos: BcosState
+    logit_layer: LogitLayer
 
     # ------------------------------------------------------------------ explanation
     def explanation_mode(self):
         """Context manager: every detachable module in explanation mode (see `timm_bcos.explanation_mode`)."""
         return explanation_mode(self)
 
-    def explain(self, x: Tensor, target=None, **kwargs: Any):
+    def explain(self, x: Tensor, target=None, **kwargs: Any) -> Explanation:
         """Batched explanation of `target` classes (or of neurons of `layer`); see `timm_bcos.explain.explain`."""
-        from .explain import explain
-
         return explain(self, x, target, **kwargs)
 
     def input_encoding(self) -> InputEncoding:
@@ -55,28 +78,25 @@ class BcosModelMixin:
         return super().forward_features(x, *args, **kwargs)
 
     # ------------------------------------------------------------------ head
-    def _submodule(self, path: str) -> nn.Module:
-        return self.get_submodule(path)
-
-    def _pool(self, spec: Any, x: Tensor) -> Tensor:
-        x = self._submodule(spec.pool)(x)
+    def _pool(self, spec: HeadSpec, x: Tensor) -> Tensor:
+        x = self.get_submodule(spec.pool)(x)
         for path in spec.after:
-            x = self._submodule(path)(x)
+            x = self.get_submodule(path)(x)
         return x
 
     def forward_head(self, x: Tensor, pre_logits: bool = False) -> Tensor:
-        spec = self.bcos_head
+        spec = self.bcos.head
         if spec is None:
             x = super().forward_head(x, pre_logits=pre_logits)
         else:
             for path in spec.before:
-                x = self._submodule(path)(x)
+                x = self.get_submodule(path)(x)
             if pre_logits:
                 return self._pool(spec, x)
             drop = float(getattr(self, spec.drop_rate_attr, 0.0) or 0.0) if spec.drop_rate_attr else 0.0
             if drop:
                 x = F.dropout(x, p=drop, training=self.training)
-            x = self._submodule(spec.classifier)(x)
+            x = self.get_submodule(spec.classifier)(x)
             x = self._pool(spec, x)
         if pre_logits or not getattr(self, "num_classes", 0):
             return x
@@ -88,16 +108,12 @@ class BcosModelMixin:
         Like timm's own heads, what this creates takes the model's device and dtype and
         its train/eval mode, whatever the family's reset_classifier does.
         """
-        from ..convert import convert_modules
-
         ref = next(self.parameters(), None)
         before = set(self.modules())  # the modules themselves, so no new one can reuse a freed id
         super().reset_classifier(num_classes, *args, **kwargs)
-        ctx = self._bcos_context
-        ctx.carry_weights = False
-        convert_modules(self, ctx, self._bcos_rules)
+        self.bcos.convert_new(self)
         old = self.logit_layer.logit_bias
-        self.logit_layer = _make_logit_layer(self.bcos_recipe, num_classes).to(device=old.device, dtype=old.dtype)
+        self.logit_layer = make_logit_layer(self.bcos.recipe, num_classes).to(device=old.device, dtype=old.dtype)
         for m in self.modules():
             if m not in before:
                 m.train(self.training)
@@ -112,7 +128,7 @@ def check_min_input_size(x: Tensor, min_size: tuple, name: str) -> None:
                          f"got {x.shape[-2]}x{x.shape[-1]}")
 
 
-def _make_logit_layer(recipe: Any, num_classes: int) -> LogitLayer:
+def make_logit_layer(recipe: Recipe, num_classes: int) -> LogitLayer:
     bias = recipe.logit_bias if recipe.logit_bias is not None else default_logit_bias(num_classes)
     return LogitLayer(bias, recipe.logit_temperature)
 
@@ -130,11 +146,16 @@ def _bcos_class(cls: type) -> type:
     return new_cls
 
 
-def attach_bcos_mixin(model: nn.Module, recipe: Any, head: Any, ctx: Any, rules: dict, num_classes: int) -> nn.Module:
+def attach_runtime(model: nn.Module, state: BcosState, num_classes: int) -> BcosModelMixin:
+    """Give a converted `model` the runtime: the mixin class, `model.bcos` and a logit layer for `num_classes`."""
     model.__class__ = _bcos_class(type(model))
-    model.bcos_head = head
-    model._bcos_context = ctx
-    model._bcos_rules = rules
+    model.bcos = state
     ref = next(itertools.chain(model.parameters(), model.buffers()), None)
-    model.logit_layer = _make_logit_layer(recipe, num_classes).to(ref.device if ref is not None else None)
+    model.logit_layer = make_logit_layer(state.recipe, num_classes).to(ref.device if ref is not None else None)
     return model
+
+
+def bcos_state(model: nn.Module) -> BcosState | None:
+    """The runtime state of a converted model, None for any other module."""
+    state = getattr(model, "bcos", None)
+    return state if isinstance(state, BcosState) else None

@@ -1,0 +1,76 @@
+"""`convert()`: a conventional (timm) model in, a B-cos model out.
+
+The walker applies the generic rule table, with the model family's own rules and the
+caller's on top; families whose head must change shape (v2: 1x1 B-cos classifier before
+global pooling) register a `HeadSpec`. Anything without a rule raises `ConversionError`
+naming its type and path. The converted model gets the runtime (`timm_bcos.runtime`).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import replace
+from typing import Any, Mapping
+
+from torch import nn
+
+from ..origin import record_origin
+from ..recipes import Recipe, resolve_recipe
+from ..runtime import BcosModelMixin, BcosState, HeadSpec, attach_runtime
+from . import paths
+from .families import family_of
+from .table import GENERIC_RULES
+from .walker import ConversionError, Context, Rule, convert_modules, find_rule
+
+
+def _context(model: nn.Module, recipe: Recipe, spec: HeadSpec | None, carry_weights: bool) -> Context:
+    first = paths.first_conv_path(model)
+    if first is None:
+        raise ConversionError(f"{type(model).__name__} has no Conv2d to carry the input encoding")
+    return Context(
+        recipe=recipe,
+        carry_weights=carry_weights,
+        first_conv=first,
+        classifier=paths.classifier_path(model, spec),
+        classifier_as_conv=spec is not None,
+        stem_convs=paths.stem_conv_paths(model, first),
+        first_conv_in=model.get_submodule(first).in_channels,
+        image_modules=paths.image_modules(model, first),
+    )
+
+
+def convert(
+    model: nn.Module,
+    recipe: str | Recipe = "v2",
+    *,
+    carry_weights: bool = False,
+    head: HeadSpec | None | str = "auto",
+    rules: Mapping[type, Rule] | None = None,
+    num_classes: int | None = None,
+    **overrides: Any,
+) -> BcosModelMixin:
+    """Turn `model` into a B-cos model in place and return it.
+
+    recipe: "v2", "v2_bnu", "v1" or a `Recipe`; `overrides` replace recipe fields
+        (b=2.5, max_out=2, logit_bias=..., norms={"batch": "none"}, ...).
+    carry_weights: copy the conventional weights over (B-cosification);
+        otherwise the B-cos layers keep their own initialisation.
+    head: a `HeadSpec`, "auto" (the registered one for the model's family) or None
+        (keep the family's own head: pool, then a B-cos linear classifier).
+    rules: extra {module type: rule} entries, checked before the family's and the generic table.
+    """
+    r = resolve_recipe(recipe, **overrides)
+    family = family_of(model)
+    spec = family.head if head == "auto" else head
+    if not r.head_before_pool:
+        spec = None
+    if find_rule(model, rules or {}) is not None:
+        raise ConversionError("convert() takes a whole model; use its rules on submodules directly")
+    table = GENERIC_RULES.with_rules(family.rules).with_rules(rules)
+    ctx = _context(model, r, spec, carry_weights)
+    convert_modules(model, ctx, table)
+    if num_classes is None:
+        num_classes = getattr(model, "num_classes", 0)
+    record_origin(model, r, spec, family.head)  # so that a saved config rebuilds it
+    reconvert = functools.partial(convert_modules, ctx=replace(ctx, carry_weights=False), rules=table)
+    fixed_terms = paths.fixed_term_paths(model, ctx)  # explain() reports their shares beside the contributions
+    return attach_runtime(model, BcosState(r, spec, reconvert, fixed_terms), num_classes)
