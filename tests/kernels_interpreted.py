@@ -222,6 +222,18 @@ def check_layers_train_and_explain():
             assert abs((g * xe).sum().item() - y.item()) <= 1e-10 * abs(y.item()), ((g * xe).sum().item(), y.item())
 
 
+def check_jit_trace_records_the_ops():
+    """torch.jit.trace (and the TorchScript ONNX export built on it) records the custom ops,
+    so the traced module runs the kernels on a new input with the same numbers as eager."""
+    net = nn.Sequential(L.BcosConv2d(6, 8, 3, padding=1), L.BatchNormUncentered2d(8),
+                        L.BcosConv2d(8, 4, 1)).double()
+    traced = torch.jit.trace(net, torch.rand(2, 6, 8, 8, dtype=torch.float64), check_trace=False)
+    for op in ("patch_norm", "bcos_scale", "batch_norm_uncentered"):
+        assert f"timm_bcos::{op}" in str(traced.inlined_graph), f"timm_bcos::{op} not in the traced graph"
+    x = torch.rand(3, 6, 5, 7, dtype=torch.float64)
+    assert_close(grads(traced, [x.requires_grad_()]), grads(net, [x]), what="traced vs eager")
+
+
 def check_compiled_graph_sees_the_ops():
     """torch.compile(fullgraph=True): no graph break, the custom ops in the graph, same numbers as eager."""
     net = _small_net()

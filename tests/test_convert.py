@@ -141,3 +141,8 @@ def test_v2_head_puts_the_classifier_before_pooling():
     assert isinstance(model.fc, L.BcosConv2d) and model.fc.kernel_size == (1, 1)
     generic = convert(timm.create_model("test_resnet", num_classes=4), head=None)
     assert isinstance(generic.fc, L.BcosLinear)
+
+
+def test_head_argument_is_checked():
+    with pytest.raises(TypeError, match="takes 'auto', None or a HeadSpec, got 'none'"):
+        convert(timm.create_model("test_resnet", num_classes=4), head="none")

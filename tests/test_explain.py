@@ -90,6 +90,14 @@ def test_target_forms(small):
         model.explain(x, layer="features.55")
     with pytest.raises(ValueError, match=r"\[N, 3, H, W\]"):
         model.explain(x[0])
+    with pytest.raises(ValueError, match="pass layer= too"):
+        model.explain(x, position=(0, 0))
+    model.add_module("idle", torch.nn.Identity())  # exists, never runs
+    try:
+        with pytest.raises(ValueError, match="'idle' was not called during the forward pass"):
+            model.explain(x, layer="idle")
+    finally:
+        del model.idle
     assert not any(m._forward_hooks for m in model.modules())  # a refused call leaves no hook behind
 
 

@@ -31,6 +31,7 @@ CHECKS = [
     "check_bfloat16_and_mixed_dtypes",
     "check_layers_train_and_explain",
     "check_compiled_graph_sees_the_ops",
+    "check_jit_trace_records_the_ops",
     "check_opcheck",
     "check_eager_takes_the_plain_functions",
 ]

@@ -3,6 +3,7 @@ import math
 
 import pytest
 import timm
+from timm.models.inception_v3 import InceptionB, InceptionD
 import torch
 
 import timm_bcos  # noqa: F401  (registers the entrypoints)
@@ -153,6 +154,18 @@ def test_inception_reduction_blocks_pool_as_the_recipe_says(max_pool_to_avg):
         channels = next(m for m in block.modules() if hasattr(m, "in_channels")).in_channels
         x = torch.rand(1, channels, 17, 17)
         assert torch.equal(block(x)[:, -channels:], pool(x, kernel_size=3, stride=2))
+
+
+def test_family_block_rules_reach_wrapped_and_features_only_models():
+    """The Inception blocks' rule is keyed by the block type, not by the model around it."""
+    from timm_bcos import convert
+
+    wrapped = torch.nn.Sequential(timm.create_model("inception_v3", num_classes=4))
+    features = timm.create_model("inception_v3", features_only=True)
+    for model in (convert(wrapped, "v1"), convert(features, "v1")):
+        blocks = [m for m in model.modules() if isinstance(m, (InceptionB, InceptionD))]
+        assert len(blocks) == 2 and all(type(b).__name__.startswith("AvgPool") for b in blocks), \
+            [type(b).__name__ for b in blocks]
 
 
 def test_cifar_network_with_uncentered_batch_norm():

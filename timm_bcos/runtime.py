@@ -42,7 +42,7 @@ class BcosState:
 
     recipe: Recipe                  # the recipe the model was converted with
     head: HeadSpec | None           # the v2 head layout; None: the family's own head, then the logit layer
-    convert_new: Callable[[nn.Module], nn.Module]  # converts modules added later (a new classifier) by the same rules
+    convert_new: Callable[[nn.Module], nn.Module] = field(repr=False)  # converts modules added later (a new classifier) by the same rules
     fixed_terms: tuple[str, ...] = ()  # paths of input-independent additive terms; explain reports their shares
     model_args: dict[str, Any] = field(default_factory=dict)  # what save_pretrained writes as the config's model_args
 
@@ -134,7 +134,8 @@ def make_logit_layer(recipe: Recipe, num_classes: int) -> LogitLayer:
 
 
 def _bcos_class(cls: type) -> type:
-    """A cached subclass (BcosModelMixin, cls), importable from this module so models pickle."""
+    """A cached subclass (BcosModelMixin, cls), named in this module's namespace. (Whole models do not
+    pickle: `model.bcos.convert_new` holds the conversion rules; save state dicts, as timm does.)"""
     if issubclass(cls, BcosModelMixin):
         return cls
     name = f"Bcos{cls.__name__}_{cls.__module__.replace('.', '_')}"

@@ -2,8 +2,8 @@
 linear-attention kernel) is detached, so an attention block is A(x) v, dynamic linear in x.
 
 Blocks that compute their attention inside `forward` get a subclass of their own class with
-an explanation-mode switch (the flag `bcos_detach`), made once per class and importable from
-this module, so converted models pickle.
+an explanation-mode switch (the flag `bcos_detach`), made once per class and named in this
+module's namespace (made by the converting process; whole models do not pickle, see runtime).
 """
 from __future__ import annotations
 
@@ -44,8 +44,7 @@ def unfused_attention_rule(m: nn.Module, path: str, ctx: Context):
 
 def _switchable_subclass(cls: type, name: str, overrides: dict, cache: dict[type, type]) -> type:
     """A subclass of `cls` named `name` with `overrides` and an explanation-mode switch (the
-    flag `bcos_detach`), made once per class (`cache`) and importable from this module, so
-    converted models pickle."""
+    flag `bcos_detach`), made once per class (`cache`) and named in this module's namespace."""
     if cls not in cache:
         cache[cls] = type(name, (cls,), {
             **overrides,

@@ -1,9 +1,10 @@
 """What a model family adds to the generic conversion: its v2 head layout and its own rules.
 
-A family's file (e.g. `timm_bcos/models/bcos_inception.py`) registers them for its model
-class when timm_bcos is imported, so `convert()` applies them to that family wherever the
-model comes from: its bcos_* entrypoint, `timm_bcos.convert(timm.create_model(...))`, or a
-saved config rebuilt by `bcos_converted`.
+A family's file (e.g. `timm_bcos/models/bcos_inception.py`) registers them when timm_bcos is
+imported. The head belongs to the model class; the rules are keyed by the family's own block
+types and apply wherever those blocks appear: the family's bcos_* entrypoint,
+`timm_bcos.convert(timm.create_model(...))`, a model wrapped in another module or built with
+`features_only=True`, or a saved config rebuilt by `bcos_converted`.
 """
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from .walker import Rule
 @dataclass(frozen=True)
 class Family:
     head: HeadSpec | None = None    # the v2 head layout pool(classifier(before(x))); None: keep the family's head
-    rules: Mapping[type, Rule] = field(default_factory=dict)  # checked before the generic table
+    rules: Mapping[type, Rule] = field(default_factory=dict)  # keyed by the family's block types
 
 
 _FAMILIES: dict[type, Family] = {}
@@ -30,8 +31,21 @@ def register_family(model_class: type, *, head: HeadSpec | None = None,
                     rules: Mapping[type, Rule] | None = None) -> None:
     """Convert every `model_class` (and subclass) with `head` and `rules` on top of the generic table."""
     if model_class in _FAMILIES:
-        raise ValueError(f"{model_class.__qualname__} is registered twice")
-    _FAMILIES[model_class] = Family(head, dict(rules or {}))
+        raise ValueError(f"{model_class.__qualname__} is registered twice; a one-off conversion can pass "
+                         f"convert(model, head=..., rules=...) instead")
+    rules = dict(rules or {})
+    taken = {t.__qualname__ for t in rules if t in block_rules()}
+    if taken:
+        raise ValueError(f"{model_class.__qualname__}: another family already has rules for {sorted(taken)}")
+    _FAMILIES[model_class] = Family(head, rules)
+
+
+def block_rules() -> dict[type, Rule]:
+    """Every family's own rules, each keyed by that family's block types."""
+    merged: dict[type, Rule] = {}
+    for family in _FAMILIES.values():
+        merged.update(family.rules)
+    return merged
 
 
 def family_of(model: nn.Module) -> Family:

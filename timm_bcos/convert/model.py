@@ -17,7 +17,7 @@ from ..origin import record_origin
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import BcosModelMixin, BcosState, HeadSpec, attach_runtime
 from . import paths
-from .families import family_of
+from .families import block_rules, family_of
 from .table import GENERIC_RULES
 from .walker import ConversionError, Context, Rule, convert_modules, find_rule
 
@@ -56,8 +56,10 @@ def convert(
         otherwise the B-cos layers keep their own initialisation.
     head: a `HeadSpec`, "auto" (the registered one for the model's family) or None
         (keep the family's own head: pool, then a B-cos linear classifier).
-    rules: extra {module type: rule} entries, checked before the family's and the generic table.
+    rules: extra {module type: rule} entries, checked before the families' and the generic table.
     """
+    if not (head == "auto" or head is None or isinstance(head, HeadSpec)):
+        raise TypeError(f"convert(head=...) takes 'auto', None or a HeadSpec, got {head!r}")
     r = resolve_recipe(recipe, **overrides)
     family = family_of(model)
     spec = family.head if head == "auto" else head
@@ -65,7 +67,7 @@ def convert(
         spec = None
     if find_rule(model, rules or {}) is not None:
         raise ConversionError("convert() takes a whole model; use its rules on submodules directly")
-    table = GENERIC_RULES.with_rules(family.rules).with_rules(rules)
+    table = GENERIC_RULES.with_rules(block_rules()).with_rules(rules)  # blocks convert wherever they sit
     ctx = _context(model, r, spec, carry_weights)
     convert_modules(model, ctx, table)
     if num_classes is None:

@@ -1,7 +1,7 @@
 """The generic rule table: which rule converts each module type of torch and timm.
 
 Families with special needs register their own rules beside their entrypoints
-(`timm_bcos.convert.register_family`); the table knows no family of its own.
+(`from timm_bcos.convert import register_family`); the table knows no family of its own.
 """
 from __future__ import annotations
 

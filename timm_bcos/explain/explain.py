@@ -102,6 +102,8 @@ def _select_neurons(out: Tensor, logits: Tensor, *, target, topk, position) -> _
 def _mode(model: nn.Module, target, topk, layer, position, delta) -> tuple[nn.Module, bool, Callable]:
     """The module an explanation reads, whether it reads that module's input (else its output),
     and the target selector that turns what it read into the explained values."""
+    if position is not None and layer is None:
+        raise ValueError("position=(row, col) picks a neuron of an intermediate layer: pass layer= too")
     if delta is not None:
         if target is not None or topk is not None or layer is not None:
             raise ValueError("delta=(c1, c2) cannot be combined with target, topk or layer")
@@ -144,12 +146,15 @@ def explain(
     watched, reads_input, select = _mode(model, target, topk, layer, position, delta)
     read: dict[str, Tensor] = {}
     encoded_leaves: list[Tensor] = []
+    terms = fixed.prepare(model, x.shape[0])  # before any hook: a bad fixed-term path leaves none behind
     hooks = _capture_encodings(model, encoded_leaves)
-    terms = fixed.prepare(model, x.shape[0])
     hooks.append(watched.register_forward_hook(lambda m, i, o: read.__setitem__("value", i[0] if reads_input else o)))
     try:
         with torch.enable_grad(), explanation_mode(model):
             logits = fixed.forward(model, x.detach(), terms)
+            if "value" not in read:
+                raise ValueError(f"layer {layer!r} was not called during the forward pass; "
+                                 "name a module the model runs")
             chosen = select(read["value"], logits)
             weights, fixed_shares = _weights_and_shares(chosen.explained, encoded_leaves, terms)
     finally:

@@ -30,20 +30,28 @@ class FixedTerms:
 def prepare(model: nn.Module, n: int) -> FixedTerms:
     terms = FixedTerms()
     state = getattr(model, "bcos", None)  # a converted model's runtime state (timm_bcos.runtime.BcosState)
-    for path in getattr(state, "fixed_terms", ()):
-        try:
-            target = model.get_submodule(path)
-        except AttributeError:
-            target = _tensor(model, path)
-        if isinstance(target, nn.Module):
-            terms.hooks.append(target.register_forward_hook(_leaf_hook(terms.outputs, path)))
-        elif target is None:
-            continue
-        elif target.dim() >= 2 and target.shape[0] == 1:
-            terms.expanded[path] = target.detach().expand(n, *target.shape[1:]).clone().requires_grad_(True)
-        else:
-            terms.shared[path] = target.detach().clone().requires_grad_(True)
+    try:
+        for path in getattr(state, "fixed_terms", ()):
+            _prepare_term(model, path, n, terms)
+    except Exception:  # leave no hook behind on a bad path
+        terms.remove_hooks()
+        raise
     return terms
+
+
+def _prepare_term(model: nn.Module, path: str, n: int, terms: FixedTerms) -> None:
+    try:
+        target = model.get_submodule(path)
+    except AttributeError:
+        target = _tensor(model, path)
+    if isinstance(target, nn.Module):
+        terms.hooks.append(target.register_forward_hook(_leaf_hook(terms.outputs, path)))
+    elif target is None:
+        return
+    elif target.dim() >= 2 and target.shape[0] == 1:
+        terms.expanded[path] = target.detach().expand(n, *target.shape[1:]).clone().requires_grad_(True)
+    else:
+        terms.shared[path] = target.detach().clone().requires_grad_(True)
 
 
 def _tensor(model: nn.Module, path: str) -> Tensor | None:

@@ -17,7 +17,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import TILE, acc_dtype, acc_torch_dtype, cdiv, on_input_device, pow2
+from ._common import TILE, acc_dtype, acc_torch_dtype, capturing_graph, cdiv, on_input_device, pow2
 
 MAX_SPLITS = 256
 
@@ -235,6 +235,6 @@ batch_norm_uncentered_op.register_autograd(_backward, setup_context=_setup_conte
 
 def batch_norm_uncentered(x: Tensor, weight: Optional[Tensor], eps: float, detach: bool) -> Tuple[Tensor, Tensor]:
     """(y, var) as `_UncenteredBatchNormTrain` returns them."""
-    if torch.compiler.is_compiling():
+    if capturing_graph():
         return batch_norm_uncentered_op(x, weight, float(eps), bool(detach))[:2]
     return FusedBatchNormUncentered.apply(x, weight, float(eps), bool(detach))

@@ -18,7 +18,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import acc_dtype, acc_torch_dtype, cdiv, grouped_geometry, on_input_device
+from ._common import acc_dtype, acc_torch_dtype, capturing_graph, grouped_geometry, on_input_device
 
 COS_EPS = 1e-6  # the reference's stabiliser (timm_bcos.layers.functional.COS_EPS)
 
@@ -192,5 +192,5 @@ def bcos_scale(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Optional[Te
     views = _as_groups(lin, norm)
     if views is None or lin.numel() == 0:
         return None
-    apply = bcos_scale_op if torch.compiler.is_compiling() else FusedBcosScale.apply
+    apply = bcos_scale_op if capturing_graph() else FusedBcosScale.apply
     return apply(*views, float(b), bool(detach)).view(lin.shape)

@@ -51,6 +51,12 @@ def grouped_geometry(n: int, c: int, s: int, groups: int):
     return (n * groups, cdiv(s, bs), splits), c // groups, per, bk, bs
 
 
+def capturing_graph() -> bool:
+    """Inside torch.compile or torch.jit.trace: the kernels go in as custom ops, which those see
+    (an autograd.Function's direct Triton launch would be traced as Python)."""
+    return torch.compiler.is_compiling() or torch.jit.is_tracing()
+
+
 def on_input_device(op):
     """Run `op` with its first argument's CUDA device current: Triton launches on the current device."""
     @functools.wraps(op)

@@ -15,7 +15,7 @@ import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._common import acc_dtype, acc_torch_dtype, cdiv, grouped_geometry, on_input_device, pow2
+from ._common import acc_dtype, acc_torch_dtype, capturing_graph, cdiv, grouped_geometry, on_input_device, pow2
 
 
 @triton.jit
@@ -200,5 +200,5 @@ def patch_norm(x: Tensor, groups: int, kernel_size, stride, padding, dilation, e
     pad = _explicit_padding(padding, kernel_size, stride, dilation)
     if pad is None:
         return None
-    apply = patch_norm_op if torch.compiler.is_compiling() else FusedPatchNorm.apply
+    apply = patch_norm_op if capturing_graph() else FusedPatchNorm.apply
     return apply(x, groups, list(kernel_size), list(stride), pad, list(dilation), float(eps))
