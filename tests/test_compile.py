@@ -43,3 +43,29 @@ def test_layers_compile_without_graph_breaks():
             yc.sum().backward()
         assert rel_err(yc, ye) <= 1e-9
         assert rel_err(xc.grad, xe.grad) <= 1e-9
+
+
+def test_compiled_graphs_use_plain_ops_for_the_scale_and_batch_norm():
+    """Graphs get plain ops, not the hand-written autograd.Functions of the eager path (dynamo has
+    mis-differentiated such Functions: pytorch#184113, torch 2.11; our H100 run saw a wrong input
+    gradient there), with the eager path's numbers."""
+    torch.manual_seed(0)
+    net = nn.Sequential(L.BcosConv2d(6, 8, 3, padding=1), L.BatchNormUncentered2d(8),
+                        L.BcosConv2d(8, 4, 1), L.BatchNormUncentered2d(4, affine=False)).double()
+    seen = []
+
+    def recording(gm, example_inputs):
+        seen.extend(str(n.target) for n in gm.graph.nodes if n.op == "call_function")
+        return gm
+
+    x = torch.rand(2, 6, 5, 5, dtype=torch.float64)
+    eager_x, compiled_x = x.clone().requires_grad_(), x.clone().requires_grad_()
+    r = torch.randn(2, 4, 5, 5, dtype=torch.float64)
+    (net(eager_x) * r).sum().backward()
+    (torch.compile(net, backend=recording, fullgraph=True)(compiled_x) * r).sum().backward()
+    assert seen and "autograd_function_apply" not in seen, sorted(set(seen))
+    assert rel_err(compiled_x.grad, eager_x.grad) <= 1e-9
+    compiled = torch.compile(net, fullgraph=True, backend="aot_eager")
+    compiled_x.grad = None
+    (compiled(compiled_x) * r).sum().backward()
+    assert rel_err(compiled_x.grad, eager_x.grad) <= 1e-9

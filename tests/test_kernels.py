@@ -215,9 +215,11 @@ def test_fused_kernels_on_cuda_under_bf16_autocast_and_compile():
 def test_compiled_pytorch_path_on_cuda_matches_eager():
     """The layers' PyTorch code under inductor on CUDA (what TIMM_BCOS_KERNELS=0 or a missing triton compiles).
 
-    Open defect: on an H100 (torch 2.11, 2026-11-26) this graph gave an input gradient with relative
-    error 1.0 against eager (the forward matched), while the same comparison passed on the CPU's
-    inductor; that is why compiled graphs keep the fused kernels as custom ops.
+    On an H100 (torch 2.11, 2026-11-26) this graph, then built from the layers' hand-written
+    autograd.Functions, gave an input gradient with relative error 1.0 against eager (the forward
+    matched); the CPU's inductor (torch 2.14) was right. Likely pytorch#184113 (dynamo and such
+    Functions, torch 2.11). Compiled graphs now take plain ops instead (tests/test_compile.py);
+    until this passes on a GPU, compiled graphs keep the fused kernels as custom ops.
     """
     from kernels_interpreted import _small_net, assert_close, grads, pytorch_path
 

@@ -78,6 +78,10 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
         if fused is not None:
             return fused
     if b == 2 and not detach:
+        if torch.compiler.is_compiling():
+            # plain ops in graphs: inductor fuses them itself, and hand-written autograd.Functions
+            # have met dynamo bugs with wrong gradients (pytorch#184113, torch 2.11)
+            return linear_out * (linear_out.abs() / input_norm).to(linear_out.dtype)
         return _BcosScaleB2.apply(linear_out, input_norm, detach)
     if b == 2:  # explanation mode: the constant factor |l| / n, built in place
         # (as fast as the hand-written function: benchmarks/explain_mode_ops.py)

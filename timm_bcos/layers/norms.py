@@ -65,6 +65,17 @@ class _UncenteredBatchNormTrain(torch.autograd.Function):
         return grad_x.to(x.dtype), grad_w, None, None
 
 
+def _uncentered_batch_norm_plain(x: Tensor, weight: Tensor | None, eps: float, detach: bool = False):
+    """Training mode in plain ops, for compiled graphs: inductor fuses them itself, and hand-written
+    autograd.Functions have met dynamo bugs with wrong gradients (pytorch#184113, torch 2.11)."""
+    stats_dtype = weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
+    var = x.to(stats_dtype).var(dim=(0, 2, 3), unbiased=False)
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    return x * scale.to(x.dtype)[:, None, None], var.detach()
+
+
 def _uncentered_batch_norm_detached(x: Tensor, weight: Tensor | None, eps: float, detach: bool = True):
     """Explanation mode with batch statistics: x times a constant per-channel factor."""
     var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)[1]
@@ -112,6 +123,8 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
                 train = _uncentered_batch_norm_detached
             elif kernels.use_fused(x):  # CUDA + Triton: fused statistics and apply (kernels/_batch_norm.py)
                 train = kernels.batch_norm_uncentered
+            elif torch.compiler.is_compiling():
+                train = _uncentered_batch_norm_plain
             else:
                 train = _UncenteredBatchNormTrain.apply
             y, var = train(x, self.weight, self.eps, self.detach)

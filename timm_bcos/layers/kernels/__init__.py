@@ -6,8 +6,8 @@ Eager autograd goes through plain `torch.autograd.Function`s (their dispatch
 costs far less than `torch.library` custom ops', and eager steps on an H100
 were bound by host time); compiled graphs get the same kernels as custom ops
 with fake (meta) kernels, opaque to inductor. (Compiling the PyTorch code
-instead was 2.3x faster on an H100 but gave a wrong input gradient there;
-benchmarks/RESULTS.md.)
+instead was 2.3x faster on an H100, but it then gave a wrong input gradient
+with torch 2.11; benchmarks/RESULTS.md.)
 
 Fused only for CUDA tensors (or any tensor under Triton's interpreter,
 TRITON_INTERPRET=1, which is how the tests run them on a CPU), only when
