@@ -85,7 +85,19 @@ def server(tmp_path_factory):
             proc.kill()
     text = log.read_text()
     assert NETWORK_MARK not in text, text
-    assert "Traceback" not in text, text
+    assert "Traceback" not in _without_file_serving_races(text), text
+
+
+# Starlette's file responses declare the size they stat, then stream: when gradio rewrites one of
+# its cached files meanwhile (concurrent requests for the same cached upload), h11 refuses the short
+# body. Seen once in ~10 runs; it is the web stack's race, not our callbacks, whose errors still fail.
+_FILE_RACE = "h11._util.LocalProtocolError: Too little data for declared Content-Length"
+
+
+def _without_file_serving_races(log: str) -> str:
+    """The server log without the tracebacks that end in the file-serving race above."""
+    first, *blocks = log.split("ERROR:    Exception in ASGI application")
+    return first + "".join(b.partition(_FILE_RACE)[2] if _FILE_RACE in b else b for b in blocks)
 
 
 @pytest.fixture(scope="module")
@@ -212,3 +224,11 @@ def eight_concurrent_clients_are_all_answered_correctly(server, expected):
         assert message.startswith("The model saw a 32x32 image"), message
         assert scores["label"] == expected[path.name], (path.name, scores)
         assert numbers.startswith(f"**{expected[path.name]}**: logit")
+
+
+def test_the_log_filter_drops_only_the_file_serving_race():
+    asgi = "ERROR:    Exception in ASGI application\nTraceback (most recent call last):\n  File x\n"
+    race, other = asgi + _FILE_RACE + "\n", asgi + "ValueError: a callback failed\n"
+    assert "Traceback" not in _without_file_serving_races("* Running\n" + race)
+    assert "Traceback" in _without_file_serving_races("* Running\n" + other)
+    assert "Traceback" in _without_file_serving_races(race + other)
