@@ -101,7 +101,7 @@ def _gx_partial_kernel(g_ptr, x_ptr, out_ptr, N, C, HW, ROWS, SPLITS, ACC: tl.co
 
 
 @triton.jit
-def _bwd_apply_kernel(g_ptr, x_ptr, gx_ptr, partial_ptr, mean_ptr, inv_ptr, scale_ptr, C, HW, M, SPLITS,
+def _bwd_apply_kernel(g_ptr, x_ptr, gx_ptr, gw_ptr, partial_ptr, mean_ptr, inv_ptr, scale_ptr, C, HW, M, SPLITS,
                       DETACH: tl.constexpr, BLOCK: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     c = row % C
@@ -110,10 +110,12 @@ def _bwd_apply_kernel(g_ptr, x_ptr, gx_ptr, partial_ptr, mean_ptr, inv_ptr, scal
     sc = tl.load(scale_ptr + c)
     g = tl.load(g_ptr + row * HW + s, mask=m, other=0.0).to(sc.dtype)
     gx = g * sc
+    i = tl.arange(0, BLOCK_SPLITS)
+    gx_sum = tl.sum(tl.load(partial_ptr + c * SPLITS + i, mask=i < SPLITS, other=0.0), axis=0)  # sum(g x)
+    inv = tl.load(inv_ptr + c)
+    if (row < C) & (tl.program_id(1) == 0):  # one program per channel writes the weight gradient
+        tl.store(gw_ptr + c, gx_sum * inv)
     if not DETACH:  # d/dx through var: -(w inv^3 / M) sum(g x) (x - mean)
-        i = tl.arange(0, BLOCK_SPLITS)
-        gx_sum = tl.sum(tl.load(partial_ptr + c * SPLITS + i, mask=i < SPLITS, other=0.0), axis=0)
-        inv = tl.load(inv_ptr + c)
         coef = -(sc * inv * inv) * gx_sum / M
         x = tl.load(x_ptr + row * HW + s, mask=m, other=0.0).to(sc.dtype)
         gx += coef * (x - tl.load(mean_ptr + c))
@@ -161,11 +163,11 @@ def batch_norm_backward(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, scal
     block, rows, splits = _splits(n, hw)
     partial = torch.empty(c, splits, device=x.device, dtype=inv.dtype)
     _gx_partial_kernel[(c, splits)](grad, x, partial, n, c, hw, rows, splits, ACC=acc_dtype(inv), BLOCK=block)
-    grad_x = torch.empty_like(x)
+    grad_x, grad_w = torch.empty_like(x), torch.empty_like(inv)
     rb = _rows_block(hw)
-    _bwd_apply_kernel[(n * c, cdiv(hw, rb))](grad, x, grad_x, partial, mean, inv, scale, c, hw, m, splits,
+    _bwd_apply_kernel[(n * c, cdiv(hw, rb))](grad, x, grad_x, grad_w, partial, mean, inv, scale, c, hw, m, splits,
                                              DETACH=detach, BLOCK=rb, BLOCK_SPLITS=pow2(splits))
-    return grad_x, partial.sum(1) * inv
+    return grad_x, grad_w
 
 
 class FusedBatchNormUncentered(torch.autograd.Function):
