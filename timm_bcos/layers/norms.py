@@ -65,15 +65,20 @@ class _UncenteredBatchNormTrain(torch.autograd.Function):
         return grad_x.to(x.dtype), grad_w, None, None
 
 
+def _times_inverse_std(x: Tensor, var: Tensor, weight: Tensor | None, eps: float) -> Tensor:
+    """x * weight / sqrt(var + eps) per channel, in x's dtype (autocast keeps bf16 activations)."""
+    scale = torch.rsqrt(var + eps)
+    if weight is not None:
+        scale = scale * weight
+    return x * scale.to(x.dtype)[:, None, None]
+
+
 def _uncentered_batch_norm_plain(x: Tensor, weight: Tensor | None, eps: float, detach: bool = False):
     """Training mode in plain ops, for compiled graphs: inductor fuses them itself, and hand-written
     autograd.Functions have met dynamo bugs with wrong gradients (pytorch#184113, torch 2.11)."""
     stats_dtype = weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
     var = x.to(stats_dtype).var(dim=(0, 2, 3), unbiased=False)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    return x * scale.to(x.dtype)[:, None, None], var.detach()
+    return _times_inverse_std(x, var, weight, eps), var.detach()
 
 
 def _uncentered_batch_norm_detached(x: Tensor, weight: Tensor | None, eps: float, detach: bool = True):
@@ -81,10 +86,7 @@ def _uncentered_batch_norm_detached(x: Tensor, weight: Tensor | None, eps: float
     var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)[1]
     if weight is not None and var.dtype != weight.dtype:  # autocast: statistics in the weight's precision
         var = var.to(weight.dtype)
-    scale = torch.rsqrt(var + eps)
-    if weight is not None:
-        scale = scale * weight
-    return x * scale.to(x.dtype)[:, None, None], var
+    return _times_inverse_std(x, var, weight, eps), var
 
 
 def _affine_2d(x: Tensor, weight: Tensor | None, bias: Tensor | None) -> Tensor:
