@@ -268,7 +268,8 @@ def check_opcheck():
         (ops.batch_norm_uncentered.default, (x, None, 1e-5, True)),
         (ops.patch_norm_backward.default, (x.detach(), x.detach(), x.detach()[:, :1], [3, 3], [1, 1], [1, 1], [1, 1])),
         (ops.bcos_scale_backward.default, (lin.detach(), lin.detach(), norm.detach(), 1.5, False)),
-        (ops.batch_norm_uncentered_backward.default, (x.detach(), x.detach(), w.detach(), w.detach(), w.detach(), False)),
+        (ops.batch_norm_uncentered_backward.default,
+         (x.detach(), x.detach(), torch.rand(4, 2, dtype=torch.float64) + .5, False)),
     ]:
         torch.library.opcheck(op, args, test_utils=("test_schema", "test_faketensor", "test_autograd_registration"))
 

@@ -115,8 +115,7 @@ def _gpu_compile_cases():
         (S._scale_bwd_kernel, dict(IS_B2=True, DETACH=False, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_bwd_kernel, dict(IS_B2=False, DETACH=True, BLOCK_K=8, BLOCK_S=256, **acc)),
         (B._stats_partial_kernel, dict(BLOCK=1024, **acc)),
-        (B._stats_final_kernel, dict(HAS_W=True, BLOCK=64)),
-        (B._apply_kernel, dict(BLOCK=1024)),
+        (B._apply_kernel, dict(HAS_W=True, BLOCK=1024, BLOCK_SPLITS=32)),
         (B._gx_partial_kernel, dict(BLOCK=1024, **acc)),
         (B._bwd_apply_kernel, dict(DETACH=False, BLOCK=1024, BLOCK_SPLITS=64)),
     ]

@@ -12,10 +12,32 @@ from . import kernels
 COS_EPS = 1e-6
 
 
+class _UnitNormRows(torch.autograd.Function):
+    """w / ||w|| per row with a short backward, grad_w = (g - w_hat <g, w_hat>) / ||w||: 3 kernels
+    where autograd of the norm and the division takes ~9 per layer. Eager GPU steps are bound by
+    host time per launch (benchmarks/launches.py), and this runs in every B-cos layer."""
+
+    @staticmethod
+    def forward(ctx, weight: Tensor) -> Tensor:
+        norm = torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True)
+        w_hat = weight / norm
+        ctx.save_for_backward(w_hat, norm)
+        return w_hat
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor) -> Tensor:
+        w_hat, norm = ctx.saved_tensors
+        dot = torch.linalg.vecdot(grad.flatten(1), w_hat.flatten(1)).view(norm.shape)  # <g, w_hat> per row
+        return torch.addcmul(grad, w_hat, dot, value=-1).div_(norm)
+
+
 def unit_norm_rows(weight: Tensor) -> Tensor:
     """Scale every output unit's weight vector to unit L2 norm (the hat in Eq. 3)."""
-    dims = tuple(range(1, weight.dim()))
-    return weight / torch.linalg.vector_norm(weight, dim=dims, keepdim=True)
+    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+        # plain ops in graphs (inductor fuses them; see bcos_scale on hand-written Functions there)
+        return weight / torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True)
+    return _UnitNormRows.apply(weight)
 
 
 def max_out(out: Tensor, units: int, dim: int) -> Tensor:

@@ -40,11 +40,14 @@ class _UncenteredBatchNormTrain(torch.autograd.Function):
         ctx.save_for_backward(x, mean, inv, weight)
         ctx.detach = detach
         ctx.mark_non_differentiable(var)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for var
         return x * scale.to(x.dtype)[:, None, None], var  # keeps x's dtype under autocast
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor, _grad_var: Tensor):
+    def backward(ctx, grad: Tensor | None, _grad_var: Tensor | None):
+        if grad is None:  # y did not reach the loss
+            return None, None, None, None
         x, mean, inv, weight = ctx.saved_tensors
         stats_dtype = inv.dtype
         g, xs = grad, x

@@ -2,8 +2,8 @@
 
 Statistics: each program reduces a chunk of one channel to (count, mean, M2)
 by merging per-tile moments (Chan et al.'s parallel update, no E[x^2] - E[x]^2
-cancellation), a second kernel merges the chunks and folds weight and
-1/sqrt(var + eps) into one factor, a third applies it. Backward: the per-channel
+cancellation); the apply kernel's programs each merge their channel's few chunks,
+fold weight and 1/sqrt(var + eps) into one factor and apply it. Backward: the per-channel
 sum(g * x) gives the weight gradient and the variance term,
 grad_x = g * scale - (scale inv^2 / M) sum(g x) (x - mean); with `detach`
 (explanation mode) the variance is a constant and grad_x = g * scale.
@@ -31,10 +31,10 @@ def _row_tile(r, s0, N, C, HW, ROWS, BLOCK: tl.constexpr):
 
 
 @triton.jit
-def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, N, C, HW, ROWS, SPLITS,
-                          ACC: tl.constexpr, BLOCK: tl.constexpr):
+def _stats_partial_kernel(x_ptr, part_ptr, N, C, HW, ROWS, SPLITS, ACC: tl.constexpr, BLOCK: tl.constexpr):
+    """(count, mean, M2) of rows [sp * ROWS, (sp + 1) * ROWS) of channel c into part [3, C, SPLITS]."""
     c = tl.program_id(0)
-    sp = tl.program_id(1)  # rows n in [sp * ROWS, (sp + 1) * ROWS) of channel c
+    sp = tl.program_id(1)
     cnt = tl.zeros([], dtype=ACC)
     mean = tl.zeros([], dtype=ACC)
     m2 = tl.zeros([], dtype=ACC)
@@ -51,20 +51,21 @@ def _stats_partial_kernel(x_ptr, cnt_ptr, mean_ptr, m2_ptr, N, C, HW, ROWS, SPLI
             mean = mean + delta * frac
             m2 = m2 + tl.sum(d * d, axis=0) + delta * delta * cnt * frac
             cnt = tot
-    tl.store(cnt_ptr + c * SPLITS + sp, cnt)
-    tl.store(mean_ptr + c * SPLITS + sp, mean)
-    tl.store(m2_ptr + c * SPLITS + sp, m2)
+    at = part_ptr + c * SPLITS + sp
+    tl.store(at, cnt)
+    tl.store(at + C * SPLITS, mean)
+    tl.store(at + 2 * C * SPLITS, m2)
 
 
 @triton.jit
-def _stats_final_kernel(cnt_ptr, mean_ptr, m2_ptr, w_ptr, mean_out, var_out, inv_out, scale_out, SPLITS, eps,
-                        HAS_W: tl.constexpr, BLOCK: tl.constexpr):
-    c = tl.program_id(0)
-    i = tl.arange(0, BLOCK)
+def _channel_stats(part_ptr, w_ptr, c, C, SPLITS, eps, HAS_W: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
+    """(mean, var, 1/sqrt(var + eps), weight/sqrt(var + eps)) of channel c, merged from its SPLITS partials."""
+    i = tl.arange(0, BLOCK_SPLITS)
     m = i < SPLITS
-    cnt = tl.load(cnt_ptr + c * SPLITS + i, mask=m, other=0.0)
-    mu = tl.load(mean_ptr + c * SPLITS + i, mask=m, other=0.0)
-    q = tl.load(m2_ptr + c * SPLITS + i, mask=m, other=0.0)
+    at = part_ptr + c * SPLITS + i
+    cnt = tl.load(at, mask=m, other=0.0)
+    mu = tl.load(at + C * SPLITS, mask=m, other=0.0)
+    q = tl.load(at + 2 * C * SPLITS, mask=m, other=0.0)
     total = tl.sum(cnt, axis=0)
     mean = tl.sum(cnt * mu, axis=0) / total
     var = tl.sum(q + cnt * (mu - mean) * (mu - mean), axis=0) / total  # biased, as batch norm
@@ -72,18 +73,25 @@ def _stats_final_kernel(cnt_ptr, mean_ptr, m2_ptr, w_ptr, mean_out, var_out, inv
     scale = inv
     if HAS_W:
         scale = inv * tl.load(w_ptr + c).to(inv.dtype)
-    tl.store(mean_out + c, mean)
-    tl.store(var_out + c, var)
-    tl.store(inv_out + c, inv)
-    tl.store(scale_out + c, scale)
+    return mean, var, inv, scale
 
 
 @triton.jit
-def _apply_kernel(x_ptr, scale_ptr, y_ptr, C, HW, BLOCK: tl.constexpr):
+def _apply_kernel(x_ptr, part_ptr, w_ptr, stats_ptr, y_ptr, C, HW, SPLITS, eps,
+                  HAS_W: tl.constexpr, BLOCK: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
+    """y = x * scale[c]; every program merges its channel's few partials itself (one launch fewer than a
+    separate finalising kernel: eager steps are bound by host time per launch), and one program per
+    channel writes (mean, var, inv, scale) into stats [4, C]."""
     row = tl.program_id(0).to(tl.int64)  # n * C + c
+    c = row % C
+    mean, var, inv, sc = _channel_stats(part_ptr, w_ptr, c, C, SPLITS, eps, HAS_W, BLOCK_SPLITS)
+    if (row < C) & (tl.program_id(1) == 0):
+        tl.store(stats_ptr + c, mean)
+        tl.store(stats_ptr + C + c, var)
+        tl.store(stats_ptr + 2 * C + c, inv)
+        tl.store(stats_ptr + 3 * C + c, sc)
     s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = s < HW
-    sc = tl.load(scale_ptr + row % C)
     x = tl.load(x_ptr + row * HW + s, mask=m, other=0.0)
     tl.store(y_ptr + row * HW + s, (x.to(sc.dtype) * sc).to(y_ptr.dtype.element_ty), mask=m)
 
@@ -101,24 +109,24 @@ def _gx_partial_kernel(g_ptr, x_ptr, out_ptr, N, C, HW, ROWS, SPLITS, ACC: tl.co
 
 
 @triton.jit
-def _bwd_apply_kernel(g_ptr, x_ptr, gx_ptr, gw_ptr, partial_ptr, mean_ptr, inv_ptr, scale_ptr, C, HW, M, SPLITS,
+def _bwd_apply_kernel(g_ptr, x_ptr, gx_ptr, gw_ptr, partial_ptr, stats_ptr, C, HW, M, SPLITS,
                       DETACH: tl.constexpr, BLOCK: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
     row = tl.program_id(0).to(tl.int64)
     c = row % C
     s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = s < HW
-    sc = tl.load(scale_ptr + c)
+    sc = tl.load(stats_ptr + 3 * C + c)
     g = tl.load(g_ptr + row * HW + s, mask=m, other=0.0).to(sc.dtype)
     gx = g * sc
     i = tl.arange(0, BLOCK_SPLITS)
     gx_sum = tl.sum(tl.load(partial_ptr + c * SPLITS + i, mask=i < SPLITS, other=0.0), axis=0)  # sum(g x)
-    inv = tl.load(inv_ptr + c)
+    inv = tl.load(stats_ptr + 2 * C + c)
     if (row < C) & (tl.program_id(1) == 0):  # one program per channel writes the weight gradient
         tl.store(gw_ptr + c, gx_sum * inv)
     if not DETACH:  # d/dx through var: -(w inv^3 / M) sum(g x) (x - mean)
         coef = -(sc * inv * inv) * gx_sum / M
         x = tl.load(x_ptr + row * HW + s, mask=m, other=0.0).to(sc.dtype)
-        gx += coef * (x - tl.load(mean_ptr + c))
+        gx += coef * (x - tl.load(stats_ptr + c))
     tl.store(gx_ptr + row * HW + s, gx.to(gx_ptr.dtype.element_ty), mask=m)
 
 
@@ -135,39 +143,41 @@ def _rows_block(hw: int) -> int:
 
 
 @on_input_device
-def batch_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> Tuple[Tensor, ...]:
-    """(y, var, mean, inv, scale) for x [N, C, H, W]; statistics in float32 (float64 for float64 x)."""
+def batch_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> Tuple[Tensor, Tensor]:
+    """(y, stats) for x [N, C, H, W]: stats [4, C] = (mean, var, inv, scale), in float32 (float64 for float64 x).
+    Two launches and three allocations: eager steps on a GPU are bound by host time per op."""
     x = x.contiguous()
     n, c, h, w = x.shape
     hw = h * w
     block, rows, splits = _splits(n, hw)
     part = torch.empty(3, c, splits, device=x.device, dtype=acc_torch_dtype(x))
-    _stats_partial_kernel[(c, splits)](x, part[0], part[1], part[2], n, c, hw, rows, splits,
-                                       ACC=acc_dtype(x), BLOCK=block)
-    mean, var, inv, scale = (torch.empty(c, device=x.device, dtype=part.dtype) for _ in range(4))
-    _stats_final_kernel[(c,)](part[0], part[1], part[2], weight if weight is not None else scale,
-                              mean, var, inv, scale, splits, eps, HAS_W=weight is not None, BLOCK=pow2(splits))
+    _stats_partial_kernel[(c, splits)](x, part, n, c, hw, rows, splits, ACC=acc_dtype(x), BLOCK=block)
+    stats = torch.empty(4, c, device=x.device, dtype=part.dtype)
     y = torch.empty_like(x)
     rb = _rows_block(hw)
-    _apply_kernel[(n * c, cdiv(hw, rb))](x, scale, y, c, hw, BLOCK=rb)
-    return y, var, mean, inv, scale
+    _apply_kernel[(n * c, cdiv(hw, rb))](x, part, weight if weight is not None else stats, stats, y, c, hw, splits,
+                                         eps, HAS_W=weight is not None, BLOCK=rb, BLOCK_SPLITS=pow2(splits))
+    return y, stats
 
 
 @on_input_device
-def batch_norm_backward(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, scale: Tensor,
-                        detach: bool) -> Tuple[Tensor, Tensor]:
+def batch_norm_backward(grad: Tensor, x: Tensor, stats: Tensor, detach: bool) -> Tuple[Tensor, Tensor]:
     """(grad_x, sum(g * x) * inv), the second being the weight gradient."""
     grad, x = grad.contiguous(), x.contiguous()
     n, c, h, w = x.shape
     m, hw = n * h * w, h * w
     block, rows, splits = _splits(n, hw)
-    partial = torch.empty(c, splits, device=x.device, dtype=inv.dtype)
-    _gx_partial_kernel[(c, splits)](grad, x, partial, n, c, hw, rows, splits, ACC=acc_dtype(inv), BLOCK=block)
-    grad_x, grad_w = torch.empty_like(x), torch.empty_like(inv)
+    partial = torch.empty(c, splits, device=x.device, dtype=stats.dtype)
+    _gx_partial_kernel[(c, splits)](grad, x, partial, n, c, hw, rows, splits, ACC=acc_dtype(stats), BLOCK=block)
+    grad_x, grad_w = torch.empty_like(x), torch.empty(c, device=x.device, dtype=stats.dtype)
     rb = _rows_block(hw)
-    _bwd_apply_kernel[(n * c, cdiv(hw, rb))](grad, x, grad_x, grad_w, partial, mean, inv, scale, c, hw, m, splits,
+    _bwd_apply_kernel[(n * c, cdiv(hw, rb))](grad, x, grad_x, grad_w, partial, stats, c, hw, m, splits,
                                              DETACH=detach, BLOCK=rb, BLOCK_SPLITS=pow2(splits))
     return grad_x, grad_w
+
+
+def _weight_grad(ctx, grad_w: Tensor) -> Optional[Tensor]:
+    return grad_w.to(ctx.weight_dtype) if ctx.weight_dtype is not None and ctx.needs_input_grad[1] else None
 
 
 class FusedBatchNormUncentered(torch.autograd.Function):
@@ -176,60 +186,58 @@ class FusedBatchNormUncentered(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor, weight: Optional[Tensor], eps: float, detach: bool):
-        y, var, mean, inv, scale = batch_norm_forward(x, weight, eps)
-        ctx.save_for_backward(x, mean, inv, scale)
+        y, stats = batch_norm_forward(x, weight, eps)
+        ctx.save_for_backward(x, stats)
         ctx.detach = detach
         ctx.weight_dtype = weight.dtype if weight is not None else None
+        var = stats[1]
         ctx.mark_non_differentiable(var)
+        ctx.set_materialize_grads(False)  # no zero-filled gradient for var: one launch fewer per layer
         return y, var
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor, _grad_var):
-        x, mean, inv, scale = ctx.saved_tensors
-        grad_x, grad_w = batch_norm_backward(grad, x, mean, inv, scale, ctx.detach)
-        grad_w = grad_w.to(ctx.weight_dtype) if ctx.weight_dtype is not None and ctx.needs_input_grad[1] else None
-        return grad_x, grad_w, None, None
+    def backward(ctx, grad: Optional[Tensor], _grad_var):
+        if grad is None:  # y did not reach the loss
+            return None, None, None, None
+        x, stats = ctx.saved_tensors
+        grad_x, grad_w = batch_norm_backward(grad, x, stats, ctx.detach)
+        return grad_x, _weight_grad(ctx, grad_w), None, None
 
 
 # The same kernels as torch custom ops, for compiled graphs (see _bcos_scale.bcos_scale_op).
 @torch.library.custom_op("timm_bcos::batch_norm_uncentered", mutates_args=())
-def batch_norm_uncentered_op(x: Tensor, weight: Optional[Tensor], eps: float,
-                             detach: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(y, var, mean, inv, scale); `detach` (explanation mode) only changes the backward."""
+def batch_norm_uncentered_op(x: Tensor, weight: Optional[Tensor], eps: float, detach: bool) -> Tuple[Tensor, Tensor]:
+    """(y, stats [4, C] = (mean, var, inv, scale)); `detach` (explanation mode) only changes the backward."""
     return batch_norm_forward(x, weight, eps)
 
 
 @batch_norm_uncentered_op.register_fake
 def _(x, weight, eps, detach):
-    stats = [x.new_empty(x.shape[1], dtype=acc_torch_dtype(x)) for _ in range(4)]
-    return (torch.empty_like(x), *stats)
+    return torch.empty_like(x), x.new_empty(4, x.shape[1], dtype=acc_torch_dtype(x))
 
 
 @torch.library.custom_op("timm_bcos::batch_norm_uncentered_backward", mutates_args=())
-def batch_norm_uncentered_backward_op(grad: Tensor, x: Tensor, mean: Tensor, inv: Tensor, scale: Tensor,
-                                      detach: bool) -> Tuple[Tensor, Tensor]:
-    return batch_norm_backward(grad, x, mean, inv, scale, detach)
+def batch_norm_uncentered_backward_op(grad: Tensor, x: Tensor, stats: Tensor, detach: bool) -> Tuple[Tensor, Tensor]:
+    return batch_norm_backward(grad, x, stats, detach)
 
 
 @batch_norm_uncentered_backward_op.register_fake
-def _(grad, x, mean, inv, scale, detach):
-    return torch.empty_like(x), torch.empty_like(inv)
+def _(grad, x, stats, detach):
+    return torch.empty_like(x), stats.new_empty(x.shape[1])
 
 
 def _setup_context(ctx, inputs, output):
     x, weight, _eps, detach = inputs
-    _y, _var, mean, inv, scale = output
-    ctx.save_for_backward(x, mean, inv, scale)
+    ctx.save_for_backward(x, output[1])
     ctx.detach = detach
     ctx.weight_dtype = weight.dtype if weight is not None else None
 
 
-def _backward(ctx, grad, *_grad_stats):
-    x, mean, inv, scale = ctx.saved_tensors
-    grad_x, grad_w = batch_norm_uncentered_backward_op(grad, x, mean, inv, scale, ctx.detach)
-    grad_w = grad_w.to(ctx.weight_dtype) if ctx.weight_dtype is not None and ctx.needs_input_grad[1] else None
-    return grad_x, grad_w, None, None
+def _backward(ctx, grad, _grad_stats):
+    x, stats = ctx.saved_tensors
+    grad_x, grad_w = batch_norm_uncentered_backward_op(grad, x, stats, ctx.detach)
+    return grad_x, _weight_grad(ctx, grad_w), None, None
 
 
 batch_norm_uncentered_op.register_autograd(_backward, setup_context=_setup_context)
@@ -238,5 +246,6 @@ batch_norm_uncentered_op.register_autograd(_backward, setup_context=_setup_conte
 def batch_norm_uncentered(x: Tensor, weight: Optional[Tensor], eps: float, detach: bool) -> Tuple[Tensor, Tensor]:
     """(y, var) as `_UncenteredBatchNormTrain` returns them."""
     if capturing_graph():
-        return batch_norm_uncentered_op(x, weight, float(eps), bool(detach))[:2]
+        y, stats = batch_norm_uncentered_op(x, weight, float(eps), bool(detach))
+        return y, stats[1]
     return FusedBatchNormUncentered.apply(x, weight, float(eps), bool(detach))
