@@ -121,6 +121,26 @@ def check_bcos_scale_gradcheck():
             assert_close([g], [expected], what=f"explanation-mode gradient b={b}")
 
 
+def check_b2_backward_keeps_the_output_not_the_conv_output():
+    """B = 2 training: the backward reads y (which the next batch norm keeps anyway), so l is freed;
+    an in-place change of y before the backward is refused by autograd, not silently wrong."""
+    lin = torch.randn(2, 4, 3, 2, dtype=torch.float64, requires_grad=True)
+    norm = torch.rand(2, 1, 3, 2, dtype=torch.float64) + .5
+    for b, detach, keeps_output in ((2.0, False, True), (2.0, True, False), (1.5, False, False)):
+        y = _ops.bcos_scale(lin, norm, b, detach)
+        node = y.grad_fn.next_functions[0][0]
+        assert type(node).__name__ == "FusedBcosScaleBackward", type(node).__name__
+        assert (node.saved_tensors[0].data_ptr() == y.data_ptr()) == keeps_output, (b, detach)
+    y = _ops.bcos_scale(lin, norm, 2.0, False)
+    y.mul_(2)
+    try:
+        y.sum().backward()
+    except RuntimeError as err:
+        assert "modified by an inplace operation" in str(err), err
+    else:
+        raise AssertionError("an in-place change of the kept output went unnoticed")
+
+
 def check_batch_norm_forward_backward():
     torch.manual_seed(2)
     x = torch.randn(3, 4, 5, 5, dtype=torch.float64) + 3.0

@@ -265,3 +265,21 @@ def test_bfloat16_autocast_trains():
     assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     # element-wise (norm-wise) error: a sum could cancel and leave bf16 rounding exposed
     assert rel_err(out.float(), model(x)) <= 0.05
+
+
+@pytest.mark.parametrize("shape", [(5, 3, 3, 3), (7, 4), (3, 2, 1, 1)])
+def test_unit_norm_rows_hand_written_backward_matches_autograd(shape):
+    """The short backward (g - w_hat <g, w_hat>) / ||w|| against autograd of the plain ops, in float64."""
+    from timm_bcos.layers.functional import unit_norm_rows
+
+    torch.manual_seed(0)
+    w = torch.randn(*shape, dtype=torch.float64, requires_grad=True)
+    g = torch.randn(*shape, dtype=torch.float64)
+    plain = w / torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())), keepdim=True)
+    (expected,) = torch.autograd.grad((plain * g).sum(), w)
+    out = unit_norm_rows(w)
+    assert type(out.grad_fn).__name__ == "_UnitNormRowsBackward"
+    assert rel_err(out, plain) <= 1e-15
+    (got,) = torch.autograd.grad((out * g).sum(), w)
+    assert rel_err(got, expected) <= 1e-12
+    assert torch.autograd.gradcheck(unit_norm_rows, (w,))

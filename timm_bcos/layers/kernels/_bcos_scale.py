@@ -9,6 +9,12 @@ reduction onto the norm stays in registers.
 With a = |l| / n, s = (a + eps)^(B-1) and t = (B-1) (a + eps)^(B-2) a:
 dy/dl = s + t and dy/dn = -l t / n (B = 2: s = t = a). In explanation mode s is
 a constant: dy/dl = s and the norm gets no gradient.
+
+For B = 2 the backward reads y instead of l: |l| / n = sqrt(|y| / n) and l t = y, so
+dy/dl = 2 sqrt(|y| / n) and dy/dn = -y / n. The layer after the scale (a batch norm)
+keeps y for its own backward anyway, so the conv output l need not outlive the
+forward: one activation fewer per B-cos layer. (y must then not be modified in place
+before the backward; autograd's version check says so if it is.)
 """
 from typing import Optional, Tuple
 
@@ -52,8 +58,9 @@ def _scale_fwd_kernel(lin_ptr, norm_ptr, out_ptr, K, S, KPER, NGS, b_minus_1, co
 
 @triton.jit
 def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, KPER, NGS, b_minus_1, cos_eps,
-                      IS_B2: tl.constexpr, DETACH: tl.constexpr, ACC: tl.constexpr,
+                      IS_B2: tl.constexpr, DETACH: tl.constexpr, FROM_OUT: tl.constexpr, ACC: tl.constexpr,
                       BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    """FROM_OUT (B = 2, not DETACH): lin_ptr holds the forward's output y, not l."""
     ng = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     smask = s < S
@@ -66,10 +73,15 @@ def _scale_bwd_kernel(g_ptr, lin_ptr, norm_ptr, gl_ptr, gn_ptr, K, S, KPER, NGS,
         offs = base + k[:, None] * S + s[None, :]
         l = tl.load(lin_ptr + offs, mask=m, other=0.0).to(ACC)
         g = tl.load(g_ptr + offs, mask=m, other=0.0).to(ACC)
-        scale, t = _scale_terms(l, inv[None, :], b_minus_1, cos_eps, IS_B2)
-        if DETACH:
+        if FROM_OUT:  # l is y here: a = |l| / n = sqrt(|y| / n), dy/dl = 2a, l t = y
+            a = tl.sqrt(tl.abs(l) * inv[None, :])
+            gl = g * (a + a)
+            gn += tl.sum(g * l, axis=0)
+        elif DETACH:
+            scale, _ = _scale_terms(l, inv[None, :], b_minus_1, cos_eps, IS_B2)
             gl = g * scale
         else:
+            scale, t = _scale_terms(l, inv[None, :], b_minus_1, cos_eps, IS_B2)
             gl = g * (scale + t)
             gn += tl.sum(g * l * t, axis=0)
         tl.store(gl_ptr + offs, gl.to(gl_ptr.dtype.element_ty), mask=m)
@@ -100,9 +112,15 @@ def scale_forward(lin: Tensor, norm: Tensor, b: float) -> Tensor:
     return out
 
 
+def from_output(b: float, detach: bool) -> bool:
+    """Whether the backward reads the forward's output instead of its input (B = 2, training)."""
+    return b == 2.0 and not detach
+
+
 @on_input_device
 def scale_backward(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool):
-    """(grad_lin, grad_norm); grad_norm is None with `detach`."""
+    """(grad_lin, grad_norm); grad_norm is None with `detach`. `lin` is the forward's output
+    where `from_output(b, detach)`."""
     grad, lin, norm = grad.contiguous(), lin.contiguous(), norm.contiguous()
     grad_lin = torch.empty_like(lin)
     grid, args, meta = _launch_args(lin, norm, b)
@@ -112,7 +130,8 @@ def scale_backward(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bo
         grad_norm = torch.empty_like(norm)
     else:
         grad_norm = norm.new_empty((grid[2], *norm.shape), dtype=acc_torch_dtype(lin))
-    _scale_bwd_kernel[grid](grad, lin, norm, grad_lin, grad_norm, *args, DETACH=detach, **meta)
+    _scale_bwd_kernel[grid](grad, lin, norm, grad_lin, grad_norm, *args, DETACH=detach,
+                            FROM_OUT=from_output(b, detach), **meta)
     if detach:
         return grad_lin, None
     if grad_norm.dim() > norm.dim():
@@ -127,15 +146,16 @@ class FusedBcosScale(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
-        ctx.save_for_backward(lin, norm)
+        out = scale_forward(lin, norm, b)
+        ctx.save_for_backward(out if from_output(b, detach) else lin, norm)
         ctx.b, ctx.detach = b, detach
-        return scale_forward(lin, norm, b)
+        return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        lin, norm = ctx.saved_tensors
-        grad_lin, grad_norm = scale_backward(grad, lin, norm, ctx.b, ctx.detach)
+        kept, norm = ctx.saved_tensors  # l, or y where from_output(b, detach)
+        grad_lin, grad_norm = scale_backward(grad, kept, norm, ctx.b, ctx.detach)
         return grad_lin, grad_norm, None, None
 
 
@@ -153,6 +173,7 @@ def _(lin, norm, b, detach):
 
 @torch.library.custom_op("timm_bcos::bcos_scale_backward", mutates_args=())
 def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tuple[Tensor, Tensor]:
+    """`lin` is the forward's output where from_output(b, detach)."""
     grad_lin, grad_norm = scale_backward(grad, lin, norm, b, detach)
     return grad_lin, (norm.new_empty(0) if grad_norm is None else grad_norm)  # an op returns tensors only
 
@@ -164,13 +185,13 @@ def _(grad, lin, norm, b, detach):
 
 def _setup_context(ctx, inputs, output):
     lin, norm, b, detach = inputs
-    ctx.save_for_backward(lin, norm)
+    ctx.save_for_backward(output if from_output(b, detach) else lin, norm)
     ctx.b, ctx.detach = b, detach
 
 
 def _backward(ctx, grad):
-    lin, norm = ctx.saved_tensors
-    grad_lin, grad_norm = bcos_scale_backward_op(grad, lin, norm, ctx.b, ctx.detach)
+    kept, norm = ctx.saved_tensors
+    grad_lin, grad_norm = bcos_scale_backward_op(grad, kept, norm, ctx.b, ctx.detach)
     return grad_lin, (None if ctx.detach else grad_norm), None, None
 
 

@@ -1,19 +1,24 @@
-"""Host work per training step, counted: aten kernels and Triton launches, timm vs timm_bcos.
+"""Work per training step, counted: kernel launches and activations saved for backward, timm vs timm_bcos.
 
 On an H100 the eager B-cos training step is bound by host time (benchmarks/RESULTS.md): the
 GPU runs the fused step's kernels in 45 ms while the host takes ~106 ms to issue them. What
 the host issues per step, the kernels launched, is a machine-independent measure of that
 work, and it can be counted on a CPU:
 
-    python benchmarks/launches.py [--models resnet50 densenet121] [--size 32] [--batch 2]
+    python benchmarks/step_counts.py [--models resnet50 densenet121] [--size 64] [--batch 2]
 
 One training step (forward, BCE loss, backward) of each model in training mode, every aten op
 that reaches the dispatcher counted by a TorchDispatchMode (forward and backward alike):
 "kernels" are the ops that launch work on a GPU (not views, not allocations), "views/allocs"
 the rest. The fused path runs on the CPU with each Triton launch replaced by a no-op that
 only counts it (outputs left uninitialised: the ops dispatched, not their values, are what is
-counted), so "timm_bcos fused" is kernels + Triton launches. Counts do not depend on the
-image size or the batch; only the shapes' layout does.
+counted), so "timm_bcos fused" is kernels + Triton launches. The counts depend on the
+input size only where a kernel's launch plan does (a patch norm takes one or two launches).
+
+"saved" is the memory of the distinct tensors autograd keeps from the forward for the
+backward (a saved_tensors_hooks pack hook, storages counted once, parameters left out):
+the activation memory that sets a training step's peak, in proportion to timm's at the
+same input (B-cos also keeps each layer's unit-norm weights, a fixed ~100 MiB for resnet50).
 """
 from __future__ import annotations
 
@@ -81,9 +86,25 @@ def stubbed_triton(counts: collections.Counter):
             setattr(module, name, obj)
 
 
-def count_step(model, x, y, fused: bool) -> tuple[collections.Counter, collections.Counter, collections.Counter]:
-    """(kernel ops, views/allocations, Triton launches) of one training step."""
-    launches = collections.Counter()
+@contextlib.contextmanager
+def saved_storages(into: dict, model: torch.nn.Module):
+    """Records {storage pointer: bytes} of every tensor saved for backward inside the block, the
+    model's parameters left out (they are held anyway)."""
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+
+    def pack(t):
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            into[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield
+
+
+def count_step(model, x, y, fused: bool):
+    """(kernel ops, views/allocations, Triton launches, bytes saved for backward) of one training step."""
+    launches, saved = collections.Counter(), {}
     previous = kernels.ENABLED
     with (stubbed_triton(launches) if fused else contextlib.nullcontext()):
         if not fused:
@@ -91,25 +112,28 @@ def count_step(model, x, y, fused: bool) -> tuple[collections.Counter, collectio
         try:
             model.zero_grad(set_to_none=True)
             with OpCounter() as ops:
-                loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
+                with saved_storages(saved, model):
+                    loss = torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y)
                 loss.backward()
         finally:
             if not fused:
                 kernels.ENABLED = previous
-    return ops.kernels, ops.other, launches
+    return ops.kernels, ops.other, launches, sum(saved.values())
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", nargs="+", default=["resnet50", "densenet121"])
-    parser.add_argument("--size", type=int, default=32)
+    parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--top", type=int, default=0, help="also list the N most frequent kernel ops per variant")
     args = parser.parse_args()
     torch.manual_seed(0)
     x, y = torch.rand(args.batch, 3, args.size, args.size), torch.rand(args.batch, 1000)
-    print("| model | variant | aten kernels | Triton launches | kernels + launches | / timm | views, allocs |")
-    print("|---|---|---|---|---|---|---|")
+    print(f"{args.batch}x3x{args.size}x{args.size} input, one training step (forward, BCE loss, backward)\n")
+    print("| model | variant | aten kernels | Triton launches | kernels + launches | / timm | views, allocs "
+          "| saved for backward | / timm |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for arch in args.models:
         rows = {}
         conventional = timm.create_model(arch).train()
@@ -117,13 +141,13 @@ def main() -> None:
         rows["timm"] = count_step(conventional, x, y, fused=False)
         rows["timm_bcos"] = count_step(ours, x, y, fused=False)
         rows["timm_bcos fused"] = count_step(ours, x, y, fused=True)
-        base = sum(rows["timm"][0].values())
-        for variant, (ops, other, launches) in rows.items():
+        base, base_saved = sum(rows["timm"][0].values()), rows["timm"][3]
+        for variant, (ops, other, launches, saved) in rows.items():
             total = sum(ops.values()) + sum(launches.values())
             print(f"| {arch} | {variant} | {sum(ops.values())} | {sum(launches.values())} | {total} | "
-                  f"{total / base:.2f} | {sum(other.values())} |")
+                  f"{total / base:.2f} | {sum(other.values())} | {saved / 2**20:.1f} MiB | {saved / base_saved:.2f} |")
         if args.top:
-            for variant, (ops, _, launches) in rows.items():
+            for variant, (ops, _, launches, _saved) in rows.items():
                 print(f"\n{arch}, {variant}: {dict((ops + launches).most_common(args.top))}")
             print()
 
