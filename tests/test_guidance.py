@@ -98,6 +98,123 @@ def test_boxes_follow_the_image_through_crop_and_flip():
     assert 0.2 < sum(picks) / 2000 < 0.3 and picks == [G.is_annotated(i, 0.25, seed=0) for i in range(2000)]
 
 
+def _png(img, tmp_path=None, name="m.png", **save) -> dict:
+    """A `datasets` image cell ({"bytes", "path"}) of a PIL image; also saved under tmp_path."""
+    buf = io.BytesIO()
+    img.save(buf, format=save.pop("format", "PNG"), **save)
+    if tmp_path is not None:
+        (tmp_path / name).write_bytes(buf.getvalue())
+    return {"bytes": buf.getvalue(), "path": None}
+
+
+def _voc_palette() -> list[int]:
+    """VOC's colour map: index 0 black, 255 the cream "void" colour."""
+    palette = []
+    for i in range(256):
+        r = g = b = 0
+        c = i
+        for j in range(8):
+            r |= ((c >> 0) & 1) << (7 - j)
+            g |= ((c >> 1) & 1) << (7 - j)
+            b |= ((c >> 2) & 1) << (7 - j)
+            c >>= 3
+        palette += [r, g, b]
+    return palette
+
+
+def test_mask_encodings_decode_to_the_same_foreground(tmp_path):
+    """0/255 and 0/1 grey, bilevel, palette (VOC), 16-bit, grey RGB(A), lossy JPEG, arrays: all
+    read as the same foreground; anything ambiguous is refused with what was expected."""
+    from PIL import Image
+
+    fg = np.zeros((24, 20), bool)
+    fg[4:14, 6:16] = True
+    u8 = fg.astype(np.uint8)
+    voc = Image.fromarray(u8 * 15, mode="L").convert("P")  # class 15 (person) ...
+    voc.putpalette(_voc_palette())
+    border = fg & ~(np.roll(fg, 1, 0) & np.roll(fg, -1, 0) & np.roll(fg, 1, 1) & np.roll(fg, -1, 1))
+    assert 0 < border.sum() < fg.sum()
+    voc_void = np.where(border, 255, u8 * 15).astype(np.uint8)  # ... with VOC's void outline
+    voc_void_img = Image.fromarray(voc_void, mode="P")
+    voc_void_img.putpalette(_voc_palette())
+    cells = {
+        "L 0/255": _png(Image.fromarray(u8 * 255), tmp_path, "l255.png"),
+        "L 0/1 (numpy)": _png(Image.fromarray(u8), tmp_path, "l01.png"),
+        "bilevel": _png(Image.fromarray(fg)),
+        "palette": _png(voc),
+        "palette with void": _png(voc_void_img),
+        "I;16 0/1": _png(Image.fromarray(u8.astype(np.uint16))),
+        "RGB 0/255": _png(Image.fromarray(np.repeat(u8[..., None] * 255, 3, 2))),
+        "RGBA opaque": _png(Image.fromarray(u8 * 255).convert("RGBA")),
+        "LA": _png(Image.fromarray(u8 * 255).convert("LA")),
+        "JPEG": _png(Image.fromarray(u8 * 255), format="JPEG", quality=75),
+        "JPEG RGB": _png(Image.fromarray(u8 * 255).convert("RGB"), format="JPEG", quality=75),
+        "PIL 'L'": Image.fromarray(u8),
+        "path": str(tmp_path / "l01.png"),
+        "bool array": fg,
+        "int array": u8.astype(np.int64).tolist(),
+    }
+    for what, cell in cells.items():
+        got = G.decode_mask(cell)
+        assert got.dtype == bool and np.array_equal(got, fg), what
+    assert not G.decode_mask(_png(Image.fromarray(u8 * 0))).any()  # an empty mask is empty, not an error
+    bad = {
+        # an index mask without a palette
+        "('L' image) with values {0, 3, 7, 10}": Image.fromarray(u8 * 3 + np.eye(24, 20, dtype=np.uint8) * 7),
+        "colour mask": Image.fromarray(np.stack([u8 * 200, u8 * 10, u8 * 90], 2)),  # colour-coded
+        "('LA' image) with transparent pixels": Image.fromarray(np.stack([u8 * 255, u8 * 255], 2), mode="LA"),  # the mask in alpha
+        "index 0 is the colour (255, 255, 255)": Image.fromarray(u8, mode="P"),
+        "('F' image) with values {0.0, 0.25, 1.0}": Image.fromarray(np.where(border, 0.25, u8).astype(np.float32)),
+        "a mask ('CMYK' image)": Image.fromarray(u8 * 255).convert("CMYK"),
+    }
+    bad["index 0 is the colour (255, 255, 255)"].putpalette([255, 255, 255, 0, 0, 0])
+    for message, img in bad.items():
+        with pytest.raises(ValueError, match="expected") as e:
+            G.decode_mask(img)
+        assert message in str(e.value), (message, str(e.value))
+
+
+def _mask_rows(masks: list, size=32):
+    """A `datasets` table of white-on-black images exactly where `masks` (bool [H, W]) are."""
+    import datasets
+    from PIL import Image
+
+    images = [_png(Image.fromarray(np.repeat(m[..., None], 3, 2).astype(np.uint8) * 255)) for m in masks]
+    encoded = [_png(Image.fromarray(m.astype(np.uint8))) for m in masks]  # 0/1 PNGs
+    return datasets.Dataset.from_dict({"image": images, "label": [0] * len(masks), "mask": encoded})
+
+
+def test_zero_one_masks_follow_the_image_and_cropped_away_ones_are_no_annotation():
+    """A 0/1 PNG mask column (read as empty before) follows the image's crop; an annotation
+    entirely outside the crop, or an empty one, makes its image unannotated, not a target of
+    "no evidence anywhere"."""
+    import torchvision.transforms as T
+
+    from timm_bcos.data import ImageDatasetInfo, PadCropFlip
+
+    inside, outside, empty = (np.zeros((32, 32), bool) for _ in range(3))
+    inside[20:28, 18:30] = True  # in the bottom-right quarter
+    outside[2:8, 3:9] = True  # in the top-left quarter
+    rows = _mask_rows([inside, outside, empty])
+    info = ImageDatasetInfo("image", "label", 1, None)
+    bottom_right = T.Compose([T.Lambda(lambda img: img.crop((16, 16, 32, 32))), T.ToTensor()])
+    data = G.AnnotatedImageDataset(rows, info, bottom_right, mask_column="mask")
+    samples = data.__getitems__([0, 1, 2])
+    assert [s[3] for s in samples] == [True, False, False]
+    assert torch.equal(samples[0][2], torch.from_numpy(inside[16:, 16:]).float())
+    assert not samples[1][2].any() and not samples[2][2].any()
+    batch = G.collate_annotated(samples)
+    assert batch["annotated"].tolist() == [True, False, False]
+    # boxes too: a box cropped away is no annotation
+    boxes = rows.remove_columns("mask").add_column("boxes", [[[18, 20, 30, 28]], [[3, 2, 9, 8]], []])
+    data = G.AnnotatedImageDataset(boxes, info, bottom_right, boxes_column="boxes")
+    assert [s[3] for s in data.__getitems__([0, 1, 2])] == [True, False, False]
+    # under random crops the mask keeps following the image (white exactly where annotated)
+    data = G.AnnotatedImageDataset(_mask_rows([inside] * 8), info, PadCropFlip((32, 32), pad=6), mask_column="mask")
+    for x, _, mask, annotated in data.__getitems__(list(range(8))):
+        assert annotated and torch.equal((x[0] > 0.5).float(), mask)
+
+
 @pytest.fixture(scope="module")
 def toy():
     import timm

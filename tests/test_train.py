@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -159,8 +161,6 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
     assert not (cut / "export").exists(), "killed too late: the run had already finished"
     for later in (cut / "checkpoints").glob("step_*"):
         if later.name > target.name:
-            import shutil
-
             shutil.rmtree(later)  # resume from step 20 itself, mid-epoch
     resumed = run_train(tmp_path, *RESUME, "--output", str(cut), "--resume", "latest")
     assert "resumed from" in resumed.stdout and "epoch 1, 4 batches in" in resumed.stdout
@@ -175,13 +175,19 @@ def _launch_two() -> list[str]:
             str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2"]
 
 
-def test_timm_flag_names_are_aliases():
+def _train_module():
+    """train_scripts/train.py imported as a module."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_script", TRAIN)
     train = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = train  # dataclasses look their module up there
     spec.loader.exec_module(train)
+    return train
+
+
+def test_timm_flag_names_are_aliases():
+    train = _train_module()
     base = ["--model", "m", "--dataset", "d"]
     timm_style = train.parse_args(base + ["--aa", "rand-m9", "--amp", "--amp-dtype", "bfloat16",
                                           "--model-ema-decay", "0.99", "--initial-checkpoint", "w.safetensors",
@@ -194,6 +200,90 @@ def test_timm_flag_names_are_aliases():
     assert {k: v for k, v in vars(timm_style).items() if k not in ("amp", "amp_dtype")} == \
         {k: v for k, v in vars(ours).items() if k not in ("amp", "amp_dtype")}
     assert train.parse_args(base + ["--amp"]).mixed_precision == "fp16"  # timm's default amp dtype
+
+
+# 20 images, micro-batches of 4: 5 per epoch, in groups of 2 + 2 + 1. Plain SGD (momentum 0) in
+# float64, so the hand-computed reference below is exact up to summation order.
+ACCUM = [*TINY, "--model-kwargs", '{"width": 0.125, "max_out": 1}', "--train-split", "train[:20]",
+         "--val-split", "", "-b", "8", "--grad-accum-steps", "2", "--epochs", "2", "--dtype", "float64",
+         "--opt", "momentum", "--momentum", "0", "--lr", "0.05", "--sched", "cosine", "--ema-decay", "0.5",
+         "--export", "ema", "--log-every", "1", "--checkpoint-every", "1", "--keep-checkpoints", "100"]
+
+
+def _accumulation_reference(tmp_path: Path, train):
+    """(initial weights, weights, EMA weights, lr after each update) of ACCUM by hand: every group of micro-batches,
+    the remainder too, is one update with the mean of its micro-batches' gradients."""
+    from timm_bcos.data import load_split
+    from timm_bcos.losses import create_loss
+
+    args = train.parse_args(ACCUM + ["--workers", "0", "--output", str(tmp_path / "unused")])
+    hf, info = load_split(str(CIFAR), "train[:20]", cache_dir=str(tmp_path / "hf_datasets"))
+    torch.manual_seed(0)  # train.py's --seed 0 before creating the model
+    model = train.create_model(args, info.num_classes).double()
+    init = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    train_ds, sampler, loader, _ = train.build_loaders(args, model, hf, None, info)
+    criterion, params = create_loss("bce"), dict(model.named_parameters())
+    ema, lrs, update, total = None, [], 0, 2 * 3  # epochs x ceil(5 / 2) updates
+    lr = 0.05  # cosine from --lr at update 0
+    for epoch in range(2):
+        sampler.set_epoch(epoch)
+        train_ds.set_epoch(epoch)
+        batches = list(loader)
+        assert len(batches) == 5
+        for group in (batches[0:2], batches[2:4], batches[4:5]):
+            model.zero_grad()
+            for b in group:
+                (criterion(model(b["images"].double()), b["labels"]) / len(group)).backward()
+            with torch.no_grad():
+                for p in params.values():
+                    p -= lr * p.grad
+            update += 1
+            lr = 0.5 * 0.05 * (1 + math.cos(math.pi * update / total))
+            lrs.append(lr)
+            state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+            ema = state if ema is None else {k: 0.5 * ema[k] + 0.5 * v for k, v in state.items()}
+    return init, model.state_dict(), ema, lrs
+
+
+@needs_cifar
+def test_grad_accumulation_remainder_is_one_update_of_its_own_mean(tmp_path):
+    """5 micro-batches per epoch with --grad-accum-steps 2: 3 updates per epoch (the last of one
+    micro-batch, weighted as a whole update), counted by the schedule, the EMA, the log and the
+    checkpoints alike; a run resumed before the remainder group ends where the whole run does."""
+    full = tmp_path / "full"
+    proc = run_train(tmp_path, *ACCUM, "--output", str(full))
+    assert "3 steps/epoch" in proc.stdout
+    lines = [d for d in json_lines(proc.stdout) if "train/loss" in d]
+    assert [d["step"] for d in lines] == [1, 2, 3, 4, 5, 6]
+    steps = sorted(p.name for p in (full / "checkpoints").glob("step_*"))
+    assert steps == [f"step_{i:09d}" for i in range(1, 7)]
+    init, weights, ema, lrs = _accumulation_reference(tmp_path, _train_module())
+    assert [d["train/lr"] for d in lines] == pytest.approx(lrs, abs=1e-6)  # the log rounds to 6 places
+
+    def relative_gap(got, want):  # float64 summation order: ~2e-12 of the distance moved
+        moved = torch.cat([(want[k] - init[k]).flatten() for k in want])
+        apart = torch.cat([(got[k] - want[k]).flatten() for k in want])
+        assert moved.norm() > 1e-3, "did not train"
+        return float(apart.norm() / moved.norm())
+
+    got = load_weights(full / "checkpoints" / steps[-1] / "model.safetensors")
+    assert relative_gap(got, weights) < 1e-9
+    assert relative_gap(load_weights(full / "export" / "model.safetensors"), ema) < 1e-9
+    cut = tmp_path / "cut"  # resume mid-epoch 1 with only the remainder group left
+    shutil.copytree(full / "checkpoints" / steps[4], cut / "checkpoints" / steps[4])
+    resumed = run_train(tmp_path, *ACCUM, "--output", str(cut), "--resume", "latest")
+    assert "epoch 1, 4 batches in, step 5" in resumed.stdout
+    again = load_weights(cut / "checkpoints" / steps[-1] / "model.safetensors")
+    assert all(torch.equal(again[k], got[k]) for k in got)
+
+
+def test_accumulation_from_accelerates_config_is_refused(tmp_path):
+    """train.py counts the accumulation itself: Accelerate's own would divide every loss once more."""
+    env = {**_env(tmp_path), "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}
+    proc = subprocess.run([sys.executable, str(TRAIN), "--model", "bcos_cifar10", "--dataset", str(tmp_path)],
+                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    assert proc.returncode == 2 and "gradient accumulation 4 in Accelerate's config" in proc.stderr
+    assert "--grad-accum" in proc.stderr
 
 
 @needs_cifar

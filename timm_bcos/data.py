@@ -84,8 +84,9 @@ def load_split(source: str, split: str, *, cache_dir: str | None = None, image_c
     return ds, ImageDatasetInfo(image_col, label_col, num_classes, names)
 
 
-def decode_image(value):
-    """A PIL RGB image from what `datasets` stores (bytes/path dict, path, PIL image or array)."""
+def open_image(value):
+    """A loaded PIL image in its stored mode from what `datasets` stores (bytes/path dict, path,
+    PIL image or array)."""
     from PIL import Image
 
     if isinstance(value, dict):
@@ -97,7 +98,12 @@ def decode_image(value):
     else:
         img = Image.fromarray(np.asarray(value))
     img.load()
-    return img.convert("RGB")
+    return img
+
+
+def decode_image(value):
+    """A PIL RGB image from what `datasets` stores (see `open_image`)."""
+    return open_image(value).convert("RGB")
 
 
 class ImageClassificationDataset(Dataset):

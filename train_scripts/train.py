@@ -25,6 +25,7 @@ OUTPUT/export (model.safetensors + config.json + README.md with the measured acc
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -133,7 +134,8 @@ def _guidance_and_output_options(p: argparse.ArgumentParser) -> None:
                    help="where contributions are taken: input, final, mid (timm feature_info) or a module path")
     g.add_argument("--annotated-fraction", type=float, default=1.0,
                    help="share of the training images whose annotation is used (a fixed draw per image)")
-    g.add_argument("--mask-column", help="data set column with a mask image (white: where the evidence is)")
+    g.add_argument("--mask-column", help="data set column with a mask image (0/255 or 0/1 grey, bilevel, or a "
+                   "palette index mask; non-zero: where the evidence is)")
     g.add_argument("--boxes-column", help="data set column with boxes [[x0, y0, x1, y1], ...] in pixels")
     g.add_argument("--box-dilation", type=int, default=0, help="grow each box by this many pixels")
     g = p.add_argument_group("checkpoints and output")
@@ -441,11 +443,17 @@ def create_accelerator(args: argparse.Namespace):
             import tensorboard  # noqa: F401
         except ImportError:
             use_tb = False
+    # gradient accumulation is counted by `train_epoch`, not by Accelerate: Accelerate's counter
+    # misses the batches this process drops as undecodable, and it scales every loss by 1/N,
+    # the epoch's shorter last group's too
     accelerator = Accelerator(
-        cpu=args.cpu, gradient_accumulation_steps=args.grad_accum, mixed_precision=args.mixed_precision,
+        cpu=args.cpu, mixed_precision=args.mixed_precision,
         dataloader_config=DataLoaderConfiguration(split_batches=True), rng_types=[],
         log_with="tensorboard" if use_tb else None, project_dir=str(args.output),
     )
+    if accelerator.gradient_accumulation_steps != 1:  # from `accelerate launch`'s config or environment
+        fail(f"gradient accumulation {accelerator.gradient_accumulation_steps} in Accelerate's config: give it "
+             "to train.py as --grad-accum instead")
     if args.batch_size % (accelerator.num_processes * args.grad_accum):
         fail(f"--batch-size {args.batch_size} must be divisible by processes x --grad-accum "
              f"({accelerator.num_processes} x {args.grad_accum})")
@@ -496,6 +504,20 @@ def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
         val_loader = torch.utils.data.DataLoader(val_ds, batch_size=per_step, num_workers=args.workers,
                                                  collate_fn=collate_skipping)
     return train_ds, sampler, train_loader, val_loader
+
+
+def updates_per_epoch(batches: int, accum: int) -> int:
+    """Optimizer updates in an epoch of `batches` micro-batches: a shorter last group is an
+    update of its own (as in timm's train.py)."""
+    return -(-batches // accum)
+
+
+def accumulation_group(position: int, batches: int, accum: int) -> tuple[int, bool]:
+    """(size of the group of micro-batch `position` (0-based) of an epoch of `batches`, whether
+    it is the group's last): groups of `accum`, the epoch's last one possibly shorter."""
+    start = position - position % accum
+    size = min(accum, batches - start)
+    return size, position == start + size - 1
 
 
 def build_schedule(args: argparse.Namespace, optimizer, updates_per_epoch: int):
@@ -555,8 +577,8 @@ def build_run(args: argparse.Namespace) -> Run:
                train_forward=torch.compile(model, backend=args.compile) if args.compile else model,
                guidance_at=guidance_at, train_ds=train_ds, sampler=sampler, train_loader=train_loader,
                val_loader=val_loader, mixup=mixup, criterion=create_loss(args.loss), optimizer=optimizer,
-               scheduler=build_schedule(args, optimizer, len(train_loader) // args.grad_accum), ema=ema,
-               state=state)
+               scheduler=build_schedule(args, optimizer, updates_per_epoch(len(train_loader), args.grad_accum)),
+               ema=ema, state=state)
 
 
 def resume(run: Run) -> None:
@@ -576,11 +598,9 @@ def resume(run: Run) -> None:
             f"step {run.state.update}", flush=True)
 
 
-def forward_backward(run: Run, batch: dict, window: Window) -> bool:
-    """One micro-batch: loss (plus guidance), backward, and the optimizer step when the
-    accumulation is complete. False when this process skipped an all-undecodable batch."""
-    from timm.utils import dispatch_clip_grad
-
+def forward_backward(run: Run, batch: dict, window: Window, scale: float) -> bool:
+    """One micro-batch: loss (plus guidance) times `scale`, backward (gradients add up until
+    `optimizer_step`). False when this process skipped an all-undecodable batch."""
     from timm_bcos.guidance import guided_loss
     from timm_bcos.losses import smooth_targets
 
@@ -599,25 +619,30 @@ def forward_backward(run: Run, batch: dict, window: Window) -> bool:
         images, labels = run.mixup(images, labels)
     elif args.smoothing > 0:
         labels = smooth_targets(labels, run.num_classes, args.smoothing)
-    with accelerator.accumulate(model):
-        loss = run.criterion(run.train_forward(images), labels) * weight
-        if args.guidance and weight:
-            guide = guided_loss(accelerator.unwrap_model(model), images, batch["labels"].to(images.device),
-                                batch["masks"], batch["annotated"], loss=args.guidance, layer=run.guidance_at)
-            if guide is not None:
-                window.guidance += float(guide.detach())
-                window.guided += 1
-                loss = loss + args.guidance_weight * guide
-        accelerator.backward(loss)
-        if accelerator.sync_gradients and args.clip_grad:
-            accelerator.unscale_gradients()
-            dispatch_clip_grad(model.parameters(), args.clip_grad, mode=args.clip_mode)
-        run.optimizer.step()
-        run.optimizer.zero_grad(set_to_none=True)
+    loss = run.criterion(run.train_forward(images), labels) * weight
+    if args.guidance and weight:
+        guide = guided_loss(accelerator.unwrap_model(model), images, batch["labels"].to(images.device),
+                            batch["masks"], batch["annotated"], loss=args.guidance, layer=run.guidance_at)
+        if guide is not None:
+            window.guidance += float(guide.detach())
+            window.guided += 1
+            loss = loss + args.guidance_weight * guide
+    accelerator.backward(loss * scale)
     if weight:
         window.loss += float(loss.detach()) * images.shape[0]
         window.images += images.shape[0]
     return True
+
+
+def optimizer_step(run: Run) -> None:
+    """Clip the accumulated gradients (if asked), step, clear them."""
+    from timm.utils import dispatch_clip_grad
+
+    if run.args.clip_grad:
+        run.accelerator.unscale_gradients()
+        dispatch_clip_grad(run.model.parameters(), run.args.clip_grad, mode=run.args.clip_mode)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
 
 
 def after_update(run: Run, window: Window, epoch: int, bar) -> None:
@@ -648,13 +673,20 @@ def train_epoch(run: Run, bar) -> tuple[bool, int]:
     loader = run.accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch) \
         if state.batches_in_epoch else run.train_loader
     loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
-    window, skipped = Window(), 0
+    # checkpoints are taken after updates only, so a resumed epoch starts with a fresh group
+    window, skipped, group_has_gradients = Window(), 0, False
     for batch in loader:
         skipped += int(batch["skipped"])
-        stepped = forward_backward(run, batch, window)
+        size, closes = accumulation_group(state.batches_in_epoch, len(run.train_loader), args.grad_accum)
+        # each update's gradient is the mean of its group's micro-batch gradients; DDP
+        # all-reduces only in the backward that closes the group
+        with contextlib.nullcontext() if closes else run.accelerator.no_sync(run.model):
+            group_has_gradients |= forward_backward(run, batch, window, 1 / size)
         state.batches_in_epoch += 1
-        if not stepped or not run.accelerator.sync_gradients:
+        if not closes or not group_has_gradients:
             continue
+        group_has_gradients = False
+        optimizer_step(run)
         after_update(run, window, epoch, bar)
         stop = args.max_steps is not None and state.update >= args.max_steps
         if (args.checkpoint_every and state.update % args.checkpoint_every == 0
@@ -698,14 +730,14 @@ def main(argv=None) -> int:
     accelerator, state = run.accelerator, run.state
     if run.use_tb:
         accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in vars(args).items()})
-    updates_per_epoch = len(run.train_loader) // args.grad_accum
+    per_epoch = updates_per_epoch(len(run.train_loader), args.grad_accum)
     run.say(f"{args.model}: {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M params, "
             f"{len(run.train_ds)} train / {len(run.val_loader.dataset) if run.val_loader else 0} val images, "
             f"{run.num_classes} classes, {accelerator.num_processes} process(es), global batch {args.batch_size}, "
-            f"{updates_per_epoch} steps/epoch", flush=True)
+            f"{per_epoch} steps/epoch", flush=True)
     from tqdm.auto import tqdm
 
-    total_updates = args.epochs * updates_per_epoch
+    total_updates = args.epochs * per_epoch
     if args.max_steps is not None:
         total_updates = min(total_updates, args.max_steps)
     bar = tqdm(total=total_updates, initial=state.update, unit="step", dynamic_ncols=True,

@@ -4,10 +4,11 @@ IJCAI 2017). `guided_loss` is the one call a training step makes."""
 from .contributions import contribution_maps, guidance_layer
 from .data import AnnotatedImageDataset, boxes_to_mask, collate_annotated, is_annotated
 from .losses import GUIDANCE_LOSSES, energy_loss, guidance_loss, l1_loss, ppce_loss, rrr_loss
+from .masks import decode_mask
 from .step import guided_loss
 
 __all__ = [
     "AnnotatedImageDataset", "GUIDANCE_LOSSES", "boxes_to_mask", "collate_annotated", "contribution_maps",
-    "energy_loss", "guidance_layer", "guidance_loss", "guided_loss", "is_annotated", "l1_loss", "ppce_loss",
-    "rrr_loss",
+    "decode_mask", "energy_loss", "guidance_layer", "guidance_loss", "guided_loss", "is_annotated", "l1_loss",
+    "ppce_loss", "rrr_loss",
 ]

@@ -2,7 +2,9 @@
 
 The mask goes through the image's own transform with the image's per-sample seed, so it
 sees the same random crop and flip (geometry only: colour augmentation is refused, it
-would repaint the mask). Only a seeded `fraction` of the images counts as annotated.
+would repaint the mask). Only a seeded `fraction` of the images counts as annotated, and an
+image whose annotated region is empty after the crop (cropped away, or an empty mask) counts
+as not annotated: an empty region is no target, it would push all evidence out.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import numpy as np
 import torch
 
 from ..data import ImageClassificationDataset, collate_skipping, decode_image
+from .masks import decode_mask
 
 
 def boxes_to_mask(boxes, height: int, width: int, dilation: int = 0) -> np.ndarray:
@@ -63,19 +66,24 @@ class AnnotatedImageDataset(ImageClassificationDataset):
         except Exception:  # counted by the collate step, as in ImageClassificationDataset
             return None
         x, label = self.seeded_transform(index, img), int(label)
-        # no mask, or an empty box list, is no annotation (an empty region would push all evidence out)
-        has_note = note is not None and (self.boxes_column is None or len(note) > 0)
-        annotated = has_note and is_annotated(index, self.fraction, self.seed)
-        if not annotated:
-            return x, label, torch.zeros(x.shape[-2:]), False
-        size = img.size  # (width, height) of the original image
+        no_annotation = x, label, torch.zeros(x.shape[-2:]), False
+        if note is None or not is_annotated(index, self.fraction, self.seed):
+            return no_annotation
+        mask = self._transform_mask(index, self._raw_mask(index, note, img.size))
+        # an empty region (no box, an empty mask, or cropped away) would push all evidence out
+        return (x, label, mask, True) if bool(mask.any()) else no_annotation
+
+    def _raw_mask(self, index: int, note, size: tuple[int, int]) -> np.ndarray:
+        """uint8 [H, W] 0/1 annotation of sample `index` at its image's `size` (width, height)."""
         if self.boxes_column is not None:
-            raw = boxes_to_mask(note, size[1], size[0], self.dilation)
-        else:
-            raw = (np.asarray(decode_image(note).convert("L")) > 127).astype(np.uint8)
-            if raw.shape != (size[1], size[0]):
-                raise ValueError(f"mask of sample {index} is {raw.shape[::-1]} pixels, its image {size}")
-        return x, label, self._transform_mask(index, raw), True
+            return boxes_to_mask(note, size[1], size[0], self.dilation)
+        try:
+            raw = decode_mask(note)
+        except ValueError as e:
+            raise ValueError(f"mask of sample {index}: {e}") from None
+        if raw.shape != (size[1], size[0]):
+            raise ValueError(f"mask of sample {index} is {raw.shape[::-1]} pixels, its image {size}")
+        return raw.astype(np.uint8)
 
     def _transform_mask(self, index: int, raw: np.ndarray) -> torch.Tensor:
         """The mask through the image's transform, replaying the image's random draws."""
