@@ -12,29 +12,41 @@ from . import kernels
 COS_EPS = 1e-6
 
 
+_ONES: dict = {}
+
+
+def _unit_gains(weight: Tensor) -> Tensor:
+    """Ones of shape [rows, 1, ...]: the gain g of weight norm's w = g v / ||v||, so that w = v / ||v||."""
+    key = (weight.shape[0], weight.dim(), weight.device, weight.dtype)
+    if key not in _ONES:
+        _ONES[key] = torch.ones(weight.shape[0], *[1] * (weight.dim() - 1), device=weight.device, dtype=weight.dtype)
+    return _ONES[key]
+
+
 class _UnitNormRows(torch.autograd.Function):
-    """w / ||w|| per row with a short backward, grad_w = (g - w_hat <g, w_hat>) / ||w||: 3 kernels
-    where autograd of the norm and the division takes ~9 per layer. Eager GPU steps are bound by
-    host time per launch (benchmarks/launches.py), and this runs in every B-cos layer."""
+    """w / ||w|| per row through torch's fused weight-norm kernels: one kernel each way where the
+    norm and the division take 2 forward and ~9 backward (eager GPU steps are bound by host time
+    per launch, benchmarks/step_counts.py, and this runs in every B-cos layer). Once
+    differentiable: torch's double backward of weight norm is wrong (gradgradcheck fails), so a
+    second derivative through here raises instead."""
 
     @staticmethod
     def forward(ctx, weight: Tensor) -> Tensor:
-        norm = torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True)
-        w_hat = weight / norm
-        ctx.save_for_backward(w_hat, norm)
+        gains = _unit_gains(weight)
+        w_hat, norms = torch.ops.aten._weight_norm_interface(weight, gains, 0)
+        ctx.save_for_backward(weight, gains, norms)
         return w_hat
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor) -> Tensor:
-        w_hat, norm = ctx.saved_tensors
-        dot = torch.linalg.vecdot(grad.flatten(1), w_hat.flatten(1)).view(norm.shape)  # <g, w_hat> per row
-        return torch.addcmul(grad, w_hat, dot, value=-1).div_(norm)
+        weight, gains, norms = ctx.saved_tensors
+        return torch.ops.aten._weight_norm_interface_backward(grad.contiguous(), weight, gains, norms, 0)[0]
 
 
 def unit_norm_rows(weight: Tensor) -> Tensor:
     """Scale every output unit's weight vector to unit L2 norm (the hat in Eq. 3)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing():
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not weight.is_contiguous():
         # plain ops in graphs (inductor fuses them; see bcos_scale on hand-written Functions there)
         return weight / torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True)
     return _UnitNormRows.apply(weight)
