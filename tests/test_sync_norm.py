@@ -51,10 +51,18 @@ def _synced_run(layer, x, r, rows: slice) -> dict:
     return out
 
 
-def _small_net() -> nn.Module:
-    torch.manual_seed(2)
-    return nn.Sequential(nn.Conv2d(3, 5, 3, padding=1), L.BatchNormUncentered2d(5, momentum=0.3), nn.ReLU(),
-                         nn.Conv2d(5, 4, 1), L.BatchNormUncentered2d(4, affine=False)).double()
+class _ConvSyncNet(nn.Module):
+    """conv -> sync BN -> relu -> conv -> sync BN (no affine). Not an nn.Sequential: dynamo runs a
+    Sequential whose loop holds a graph break eagerly, and the test would compile nothing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        torch.manual_seed(2)
+        self.conv1, self.bn1 = nn.Conv2d(3, 5, 3, padding=1), L.BatchNormUncentered2d(5, momentum=0.3)
+        self.conv2, self.bn2 = nn.Conv2d(5, 4, 1), L.BatchNormUncentered2d(4, affine=False)
+
+    def forward(self, x):
+        return self.bn2(self.conv2(torch.relu(self.bn1(self.conv1(x)))))
 
 
 def _compiled_against_eager(rows: slice) -> dict:
@@ -70,7 +78,7 @@ def _compiled_against_eager(rows: slice) -> dict:
         graphs.append([str(n.target) for n in gm.graph.nodes if n.op == "call_function"])
         return lookup_backend("aot_eager")(gm, example_inputs)
 
-    eager = L.convert_sync_batchnorm(_small_net()).train()
+    eager = L.convert_sync_batchnorm(_ConvSyncNet().double()).train()
     compiled_net = copy.deepcopy(eager)
     out = {"graphs": graphs}
     for name, net, fn in (("eager", eager, eager), ("compiled", compiled_net,
@@ -78,7 +86,7 @@ def _compiled_against_eager(rows: slice) -> dict:
         xg = x.clone().requires_grad_(True)
         y = fn(xg)
         (y * r).sum().backward()
-        out[name] = {"y": y.detach(), "x_grad": xg.grad, "running_var": net[4].running_var.clone(),
+        out[name] = {"y": y.detach(), "x_grad": xg.grad, "running_var": net.bn2.running_var.clone(),
                      **{f"grad_{k}": p.grad.clone() for k, p in net.named_parameters()}}
     return out
 
@@ -131,14 +139,17 @@ def test_two_processes_equal_one_process_on_the_global_batch(two_processes, spli
 
 
 def test_large_offset_in_float32_gives_the_global_variance(two_processes):
-    """mean 1e4, std 1: the float32 statistics equal float64 ones of the same values (rel 1e-3)."""
+    """mean 1e4, std 1: the float32 statistics equal float64 ones of the same values (rel 1e-3;
+    measured 4e-5 for the variance, where E[x^2] - mean^2 is off by 7x)."""
     x, r = _global_batch(OFFSET)
     x = x.float().double()  # the values the processes saw
     exact = _run(_layer(False, False, torch.float32, None).double(), x, r)  # float64, one process
     assert rel_err(exact["running_var"], x.var((0, 2, 3), unbiased=False)) <= 1e-12
     two = _joined([p["offset"] for p in two_processes])
-    for key in ("running_var", "y", "x_grad", "w_grad"):
-        assert rel_err(two[key], exact[key]) <= 1e-3, (key, rel_err(two[key], exact[key]))
+    # x_grad's variance term holds x - mean, and a float32 mean near 1e4 is known to ulp/2 ~ 5e-4
+    # of the unit std (rounded once per process, once after the merge): a looser margin there
+    for key, tol in (("running_var", 1e-3), ("y", 1e-3), ("w_grad", 1e-3), ("x_grad", 5e-3)):
+        assert rel_err(two[key], exact[key]) <= tol, (key, rel_err(two[key], exact[key]))
 
 
 def test_compiled_sync_net_equals_eager(two_processes):
@@ -150,11 +161,12 @@ def test_compiled_sync_net_equals_eager(two_processes):
         assert eager.keys() == compiled.keys() and len(eager) == 9, sorted(eager)
         for key in eager:
             assert rel_err(compiled[key], eager[key]) <= 1e-9, (rank, key, rel_err(compiled[key], eager[key]))
-        # the synchronised statistics run eagerly: no Function and no collective inside a graph
         graphs = part["compile"]["graphs"]
-        assert len(graphs) >= 2, graphs
-        ops = {t for graph in graphs for t in graph}
-        assert not any("autograd_function_apply" in t or "c10d" in t for t in ops), sorted(ops)
+        # the synchronised statistics run eagerly: no Function and no collective inside a graph,
+        # while the convolutions and the rest of the layer are compiled
+        ops = [t for graph in graphs for t in graph]
+        assert not any("autograd_function_apply" in t or "c10d" in t for t in ops), sorted(set(ops))
+        assert sum("conv2d" in t for t in ops) == 2 and any("relu" in t for t in ops), graphs
 
 
 def test_one_process_is_the_plain_layer_and_convert_keeps_tensors():
