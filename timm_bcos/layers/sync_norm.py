@@ -89,7 +89,7 @@ class _SyncUncenteredBatchNormTrain(torch.autograd.Function):
         # d var / d x_i = 2 (x_i - mean) / M over the global batch of M values per channel;
         # x - mean before the product: x * coef - mean * coef would cancel when |mean| >> std
         coef = -(scale * inv * inv) * gx_global / m
-        grad_x = g * scale[:, None, None] + (xs - mean[:, None, None]) * coef[:, None, None]
+        grad_x = (xs - mean[:, None, None]).mul_(coef[:, None, None]).addcmul_(g, scale[:, None, None])
         grad_w = gx_local * inv if weight is not None and ctx.needs_input_grad[1] else None
         return grad_x.to(x.dtype), grad_w, None, None
 
