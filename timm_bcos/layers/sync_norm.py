@@ -1,9 +1,12 @@
 """Synchronised uncentered batch norm: batch statistics over every process of a data-parallel run.
 
 With data parallelism each process sees 1/P of the global batch; a per-process batch norm
-then divides by the variance of that slice. The synchronised variant all-reduces the
-per-channel sums (count, sum x, sum x^2) so that every process divides by the variance of
-the whole global batch, as one process on the global batch would.
+then divides by the variance of that slice. The synchronised variant gives every process the
+variance of the whole global batch, as one process on the global batch would compute it:
+each process reduces its own slice to (count, mean, M2) with a stable one-pass reduction, one
+all_gather shares them, and Chan et al.'s parallel merge combines them. (All-reducing
+(count, sum x, sum x^2) and taking E[x^2] - mean^2 instead cancels catastrophically when
+|mean| >> std: in float32 a mean of 1e4 leaves no digit of a unit variance.)
 
 torch's own `nn.SyncBatchNorm.convert_sync_batchnorm` must not be used on B-cos models: it
 turns every BatchNorm2d subclass, ours included, into a *centered* norm with a bias.
@@ -15,7 +18,41 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .norms import BatchNormUncentered2d, _check_4d
+from .norms import BatchNormUncentered2d, _check_4d, _times_inverse_std
+
+
+def _stats_dtype(x: Tensor, weight: Tensor | None) -> torch.dtype:
+    """The weight's dtype (autocast keeps it float32), at least float32 without a weight."""
+    return weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
+
+
+def _local_moments(x: Tensor, stats_dtype: torch.dtype) -> Tensor:
+    """[count, mean (C), M2 (C)] of this process's slice per channel, in float64 for the merge."""
+    c = x.shape[1]
+    count = x.numel() // c
+    if count == 0:  # an empty slice adds nothing (and batch_norm_update_stats refuses it)
+        return x.new_zeros(1 + 2 * c, dtype=torch.float64)
+    # Welford-style per-channel reduction: stable for any offset
+    mean, var = torch.batch_norm_update_stats(x.to(stats_dtype), None, None, 0.0)
+    n = torch.full((1,), float(count), dtype=torch.float64, device=x.device)
+    return torch.cat([n, mean.double(), var.double() * count])
+
+
+def _global_mean_var(x: Tensor, stats_dtype: torch.dtype, group) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-channel mean, biased variance and value count of the global batch (no autograd).
+
+    Processes may hold slices of different sizes (the last batch), so the merge weighs each
+    by its count: M2 = sum_p M2_p + sum_p n_p (mean_p - mean)^2 (Chan, Golub & LeVeque).
+    """
+    local = _local_moments(x, stats_dtype)
+    parts = [torch.empty_like(local) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(parts, local, group=group)
+    c = x.shape[1]
+    counts, means, m2s = torch.stack(parts).split([1, c, c], dim=1)
+    total = counts.sum()
+    mean = (counts * means).sum(0) / total
+    m2 = m2s.sum(0) + (counts * (means - mean).square()).sum(0)
+    return mean.to(stats_dtype), (m2 / total).to(stats_dtype), total.to(stats_dtype)
 
 
 def _all_reduce_sum(t: Tensor, group) -> Tensor:
@@ -27,24 +64,17 @@ class _SyncUncenteredBatchNormTrain(torch.autograd.Function):
     """y = x * weight / sqrt(var_global(x) + eps) per channel; returns (y, var_global).
 
     Backward: the variance depends on every process's x, so the term through it needs the
-    global sum(g * x) (one all-reduce); the weight gradient stays local (DDP averages it).
+    global sum(g * x) (one all-reduce) and the global mean; the weight gradient stays local
+    (DDP averages it).
     """
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Tensor | None, eps: float, detach: bool, group):
-        stats_dtype = weight.dtype if weight is not None else x.dtype
-        xs = x.to(stats_dtype)
-        count = torch.full((1,), x.numel() // x.shape[1], dtype=stats_dtype, device=x.device)
-        local = torch.cat([count, xs.sum((0, 2, 3)), (xs * xs).sum((0, 2, 3))])
-        total = _all_reduce_sum(local, group)
-        c = x.shape[1]
-        m = total[0]
-        mean = total[1:1 + c] / m
-        var = (total[1 + c:] / m - mean * mean).clamp_min(0)  # biased, as the per-process layer
+    def forward(ctx, x: Tensor, weight: Tensor | None, eps: float, group):
+        mean, var, m = _global_mean_var(x, _stats_dtype(x, weight), group)
         inv = torch.rsqrt(var + eps)
         scale = inv * weight if weight is not None else inv
         ctx.save_for_backward(x, mean, inv, weight, m)
-        ctx.detach, ctx.group = detach, group
+        ctx.group = group
         ctx.mark_non_differentiable(var)
         return x * scale.to(x.dtype)[:, None, None], var
 
@@ -52,16 +82,35 @@ class _SyncUncenteredBatchNormTrain(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Tensor, _grad_var: Tensor):
         x, mean, inv, weight, m = ctx.saved_tensors
-        gx_local = (grad.to(inv.dtype) * x.to(inv.dtype)).sum((0, 2, 3))
+        g, xs = grad.to(inv.dtype), x.to(inv.dtype)  # autocast: reduce in the statistics' precision
+        gx_local = (g * xs).sum((0, 2, 3))
+        gx_global = _all_reduce_sum(gx_local.clone(), ctx.group)
         scale = inv * weight if weight is not None else inv
-        grad_x = grad * scale.to(grad.dtype)[:, None, None]
-        if not ctx.detach:
-            gx_global = _all_reduce_sum(gx_local.clone(), ctx.group)
-            # d var / d x_i = 2 (x_i - mean) / M over the global batch of M values per channel
-            coef = -(scale * inv * inv) * gx_global / m
-            grad_x = grad_x + (x * coef.to(x.dtype)[:, None, None] - (coef * mean).to(x.dtype)[:, None, None])
+        # d var / d x_i = 2 (x_i - mean) / M over the global batch of M values per channel;
+        # x - mean before the product: x * coef - mean * coef would cancel when |mean| >> std
+        coef = -(scale * inv * inv) * gx_global / m
+        grad_x = (xs - mean[:, None, None]).mul_(coef[:, None, None]).addcmul_(g, scale[:, None, None])
         grad_w = gx_local * inv if weight is not None and ctx.needs_input_grad[1] else None
-        return grad_x.to(x.dtype), grad_w, None, None, None
+        return grad_x.to(x.dtype), grad_w, None, None
+
+
+def _sync_batch_norm_detached(x: Tensor, weight: Tensor | None, eps: float, group) -> tuple[Tensor, Tensor]:
+    """Explanation mode: x times a constant factor from the global variance, in plain autograd
+    ops (twice differentiable, as the per-process layer's, for guidance losses)."""
+    with torch.no_grad():
+        var = _global_mean_var(x, _stats_dtype(x, weight), group)[1]
+    return _times_inverse_std(x, var, weight, eps), var
+
+
+@torch.compiler.disable
+def _sync_batch_norm_train(x: Tensor, weight: Tensor | None, eps: float, detach: bool, group):
+    """(y, global variance), always eager: under torch.compile a graph break, so the
+    collectives and the hand-written backward run outside any graph. Dynamo (torch 2.14) does
+    trace the Function, collectives included, but hand-written Functions in graphs have been
+    mis-differentiated (pytorch#184113, torch 2.11), and a graph break is robust."""
+    if detach:
+        return _sync_batch_norm_detached(x, weight, eps, group)
+    return _SyncUncenteredBatchNormTrain.apply(x, weight, eps, group)
 
 
 class SyncBatchNormUncentered2d(BatchNormUncentered2d):
@@ -80,7 +129,7 @@ class SyncBatchNormUncentered2d(BatchNormUncentered2d):
                 and dist.get_world_size(self.process_group) > 1):
             return super().forward(x)
         _check_4d(x, self, self.num_features)
-        y, var = _SyncUncenteredBatchNormTrain.apply(x, self.weight, self.eps, self.detach, self.process_group)
+        y, var = _sync_batch_norm_train(x, self.weight, self.eps, self.detach, self.process_group)
         if self.track_running_stats and self.running_var is not None:
             self.num_batches_tracked.add_(1)
             momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
