@@ -5,7 +5,8 @@
 #
 # Stages: exactness of the fused kernels on the device, eager training steps (fp32 + bf16,
 # with the bcos reference), explanation vs forward, per-kernel bandwidth + a profile, then
-# compiled training steps per model. Each stage gets its own log and at most what is left of
+# compiled training steps per model (compiled_<model>; graphs_<model>: inductor's CUDA graphs,
+# torch.compile mode="reduce-overhead", fp32 + bf16). Each stage gets its own log and at most what is left of
 # the budget, so a slow stage (inductor compiles) cannot swallow the others' results.
 # Wheels in .whl/ (timm, bcos: the versions the CPU machine tests with) are installed first.
 set -u
@@ -45,11 +46,13 @@ run_stage() {
     kernels_bench) stage kernels_bench 90 $PY benchmarks/kernels.py --batch 64 --profile bcos_resnet50 ;;
     compiled_*) stage "$1" 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
         --no-reference --models "${1#compiled_}" --precision fp32 ;;
+    graphs_*) stage "$1" 300 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
+        --compile-mode reduce-overhead --no-reference --models "${1#graphs_}" --precision fp32 bf16 ;;
     *) echo "unknown stage $1" ;;
     esac
 }
 
 # STAGES="..." picks and orders the stages (a short rerun: STAGES="env kernels_test models_eager")
-for name in ${STAGES:-env kernels_test models_eager explain kernels_bench compiled_resnet50 compiled_densenet121}; do
+for name in ${STAGES:-env kernels_test models_eager graphs_resnet50 explain kernels_bench compiled_densenet121}; do
     run_stage "$name"
 done

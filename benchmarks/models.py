@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import sys
 import warnings
@@ -77,10 +78,11 @@ def variants(arch: str, args, dev: torch.device, x, y, amp: bool) -> dict:
             ref = getattr(ref_models, arch)(pretrained=False).train().to(dev)
         fns["bcos"] = train_step(ref, AddInverse()(x), y, amp)
     if args.compile:
-        fns["timm compiled"] = train_step(torch.compile(conventional), x, y, amp)
-        fns["timm_bcos compiled"] = train_step(torch.compile(ours), x, y, amp, fused=False)
+        compiled = functools.partial(torch.compile, mode=args.compile_mode)
+        fns["timm compiled"] = train_step(compiled(conventional), x, y, amp)
+        fns["timm_bcos compiled"] = train_step(compiled(ours), x, y, amp, fused=False)
         if fused_too:  # its own copy: the two compiled graphs differ in the kernels they call
-            fns["timm_bcos fused compiled"] = train_step(torch.compile(copy.deepcopy(ours)), x, y, amp, fused=True)
+            fns["timm_bcos fused compiled"] = train_step(compiled(copy.deepcopy(ours)), x, y, amp, fused=True)
     return fns
 
 
@@ -104,6 +106,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile-mode", default=None,
+                        help="torch.compile mode for the compiled variants (reduce-overhead: CUDA graphs)")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--precision", nargs="+", choices=["fp32", "bf16"], default=["fp32"],
                         help="fp32 and/or bf16 autocast, each a separate interleaved round")

@@ -192,14 +192,17 @@ def test_timm_flag_names_are_aliases():
     timm_style = train.parse_args(base + ["--aa", "rand-m9", "--amp", "--amp-dtype", "bfloat16",
                                           "--model-ema-decay", "0.99", "--initial-checkpoint", "w.safetensors",
                                           "--grad-accum-steps", "2", "--checkpoint-hist", "5",
-                                          "--log-interval", "7", "-b", "96", "-j", "3", "--torchcompile"])
+                                          "--log-interval", "7", "-b", "96", "-j", "3", "--torchcompile",
+                                          "--torchcompile-mode", "reduce-overhead"])
     ours = train.parse_args(base + ["--auto-augment", "rand-m9", "--mixed-precision", "bf16", "--ema-decay", "0.99",
                                     "--checkpoint", "w.safetensors", "--grad-accum", "2", "--keep-checkpoints",
                                     "5", "--log-every", "7", "--batch-size", "96", "--workers", "3",
-                                    "--compile", "inductor"])
+                                    "--compile", "inductor", "--compile-mode", "reduce-overhead"])
     assert {k: v for k, v in vars(timm_style).items() if k not in ("amp", "amp_dtype")} == \
         {k: v for k, v in vars(ours).items() if k not in ("amp", "amp_dtype")}
     assert train.parse_args(base + ["--amp"]).mixed_precision == "fp16"  # timm's default amp dtype
+    with pytest.raises(SystemExit):  # a mode is inductor's
+        train.parse_args(base + ["--compile", "aot_eager", "--compile-mode", "reduce-overhead"])
 
 
 # 20 images, micro-batches of 4: 5 per epoch, in groups of 2 + 2 + 1. Plain SGD (momentum 0) in
