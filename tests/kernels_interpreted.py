@@ -131,6 +131,8 @@ def check_b2_backward_keeps_the_output_not_the_conv_output():
         node = y.grad_fn.next_functions[0][0]
         assert type(node).__name__ == "FusedBcosScaleBackward", type(node).__name__
         assert (node.saved_tensors[0].data_ptr() == y.data_ptr()) == keeps_output, (b, detach)
+    half = _ops.bcos_scale(lin.detach().half().requires_grad_(), norm.half(), 2.0, False)  # float16: y underflows
+    assert half.grad_fn.next_functions[0][0].saved_tensors[0].data_ptr() != half.data_ptr()
     y = _ops.bcos_scale(lin, norm, 2.0, False)
     y.mul_(2)
     try:
@@ -139,6 +141,54 @@ def check_b2_backward_keeps_the_output_not_the_conv_output():
         assert "modified by an inplace operation" in str(err), err
     else:
         raise AssertionError("an in-place change of the kept output went unnoticed")
+
+
+def _conv_layer_grads(layer, x, separate: bool = False):
+    """Output, grad_x (if x requires it) and grad_w of `layer` for a fixed random output weighting;
+    `separate`: the three fused ops as separate autograd nodes instead of the one-node layer step."""
+    if separate:
+        layer._fused_training_step = lambda x, w: None
+    try:
+        out = layer(x)
+    finally:
+        layer.__dict__.pop("_fused_training_step", None)
+    r = torch.randn(out.shape, generator=torch.Generator().manual_seed(0), dtype=out.dtype)
+    needs = [x, layer.weight] if x.requires_grad else [layer.weight]
+    return [out.detach(), *torch.autograd.grad((out * r).sum(), needs)]
+
+
+def check_fused_conv_layer_matches_separate_ops():
+    """BcosConv2d's one-node training step (conv + patch norm + scale) against the PyTorch path in
+    float64, over the geometries, B = 2 (backward from the output) and B = 1.5, frozen inputs, and
+    a shape whose norm gradient comes in several channel-split planes; then under bf16 autocast
+    against the same kernels as separate nodes."""
+    from timm_bcos.layers.kernels._common import grouped_geometry
+
+    assert grouped_geometry(2, 32, 16 * 16, 1)[0][2] > 1  # the scale's norm gradient in several planes
+    torch.manual_seed(6)
+    cases = [(g, k, s, p, d, 4 * g, 8, 6) for g, k, s, p, d in GEOMETRIES] + [(1, 3, 1, 1, 1, 32, 16, 32)]
+    for groups, k, stride, pad, dil, cin, hw, cout in cases:
+        for b in (2.0, 1.5):
+            layer = L.BcosConv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil, groups=groups, b=b,
+                                 scale=3.0 if b == 1.5 else None).double().train()
+            for x_grad in (True, False):
+                x = torch.randn(2, cin, hw, hw, dtype=torch.float64, requires_grad=x_grad)
+                y = layer(x)
+                declined = pad == "same" and k % 2 == 0  # asymmetric 'same': the separate ops answer
+                node = y.grad_fn if layer.scale is None else y.grad_fn.next_functions[0][0]
+                assert (type(node).__name__ == "FusedBcosConv2dBackward") != declined, type(node).__name__
+                fused = _conv_layer_grads(layer, x)
+                with pytorch_path():
+                    expected = _conv_layer_grads(layer, x)
+                assert_close(fused, expected, what=f"conv layer g={groups} k={k} s={stride} p={pad} b={b} x_grad={x_grad}")
+    layer = L.BcosConv2d(8, 16, 3, padding=1).train()
+    for x in (torch.randn(2, 8, 8, 8), torch.randn(2, 8, 8, 8).bfloat16()):  # float32 image / bf16 activation
+        x.requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            one_node = _conv_layer_grads(layer, x)
+            separate = _conv_layer_grads(layer, x, separate=True)
+        assert [t.dtype for t in one_node] == [t.dtype for t in separate]
+        assert_close(one_node, separate, tol=1e-2, what=f"conv layer under autocast, x {x.dtype}")
 
 
 def check_batch_norm_forward_backward():
@@ -157,6 +207,25 @@ def check_batch_norm_forward_backward():
             with pytorch_path():
                 expected = grads(run, inputs)
             assert_close(fused, expected, what=f"uncentered BN weight={with_weight} detach={detach}")
+
+
+def check_batch_norm_running_var_updated_by_the_kernel():
+    """The apply kernel's running-variance update against the layer's lerp_ on the PyTorch path, for
+    momentum below and above torch.lerp's branch point, None (cumulative average), and no tracking."""
+    torch.manual_seed(4)
+    xs = [torch.randn(3, 4, 5, 5, dtype=torch.float64) * (i + 1) + 2.0 for i in range(3)]
+    for kwargs in (dict(momentum=0.1), dict(momentum=0.7), dict(momentum=None), dict(track_running_stats=False)):
+        layers = [L.BatchNormUncentered2d(4, **kwargs).double().train() for _ in range(2)]
+        for x in xs:
+            y_fused = layers[0](x)
+            with pytorch_path():
+                y_torch = layers[1](x)
+            assert_close([y_fused], [y_torch], what=f"BN output {kwargs}")
+        for name in ("running_var", "num_batches_tracked"):
+            a, b = getattr(layers[0], name), getattr(layers[1], name)
+            assert (a is None) == (b is None), (name, kwargs)
+            if a is not None:
+                assert_close([a.double()], [b.double()], tol=1e-14, what=f"{name} {kwargs}")
 
 
 def check_batch_norm_statistics_split_and_offset():

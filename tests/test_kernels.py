@@ -26,8 +26,10 @@ CHECKS = [
     "check_bcos_scale_forward_backward",
     "check_bcos_scale_gradcheck",
     "check_b2_backward_keeps_the_output_not_the_conv_output",
+    "check_fused_conv_layer_matches_separate_ops",
     "check_batch_norm_forward_backward",
     "check_batch_norm_statistics_split_and_offset",
+    "check_batch_norm_running_var_updated_by_the_kernel",
     "check_batch_norm_gradcheck",
     "check_bfloat16_and_mixed_dtypes",
     "check_layers_train_and_explain",
@@ -98,7 +100,7 @@ def test_fallback_to_the_pytorch_path(case, env, prelude):
     assert out.split() == ["False", "False", "False"], f"{case}: {out}"
 
 
-_FLOAT_ARGS = {"eps", "b_minus_1", "cos_eps"}
+_FLOAT_ARGS = {"eps", "b_minus_1", "cos_eps", "momentum"}
 _OUTPUTS = ("_out", "_ptr")  # pointer arguments end in one of these
 
 
@@ -111,13 +113,13 @@ def _gpu_compile_cases():
     return [
         (P._channel_sumsq_kernel, dict(FINAL=False, BLOCK_K=8, BLOCK_S=256, **acc)),
         (P._window_sum_sqrt_kernel, dict(KH=3, KW=3, BLOCK=1024)),
-        (P._patch_norm_bwd_kernel, dict(KH=3, KW=3, BLOCK_K=8, BLOCK_S=256, **acc)),
+        (P._patch_norm_bwd_kernel, dict(KH=3, KW=3, ACCUMULATE=True, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_fwd_kernel, dict(IS_B2=False, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_bwd_kernel, dict(IS_B2=True, DETACH=False, FROM_OUT=True, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_bwd_kernel, dict(IS_B2=False, DETACH=False, FROM_OUT=False, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_bwd_kernel, dict(IS_B2=False, DETACH=True, FROM_OUT=False, BLOCK_K=8, BLOCK_S=256, **acc)),
         (B._stats_partial_kernel, dict(BLOCK=1024, **acc)),
-        (B._apply_kernel, dict(HAS_W=True, BLOCK=1024, BLOCK_SPLITS=32)),
+        (B._apply_kernel, dict(HAS_W=True, HAS_RV=True, LERP_LOW=True, BLOCK=1024, BLOCK_SPLITS=32)),
         (B._gx_partial_kernel, dict(BLOCK=1024, **acc)),
         (B._bwd_apply_kernel, dict(DETACH=False, BLOCK=1024, BLOCK_SPLITS=64)),
     ]

@@ -283,3 +283,37 @@ def test_unit_norm_rows_hand_written_backward_matches_autograd(shape):
     (got,) = torch.autograd.grad((out * g).sum(), w)
     assert rel_err(got, expected) <= 1e-12
     assert torch.autograd.gradcheck(unit_norm_rows, (w,))
+
+
+def test_unit_norm_rows_after_inference_mode_under_fake_mode_and_torch_func():
+    """The cached unit gains survive an inference-mode or fake-mode first call; torch.func transforms
+    and tensor subclasses take the plain ops (the hand-written Function has no vmap/jvp rule)."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from timm_bcos.layers.functional import unit_norm_rows
+
+    def plain(w):
+        return w / torch.linalg.vector_norm(w, dim=tuple(range(1, w.dim())), keepdim=True)
+
+    w = torch.randn(13, 5, 3, 3, dtype=torch.float64, requires_grad=True)  # a shape no other test caches
+    with torch.inference_mode():
+        unit_norm_rows(torch.randn(13, 5, 3, 3, dtype=torch.float64))
+    v = torch.randn(17, 4, dtype=torch.float64)
+    with FakeTensorMode() as mode:
+        unit_norm_rows(mode.from_tensor(v))
+    for weight in (w, v.clone().requires_grad_()):
+        (got,) = torch.autograd.grad((unit_norm_rows(weight) ** 3).sum(), weight)
+        (expected,) = torch.autograd.grad((plain(weight) ** 3).sum(), weight)
+        assert rel_err(got, expected) <= 1e-12
+    g = torch.func.grad(lambda t: (unit_norm_rows(t) ** 3).sum())(w.detach())
+    assert rel_err(g, torch.func.grad(lambda t: (plain(t) ** 3).sum())(w.detach())) <= 1e-12
+    batched = torch.func.vmap(unit_norm_rows)(w.detach()[None].expand(2, -1, -1, -1, -1))
+    assert rel_err(batched[1], plain(w.detach())) <= 1e-15
+
+
+def test_uncentered_batch_norm_refuses_an_empty_training_batch():
+    bn = L.BatchNormUncentered2d(4).train()
+    with pytest.raises(ValueError, match="at least one value per channel"):
+        bn(torch.empty(0, 4, 3, 3))
+    assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_var, torch.ones(4))
+    assert bn.eval()(torch.empty(0, 4, 3, 3)).shape == (0, 4, 3, 3)  # eval mode: a per-channel scaling

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
 from . import kernels
@@ -16,10 +16,15 @@ _ONES: dict = {}
 
 
 def _unit_gains(weight: Tensor) -> Tensor:
-    """Ones of shape [rows, 1, ...]: the gain g of weight norm's w = g v / ||v||, so that w = v / ||v||."""
+    """Ones of shape [rows, 1, ...]: the gain g of weight norm's w = g v / ||v||, so that w = v / ||v||.
+    Cached per shape, device and dtype (plain tensors only: unit_norm_rows sends subclasses, fake
+    tensors included, to the plain ops), made outside inference mode: an inference tensor cannot be
+    saved for a later training step's backward."""
     key = (weight.shape[0], weight.dim(), weight.device, weight.dtype)
     if key not in _ONES:
-        _ONES[key] = torch.ones(weight.shape[0], *[1] * (weight.dim() - 1), device=weight.device, dtype=weight.dtype)
+        with torch.inference_mode(False):
+            _ONES[key] = torch.ones(weight.shape[0], *[1] * (weight.dim() - 1), device=weight.device,
+                                    dtype=weight.dtype)
     return _ONES[key]
 
 
@@ -46,8 +51,10 @@ class _UnitNormRows(torch.autograd.Function):
 
 def unit_norm_rows(weight: Tensor) -> Tensor:
     """Scale every output unit's weight vector to unit L2 norm (the hat in Eq. 3)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or not weight.is_contiguous():
-        # plain ops in graphs (inductor fuses them; see bcos_scale on hand-written Functions there)
+    if (type(weight) not in (torch.Tensor, nn.Parameter) or not weight.is_contiguous()
+            or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
+        # plain ops: in graphs (inductor fuses them; see bcos_scale on hand-written Functions there),
+        # under torch.func transforms (the Function has no vmap/jvp rule), for tensor subclasses (DTensor)
         return weight / torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True)
     return _UnitNormRows.apply(weight)
 

@@ -124,22 +124,23 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
         _check_4d(x, self, self.num_features)
         use_batch_stats = self.training or self.running_var is None
         if use_batch_stats:
+            if x.numel() == 0:
+                raise ValueError(f"{type(self).__name__} needs at least one value per channel for batch "
+                                 f"statistics (training mode), got shape {tuple(x.shape)}")
+            momentum = self._count_batch()
             if self.detach:  # explanation mode: plain autograd ops (twice differentiable, for guidance losses)
                 train = _uncentered_batch_norm_detached
             elif kernels.use_fused(x):  # CUDA + Triton: fused statistics and apply (kernels/_batch_norm.py)
-                train = kernels.batch_norm_uncentered
+                running_var = self.running_var if momentum is not None else None
+                y, _ = kernels.batch_norm_uncentered(x, self.weight, self.eps, self.detach, running_var,
+                                                     momentum or 0.0)  # updates running_var itself
+                return y + self.bias[:, None, None] if self.bias is not None else y
             elif torch.compiler.is_compiling():
                 train = _uncentered_batch_norm_plain
             else:
                 train = _UncenteredBatchNormTrain.apply
             y, var = train(x, self.weight, self.eps, self.detach)
-            if self.training and self.track_running_stats and self.running_var is not None:
-                self.num_batches_tracked.add_(1)
-                momentum = (
-                    1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-                )
-                with torch.no_grad():
-                    self.running_var.lerp_(var.detach().to(self.running_var.dtype), momentum)
+            self._update_running_var(var, momentum)
         else:
             # running variance and weight folded into one per-channel factor: one pass over x
             scale = torch.rsqrt(self.running_var + self.eps)
@@ -147,6 +148,19 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
                 scale = scale * self.weight
             y = x * scale[:, None, None]
         return y + self.bias[:, None, None] if self.bias is not None else y
+
+
+    def _count_batch(self) -> float | None:
+        """Counts a training batch; the running statistics' momentum for it, or None when they are not updated."""
+        if not (self.training and self.track_running_stats and self.running_var is not None):
+            return None
+        self.num_batches_tracked.add_(1)
+        return 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
+
+    def _update_running_var(self, var: Tensor, momentum: float | None) -> None:
+        if momentum is not None:
+            with torch.no_grad():
+                self.running_var.lerp_(var.detach().to(self.running_var.dtype), momentum)
 
 
 class GroupNormUncentered2d(nn.GroupNorm, DetachableModule):

@@ -130,11 +130,7 @@ class SyncBatchNormUncentered2d(BatchNormUncentered2d):
             return super().forward(x)
         _check_4d(x, self, self.num_features)
         y, var = _sync_batch_norm_train(x, self.weight, self.eps, self.detach, self.process_group)
-        if self.track_running_stats and self.running_var is not None:
-            self.num_batches_tracked.add_(1)
-            momentum = 1.0 / float(self.num_batches_tracked) if self.momentum is None else self.momentum
-            with torch.no_grad():
-                self.running_var.lerp_(var.detach().to(self.running_var.dtype), momentum)
+        self._update_running_var(var, self._count_batch())
         return y + self.bias[:, None, None] if self.bias is not None else y
 
 

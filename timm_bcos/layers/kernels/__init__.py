@@ -51,11 +51,20 @@ def patch_norm(x: Tensor, groups: int, kernel_size, stride, padding, dilation, e
     return _load().patch_norm(x, groups, kernel_size, stride, padding, dilation, eps)
 
 
+def bcos_conv2d(x: Tensor, w_hat: Tensor, b: float, kernel_size, stride, padding, dilation, groups: int,
+                eps: float) -> Tensor | None:
+    """A B-cos conv's training step (conv, patch norm, Eq. 9 scale) as one autograd node, or None
+    where the separate ops must run (inside graphs; an asymmetric 'same' padding)."""
+    return _load().bcos_conv2d(x, w_hat, b, kernel_size, stride, padding, dilation, groups, eps)
+
+
 def bcos_scale(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor | None:
     """Eq. 9 fused, or None when the shapes are not the conv or linear layout."""
     return _load().bcos_scale(lin, norm, b, detach)
 
 
-def batch_norm_uncentered(x: Tensor, weight: Tensor | None, eps: float, detach: bool):
-    """(x * weight / sqrt(var_batch + eps), var_batch) for an [N, C, H, W] input."""
-    return _load().batch_norm_uncentered(x, weight, eps, detach)
+def batch_norm_uncentered(x: Tensor, weight: Tensor | None, eps: float, detach: bool,
+                          running_var: Tensor | None = None, momentum: float = 0.0):
+    """(x * weight / sqrt(var_batch + eps), var_batch) for an [N, C, H, W] input; `running_var`,
+    if given, is lerped towards var_batch by `momentum` in place."""
+    return _load().batch_norm_uncentered(x, weight, eps, detach, running_var, momentum)

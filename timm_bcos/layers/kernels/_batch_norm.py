@@ -77,11 +77,13 @@ def _channel_stats(part_ptr, w_ptr, c, C, SPLITS, eps, HAS_W: tl.constexpr, BLOC
 
 
 @triton.jit
-def _apply_kernel(x_ptr, part_ptr, w_ptr, stats_ptr, y_ptr, C, HW, SPLITS, eps,
-                  HAS_W: tl.constexpr, BLOCK: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
+def _apply_kernel(x_ptr, part_ptr, w_ptr, stats_ptr, y_ptr, rv_ptr, C, HW, SPLITS, eps, momentum,
+                  HAS_W: tl.constexpr, HAS_RV: tl.constexpr, LERP_LOW: tl.constexpr,
+                  BLOCK: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
     """y = x * scale[c]; every program merges its channel's few partials itself (one launch fewer than a
     separate finalising kernel: eager steps are bound by host time per launch), and one program per
-    channel writes (mean, var, inv, scale) into stats [4, C]."""
+    channel writes (mean, var, inv, scale) into stats [4, C] and, with HAS_RV, moves the running
+    variance towards var as torch.lerp does (its two branches: LERP_LOW is momentum < 0.5)."""
     row = tl.program_id(0).to(tl.int64)  # n * C + c
     c = row % C
     mean, var, inv, sc = _channel_stats(part_ptr, w_ptr, c, C, SPLITS, eps, HAS_W, BLOCK_SPLITS)
@@ -90,6 +92,14 @@ def _apply_kernel(x_ptr, part_ptr, w_ptr, stats_ptr, y_ptr, C, HW, SPLITS, eps,
         tl.store(stats_ptr + C + c, var)
         tl.store(stats_ptr + 2 * C + c, inv)
         tl.store(stats_ptr + 3 * C + c, sc)
+        if HAS_RV:
+            rv = tl.load(rv_ptr + c).to(var.dtype)
+            end = var.to(rv_ptr.dtype.element_ty).to(var.dtype)
+            if LERP_LOW:
+                rv = rv + momentum * (end - rv)
+            else:
+                rv = end - (end - rv) * (1.0 - momentum)
+            tl.store(rv_ptr + c, rv.to(rv_ptr.dtype.element_ty))
     s = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     m = s < HW
     x = tl.load(x_ptr + row * HW + s, mask=m, other=0.0)
@@ -143,9 +153,11 @@ def _rows_block(hw: int) -> int:
 
 
 @on_input_device
-def batch_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> Tuple[Tensor, Tensor]:
-    """(y, stats) for x [N, C, H, W]: stats [4, C] = (mean, var, inv, scale), in float32 (float64 for float64 x).
-    Two launches and three allocations: eager steps on a GPU are bound by host time per op."""
+def batch_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float, running_var: Optional[Tensor] = None,
+                       momentum: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """(y, stats) for x [N, C, H, W]: stats [4, C] = (mean, var, inv, scale), in float32 (float64 for float64 x);
+    `running_var`, if given, is lerped towards var in place. Two launches and three allocations: eager
+    steps on a GPU are bound by host time per op."""
     x = x.contiguous()
     n, c, h, w = x.shape
     hw = h * w
@@ -155,8 +167,10 @@ def batch_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float) -> Tuple
     stats = torch.empty(4, c, device=x.device, dtype=part.dtype)
     y = torch.empty_like(x)
     rb = _rows_block(hw)
-    _apply_kernel[(n * c, cdiv(hw, rb))](x, part, weight if weight is not None else stats, stats, y, c, hw, splits,
-                                         eps, HAS_W=weight is not None, BLOCK=rb, BLOCK_SPLITS=pow2(splits))
+    _apply_kernel[(n * c, cdiv(hw, rb))](
+        x, part, weight if weight is not None else stats, stats, y, running_var if running_var is not None else stats,
+        c, hw, splits, eps, momentum, HAS_W=weight is not None, HAS_RV=running_var is not None,
+        LERP_LOW=momentum < 0.5, BLOCK=rb, BLOCK_SPLITS=pow2(splits))
     return y, stats
 
 
@@ -185,8 +199,9 @@ class FusedBatchNormUncentered(torch.autograd.Function):
     A plain Function for its low dispatch cost (see _bcos_scale.FusedBcosScale)."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, weight: Optional[Tensor], eps: float, detach: bool):
-        y, stats = batch_norm_forward(x, weight, eps)
+    def forward(ctx, x: Tensor, weight: Optional[Tensor], eps: float, detach: bool,
+                running_var: Optional[Tensor], momentum: float):
+        y, stats = batch_norm_forward(x, weight, eps, running_var, momentum)
         ctx.save_for_backward(x, stats)
         ctx.detach = detach
         ctx.weight_dtype = weight.dtype if weight is not None else None
@@ -199,10 +214,10 @@ class FusedBatchNormUncentered(torch.autograd.Function):
     @once_differentiable
     def backward(ctx, grad: Optional[Tensor], _grad_var):
         if grad is None:  # y did not reach the loss
-            return None, None, None, None
+            return None, None, None, None, None, None
         x, stats = ctx.saved_tensors
         grad_x, grad_w = batch_norm_backward(grad, x, stats, ctx.detach)
-        return grad_x, _weight_grad(ctx, grad_w), None, None
+        return grad_x, _weight_grad(ctx, grad_w), None, None, None, None
 
 
 # The same kernels as torch custom ops, for compiled graphs (see _bcos_scale.bcos_scale_op).
@@ -243,9 +258,14 @@ def _backward(ctx, grad, _grad_stats):
 batch_norm_uncentered_op.register_autograd(_backward, setup_context=_setup_context)
 
 
-def batch_norm_uncentered(x: Tensor, weight: Optional[Tensor], eps: float, detach: bool) -> Tuple[Tensor, Tensor]:
-    """(y, var) as `_UncenteredBatchNormTrain` returns them."""
-    if capturing_graph():
+def batch_norm_uncentered(x: Tensor, weight: Optional[Tensor], eps: float, detach: bool,
+                          running_var: Optional[Tensor] = None, momentum: float = 0.0) -> Tuple[Tensor, Tensor]:
+    """(y, var) as `_UncenteredBatchNormTrain` returns them; `running_var`, if given, lerped towards var
+    by `momentum` in place (eagerly by the apply kernel, one launch fewer per layer)."""
+    if capturing_graph():  # the op stays functional in graphs; the update is a plain in-place op there
         y, stats = batch_norm_uncentered_op(x, weight, float(eps), bool(detach))
+        if running_var is not None:
+            with torch.no_grad():
+                running_var.lerp_(stats[1].to(running_var.dtype), momentum)
         return y, stats[1]
-    return FusedBatchNormUncentered.apply(x, weight, float(eps), bool(detach))
+    return FusedBatchNormUncentered.apply(x, weight, float(eps), bool(detach), running_var, float(momentum))

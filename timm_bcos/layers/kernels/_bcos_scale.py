@@ -14,7 +14,8 @@ For B = 2 the backward reads y instead of l: |l| / n = sqrt(|y| / n) and l t = y
 dy/dl = 2 sqrt(|y| / n) and dy/dn = -y / n. The layer after the scale (a batch norm)
 keeps y for its own backward anyway, so the conv output l need not outlive the
 forward: one activation fewer per B-cos layer. (y must then not be modified in place
-before the backward; autograd's version check says so if it is.)
+before the backward; autograd's version check says so if it is.) Not for float16: see
+`from_output`.
 """
 from typing import Optional, Tuple
 
@@ -112,15 +113,18 @@ def scale_forward(lin: Tensor, norm: Tensor, b: float) -> Tensor:
     return out
 
 
-def from_output(b: float, detach: bool) -> bool:
-    """Whether the backward reads the forward's output instead of its input (B = 2, training)."""
-    return b == 2.0 and not detach
+def from_output(b: float, detach: bool, dtype: torch.dtype) -> bool:
+    """Whether the backward reads the forward's output instead of its input: B = 2, training, and not
+    float16, whose y = l |l| / n underflows to subnormals for small cosines (bf16 has float32's range;
+    it costs one more bf16 rounding in the norm's gradient, ~3e-3 relative)."""
+    return b == 2.0 and not detach and dtype != torch.float16
 
 
 @on_input_device
-def scale_backward(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool):
+def scale_backward(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool, sum_planes: bool = True):
     """(grad_lin, grad_norm); grad_norm is None with `detach`. `lin` is the forward's output
-    where `from_output(b, detach)`."""
+    where `from_output(b, detach, lin.dtype)`. Without `sum_planes`, grad_norm may come as [P, *norm.shape]
+    partial sums of the P channel splits (the patch norm's backward kernel sums them)."""
     grad, lin, norm = grad.contiguous(), lin.contiguous(), norm.contiguous()
     grad_lin = torch.empty_like(lin)
     grid, args, meta = _launch_args(lin, norm, b)
@@ -131,10 +135,10 @@ def scale_backward(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bo
     else:
         grad_norm = norm.new_empty((grid[2], *norm.shape), dtype=acc_torch_dtype(lin))
     _scale_bwd_kernel[grid](grad, lin, norm, grad_lin, grad_norm, *args, DETACH=detach,
-                            FROM_OUT=from_output(b, detach), **meta)
+                            FROM_OUT=from_output(b, detach, lin.dtype), **meta)
     if detach:
         return grad_lin, None
-    if grad_norm.dim() > norm.dim():
+    if grad_norm.dim() > norm.dim() and sum_planes:
         grad_norm = grad_norm.sum(0).to(norm.dtype)
     return grad_lin, grad_norm
 
@@ -147,14 +151,14 @@ class FusedBcosScale(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor:
         out = scale_forward(lin, norm, b)
-        ctx.save_for_backward(out if from_output(b, detach) else lin, norm)
+        ctx.save_for_backward(out if from_output(b, detach, lin.dtype) else lin, norm)
         ctx.b, ctx.detach = b, detach
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        kept, norm = ctx.saved_tensors  # l, or y where from_output(b, detach)
+        kept, norm = ctx.saved_tensors  # l, or y where from_output (y has l's dtype for B = 2)
         grad_lin, grad_norm = scale_backward(grad, kept, norm, ctx.b, ctx.detach)
         return grad_lin, grad_norm, None, None
 
@@ -173,7 +177,7 @@ def _(lin, norm, b, detach):
 
 @torch.library.custom_op("timm_bcos::bcos_scale_backward", mutates_args=())
 def bcos_scale_backward_op(grad: Tensor, lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tuple[Tensor, Tensor]:
-    """`lin` is the forward's output where from_output(b, detach)."""
+    """`lin` is the forward's output where from_output(b, detach, lin.dtype)."""
     grad_lin, grad_norm = scale_backward(grad, lin, norm, b, detach)
     return grad_lin, (norm.new_empty(0) if grad_norm is None else grad_norm)  # an op returns tensors only
 
@@ -185,7 +189,7 @@ def _(grad, lin, norm, b, detach):
 
 def _setup_context(ctx, inputs, output):
     lin, norm, b, detach = inputs
-    ctx.save_for_backward(output if from_output(b, detach) else lin, norm)
+    ctx.save_for_backward(output if from_output(b, detach, lin.dtype) else lin, norm)
     ctx.b, ctx.detach = b, detach
 
 

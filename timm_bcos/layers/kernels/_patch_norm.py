@@ -7,7 +7,7 @@ Backward: d||p_o||/dx_{c,p} = x_{c,p} / ||p_o|| for every window o holding p,
 so grad_x = x * u with u_p = sum_{o ∋ p} g_o / ||p_o||: one kernel gathers u
 and writes grad_x.
 """
-from typing import List
+from typing import List, Optional
 
 import torch
 import triton
@@ -57,8 +57,10 @@ def _window_sum_sqrt_kernel(sq_ptr, out_ptr, H, W, Ho, Wo, SH, SW, PH, PW, DH, D
 
 @triton.jit
 def _patch_norm_bwd_kernel(g_ptr, norm_ptr, x_ptr, gx_ptr, K, KPER, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW,
-                           KH: tl.constexpr, KW: tl.constexpr, ACC: tl.constexpr,
-                           BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+                           PLANES, NGO, KH: tl.constexpr, KW: tl.constexpr, ACCUMULATE: tl.constexpr,
+                           ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    """grad_x = x * u (ACCUMULATE: grad_x += x * u); the norm gradient g may come as PLANES partial
+    planes of NGO values each (the scale's channel splits), summed here."""
     ng = tl.program_id(0).to(tl.int64)
     s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
     smask = s < H * W
@@ -75,6 +77,8 @@ def _patch_norm_bwd_kernel(g_ptr, norm_ptr, x_ptr, gx_ptr, K, KPER, H, W, Ho, Wo
             m = smask & mh & (tw >= 0) & (tw % SW == 0) & (ow < Wo)
             idx = ng * Ho * Wo + oh * Wo + ow
             g = tl.load(g_ptr + idx, mask=m, other=0.0).to(ACC)
+            for p in range(1, PLANES):
+                g += tl.load(g_ptr + p * NGO + idx, mask=m, other=0.0).to(ACC)
             nrm = tl.load(norm_ptr + idx, mask=m, other=1.0).to(ACC)
             u += g / nrm
     base = ng * K * H * W
@@ -82,8 +86,10 @@ def _patch_norm_bwd_kernel(g_ptr, norm_ptr, x_ptr, gx_ptr, K, KPER, H, W, Ho, Wo
         k = tl.program_id(2) * KPER + k0 + tl.arange(0, BLOCK_K)
         mk = (k[:, None] < K) & smask[None, :]
         offs = base + k[:, None] * (H * W) + s[None, :]
-        x = tl.load(x_ptr + offs, mask=mk, other=0.0).to(ACC)
-        tl.store(gx_ptr + offs, (x * u[None, :]).to(gx_ptr.dtype.element_ty), mask=mk)
+        gx = tl.load(x_ptr + offs, mask=mk, other=0.0).to(ACC) * u[None, :]
+        if ACCUMULATE:
+            gx += tl.load(gx_ptr + offs, mask=mk, other=0.0).to(ACC)
+        tl.store(gx_ptr + offs, gx.to(gx_ptr.dtype.element_ty), mask=mk)
 
 
 def _out_hw(h: int, w: int, k, s, p, d):
@@ -116,15 +122,18 @@ def patch_norm_forward(x: Tensor, groups: int, kernel_size: List[int], stride: L
 
 @on_input_device
 def patch_norm_backward(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List[int], stride: List[int],
-                        padding: List[int], dilation: List[int]) -> Tensor:
+                        padding: List[int], dilation: List[int], add_to: Optional[Tensor] = None) -> Tensor:
+    """grad_x; `grad` may hold extra leading planes of partial sums ([P, *norm.shape]); with `add_to`
+    (contiguous, x's shape) the result is added into it in place and returned."""
     grad, x, norm = grad.contiguous(), x.contiguous(), norm.contiguous()
     n, c, h, w = x.shape
     groups, ho, wo = norm.shape[1:]
-    grad_x = torch.empty_like(x)
+    grad_x = torch.empty_like(x) if add_to is None else add_to
     grid, k, per, bk, bs = grouped_geometry(n, c, h * w, groups)
     _patch_norm_bwd_kernel[grid](
-        grad, norm, x, grad_x, k, per, h, w, ho, wo, *stride, *padding, *dilation,
-        KH=kernel_size[0], KW=kernel_size[1], ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
+        grad, norm, x, grad_x, k, per, h, w, ho, wo, *stride, *padding, *dilation, grad.numel() // norm.numel(),
+        norm.numel(), KH=kernel_size[0], KW=kernel_size[1], ACCUMULATE=add_to is not None, ACC=acc_dtype(x),
+        BLOCK_K=bk, BLOCK_S=bs)
     return grad_x
 
 
