@@ -166,12 +166,44 @@ def test_mask_encodings_decode_to_the_same_foreground(tmp_path):
         "index 0 is the colour (255, 255, 255)": Image.fromarray(u8, mode="P"),
         "('F' image) with values {0.0, 0.25, 1.0}": Image.fromarray(np.where(border, 0.25, u8).astype(np.float32)),
         "a mask ('CMYK' image)": Image.fromarray(u8 * 255).convert("CMYK"),
+        # VOC's index mask without its palette: ">= 128" would keep the void outline only
+        "('L' image) with values {0, 15, 255}, 100% of the pixels between 0 and 255 in areas of one value":
+            Image.fromarray(voc_void, mode="L"),
+        "(uint8 array) with values {0, 15, 255}": voc_void,
     }
     bad["index 0 is the colour (255, 255, 255)"].putpalette([255, 255, 255, 0, 0, 0])
     for message, img in bad.items():
         with pytest.raises(ValueError, match="expected") as e:
             G.decode_mask(img)
         assert message in str(e.value), (message, str(e.value))
+    assert "save an index mask as a palette image, a binary one as 0/1 or 0/255" in str(e.value)
+
+
+def test_lossy_and_resized_binary_masks_decode_within_their_edges():
+    """0/255 masks saved as JPEG (quality 75) or shrunk with anti-aliasing decode like the
+    lossless mask up to pixels on its edge, not as index masks."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[:96, :128]
+    blob = ((yy - 40) ** 2 / 30 ** 2 + (xx - 50) ** 2 / 22 ** 2 < 1) | ((yy - 60) ** 2 + (xx - 90) ** 2 < 18 ** 2)
+    blob[70:90, 10:30] = True  # straight edges too
+
+    def edge(fg):  # pixels with a 4-neighbour of the other side
+        padded = np.pad(fg, 1, mode="edge")
+        return (padded[:-2, 1:-1] != fg) | (padded[2:, 1:-1] != fg) | (padded[1:-1, :-2] != fg) | \
+            (padded[1:-1, 2:] != fg)
+
+    lossless = Image.fromarray(blob.astype(np.uint8) * 255)
+    for quality in (75, 50, 95):
+        got = G.decode_mask(_png(lossless, format="JPEG", quality=quality))
+        assert 2 < len(np.unique(np.asarray(Image.open(io.BytesIO(_png(lossless, format="JPEG",
+                                                                        quality=quality)["bytes"]))))), quality
+        assert not (got != blob)[~edge(blob)].any() and (got != blob).sum() <= 0.02 * blob.sum(), quality
+    for resample in (Image.BILINEAR, Image.BICUBIC, Image.LANCZOS, Image.BOX):
+        small = lossless.resize((64, 48), resample)
+        want = np.asarray(lossless.resize((64, 48), Image.NEAREST)) > 0
+        got = G.decode_mask(small)
+        assert not (got != want)[~edge(want)].any(), resample
 
 
 def _mask_rows(masks: list, size=32):
