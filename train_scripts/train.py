@@ -138,7 +138,7 @@ def _guidance_and_output_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--annotated-fraction", type=float, default=1.0,
                    help="share of the training images whose annotation is used (a fixed draw per image)")
     g.add_argument("--mask-column", help="data set column with a mask image (0/255 or 0/1 grey, bilevel, or a "
-                   "palette index mask; non-zero: where the evidence is)")
+                   "palette index mask: where the evidence is; a blurred or JPEG 0/255 mask is read at >= 128)")
     g.add_argument("--boxes-column", help="data set column with boxes [[x0, y0, x1, y1], ...] in pixels")
     g.add_argument("--box-dilation", type=int, default=0, help="grow each box by this many pixels")
     g = p.add_argument_group("checkpoints and output")
