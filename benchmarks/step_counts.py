@@ -67,11 +67,11 @@ class _CountingLaunch:
 @contextlib.contextmanager
 def stubbed_triton(counts: collections.Counter):
     """The fused path on CPU tensors with every Triton launch counted instead of run."""
-    from timm_bcos.layers.kernels import _batch_norm, _bcos_scale, _patch_norm
+    from timm_bcos.layers.kernels import _batch_norm, _bcos_conv, _bcos_scale, _patch_norm
     from triton.runtime.jit import JITFunction
 
     saved = []
-    for module in (_batch_norm, _bcos_scale, _patch_norm):
+    for module in (_batch_norm, _bcos_conv, _bcos_scale, _patch_norm):
         for name, obj in vars(module).items():
             if isinstance(obj, JITFunction) and name.endswith("_kernel"):
                 saved.append((module, name, obj))

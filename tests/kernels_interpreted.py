@@ -164,9 +164,10 @@ def check_fused_conv_layer_matches_separate_ops():
     against the same kernels as separate nodes."""
     from timm_bcos.layers.kernels._common import grouped_geometry
 
-    assert grouped_geometry(2, 32, 16 * 16, 1)[0][2] > 1  # the scale's norm gradient in several planes
+    assert grouped_geometry(2, 32, 16 * 16, 1)[0][2] > 1  # squares and norm gradients in several planes
     torch.manual_seed(6)
-    cases = [(g, k, s, p, d, 4 * g, 8, 6) for g, k, s, p, d in GEOMETRIES] + [(1, 3, 1, 1, 1, 32, 16, 32)]
+    cases = [(g, k, s, p, d, 4 * g, 8, 6) for g, k, s, p, d in GEOMETRIES]
+    cases += [(1, 3, 1, 1, 1, 32, 16, 32), (1, 1, 1, 0, 1, 32, 16, 32)]  # several split planes, both ways
     for groups, k, stride, pad, dil, cin, hw, cout in cases:
         for b in (2.0, 1.5):
             layer = L.BcosConv2d(cin, cout, k, stride=stride, padding=pad, dilation=dil, groups=groups, b=b,

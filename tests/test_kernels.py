@@ -107,7 +107,7 @@ _OUTPUTS = ("_out", "_ptr")  # pointer arguments end in one of these
 def _gpu_compile_cases():
     import triton.language as tl
 
-    from timm_bcos.layers.kernels import _batch_norm as B, _bcos_scale as S, _patch_norm as P
+    from timm_bcos.layers.kernels import _batch_norm as B, _bcos_conv as C, _bcos_scale as S, _patch_norm as P
 
     acc = dict(ACC=tl.float32)
     return [
@@ -115,6 +115,7 @@ def _gpu_compile_cases():
         (P._window_sum_sqrt_kernel, dict(KH=3, KW=3, BLOCK=1024)),
         (P._patch_norm_bwd_kernel, dict(KH=3, KW=3, ACCUMULATE=True, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_fwd_kernel, dict(IS_B2=False, BLOCK_K=8, BLOCK_S=256, **acc)),
+        (C._window_scale_fwd_kernel, dict(IS_B2=True, BLOCK_K=8, BLOCK_S=256, KH=3, KW=3, **acc)),
         (S._scale_bwd_kernel, dict(IS_B2=True, DETACH=False, FROM_OUT=True, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_bwd_kernel, dict(IS_B2=False, DETACH=False, FROM_OUT=False, BLOCK_K=8, BLOCK_S=256, **acc)),
         (S._scale_bwd_kernel, dict(IS_B2=False, DETACH=True, FROM_OUT=False, BLOCK_K=8, BLOCK_S=256, **acc)),

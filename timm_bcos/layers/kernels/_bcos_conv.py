@@ -2,20 +2,61 @@
 
 As three nodes, autograd also launches a kernel to add the conv's and the patch norm's input
 gradients and one to sum the scale's per-split norm gradients, and runs three nodes' host code;
-eager GPU steps are bound by host time per launch (benchmarks/step_counts.py). Here the patch
-norm's backward kernel sums the splits while it reads them and adds its part into the conv's
-input gradient in place. The maths and the kernels are those of the three separate ops.
+eager GPU steps are bound by host time per launch (benchmarks/step_counts.py). Here the scale
+kernel sums the channel squares over each window itself (no separate patch-norm kernel: it
+writes the norms the backward needs), and the patch norm's backward kernel sums the scale's
+splits while it reads them and adds its part into the conv's input gradient in place. The
+maths are those of the three separate ops, to the rounding (tests/kernels_interpreted.py).
 """
 from typing import List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
+import triton
+import triton.language as tl
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from ._bcos_scale import _as_groups, from_output, scale_backward, scale_forward
-from ._common import capturing_graph
-from ._patch_norm import _explicit_padding, patch_norm_backward, patch_norm_forward
+from ._bcos_scale import _as_groups, _launch_args, _out_dtype, _scale_rows, from_output, scale_backward, scale_forward
+from ._common import capturing_graph, on_input_device
+from ._patch_norm import _explicit_padding, _out_hw, _window_norm, channel_squares, patch_norm_backward, window_args
+
+
+@triton.jit
+def _window_scale_fwd_kernel(lin_ptr, sq_ptr, norm_ptr, out_ptr, K, S, KPER, NGS, b_minus_1, cos_eps,
+                             H, W, Wo, SH, SW, PH, PW, DH, DW, PLANES, NGHW, eps, IS_B2: tl.constexpr,
+                             ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr,
+                             KH: tl.constexpr, KW: tl.constexpr):
+    """The scale of _bcos_scale._scale_fwd_kernel with the norms made from the channel squares'
+    window sums on the spot (and written once, by the first channel split, for the backward)."""
+    ng = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    smask = s < S
+    nrm = _window_norm(sq_ptr, ng, s, smask, H, W, Wo, SH, SW, PH, PW, DH, DW, PLANES, NGHW, eps, KH, KW, BLOCK_S)
+    nrm = nrm.to(norm_ptr.dtype.element_ty)  # the separate ops' rounding: the backward reads these norms
+    if tl.program_id(2) == 0:
+        tl.store(norm_ptr + ng * S + s, nrm, mask=smask)
+    inv = 1.0 / tl.where(smask, nrm.to(ACC), 1.0)
+    _scale_rows(lin_ptr, out_ptr, inv, ng, s, smask, K, S, KPER, b_minus_1, cos_eps, IS_B2, ACC, BLOCK_K)
+
+
+@on_input_device
+def norms_and_scale(x: Tensor, lin: Tensor, b: float, groups: int, kernel_size: List[int], stride: List[int],
+                    padding: List[int], dilation: List[int], eps: float) -> Tuple[Tensor, Tensor]:
+    """(patch norms [N, G, H_out, W_out], scaled output) from x and the conv output lin: two launches."""
+    x = x.contiguous()
+    norm, squares = channel_squares(x, groups, kernel_size, stride, padding, eps)
+    if norm is not None:  # one kernel gave the norms: the plain scale
+        lin_v, norm_v = _as_groups(lin, norm)
+        return norm, scale_forward(lin_v, norm_v, b).view(lin.shape)
+    ho, wo = _out_hw(x.shape[2], x.shape[3], kernel_size, stride, padding, dilation)
+    norm = torch.empty(x.shape[0], groups, ho, wo, device=x.device, dtype=x.dtype)
+    lin_v, norm_v = _as_groups(lin.contiguous(), norm)
+    out = torch.empty_like(lin_v, dtype=_out_dtype(lin_v, norm_v, b))
+    grid, args, meta = _launch_args(lin_v, norm_v, b)
+    window, consts = window_args(x, squares, kernel_size, stride, padding, dilation, eps)
+    _window_scale_fwd_kernel[grid](lin_v, squares, norm, out, *args, *window, **meta, **consts)
+    return norm, out.view(lin.shape)
 
 
 def _autocast_inputs(x: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
@@ -35,9 +76,7 @@ class FusedBcosConv2d(torch.autograd.Function):
                 dilation: List[int], groups: int, kernel_size: List[int], eps: float) -> Tensor:
         x_conv, w_conv = _autocast_inputs(x, w_hat)
         lin = F.conv2d(x_conv, w_conv, None, stride, padding, dilation, groups)
-        norm = patch_norm_forward(x, groups, kernel_size, stride, padding, dilation, eps)
-        lin_v, norm_v = _as_groups(lin, norm)
-        out = scale_forward(lin_v, norm_v, b).view(lin.shape)
+        norm, out = norms_and_scale(x, lin, b, groups, kernel_size, stride, padding, dilation, eps)
         ctx.save_for_backward(x, x_conv, w_conv, out if from_output(b, False, lin.dtype) else lin, norm)
         ctx.geometry = (kernel_size, stride, padding, dilation, groups)
         ctx.b = b

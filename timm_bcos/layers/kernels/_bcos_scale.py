@@ -41,20 +41,27 @@ def _scale_terms(l, inv, b_minus_1, cos_eps, IS_B2: tl.constexpr):
 
 
 @triton.jit
-def _scale_fwd_kernel(lin_ptr, norm_ptr, out_ptr, K, S, KPER, NGS, b_minus_1, cos_eps, IS_B2: tl.constexpr,
-                      ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
-    ng = tl.program_id(0).to(tl.int64)
-    s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
-    smask = s < S
-    inv = 1.0 / tl.load(norm_ptr + ng * S + s, mask=smask, other=1.0).to(ACC)
+def _scale_rows(lin_ptr, out_ptr, inv, ng, s, smask, K, S, KPER, b_minus_1, cos_eps, IS_B2: tl.constexpr,
+                ACC: tl.constexpr, BLOCK_K: tl.constexpr):
+    """y = l * s(l, 1/n) for this program's KPER channels (axis 2 splits K) at positions s of plane ng."""
     base = ng * K * S
-    for k0 in range(0, KPER, BLOCK_K):  # this program's KPER channels (axis 2 splits K)
+    for k0 in range(0, KPER, BLOCK_K):
         k = tl.program_id(2) * KPER + k0 + tl.arange(0, BLOCK_K)
         m = (k[:, None] < K) & smask[None, :]
         offs = base + k[:, None] * S + s[None, :]
         l = tl.load(lin_ptr + offs, mask=m, other=0.0).to(ACC)
         scale, _ = _scale_terms(l, inv[None, :], b_minus_1, cos_eps, IS_B2)
         tl.store(out_ptr + offs, (l * scale).to(out_ptr.dtype.element_ty), mask=m)
+
+
+@triton.jit
+def _scale_fwd_kernel(lin_ptr, norm_ptr, out_ptr, K, S, KPER, NGS, b_minus_1, cos_eps, IS_B2: tl.constexpr,
+                      ACC: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_S: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)
+    s = tl.program_id(1) * BLOCK_S + tl.arange(0, BLOCK_S)
+    smask = s < S
+    inv = 1.0 / tl.load(norm_ptr + ng * S + s, mask=smask, other=1.0).to(ACC)
+    _scale_rows(lin_ptr, out_ptr, inv, ng, s, smask, K, S, KPER, b_minus_1, cos_eps, IS_B2, ACC, BLOCK_K)
 
 
 @triton.jit

@@ -7,7 +7,7 @@ Backward: d||p_o||/dx_{c,p} = x_{c,p} / ||p_o|| for every window o holding p,
 so grad_x = x * u with u_p = sum_{o ∋ p} g_o / ||p_o||: one kernel gathers u
 and writes grad_x.
 """
-from typing import List, Optional
+from typing import List, Optional, Tuple
 
 import torch
 import triton
@@ -37,22 +37,31 @@ def _channel_sumsq_kernel(x_ptr, out_ptr, K, HW, KPER, NGHW, eps, FINAL: tl.cons
 
 
 @triton.jit
-def _window_sum_sqrt_kernel(sq_ptr, out_ptr, H, W, Ho, Wo, SH, SW, PH, PW, DH, DW, PLANES, NGHW, eps,
-                            KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr):
-    ng = tl.program_id(0).to(tl.int64)
-    o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
-    omask = o < Ho * Wo
+def _window_norm(sq_ptr, ng, o, omask, H, W, Wo, SH, SW, PH, PW, DH, DW, PLANES, NGHW, eps,
+                 KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr):
+    """sqrt(eps + the window sums of the squares) at output positions o of plane ng, over the channel
+    splits' PLANES partial sums."""
     oh = o // Wo
     ow = o % Wo
     acc = tl.zeros([BLOCK], dtype=sq_ptr.dtype.element_ty)
-    for p in range(0, PLANES):  # the channel splits' partial sums
+    for p in range(0, PLANES):
         for i in tl.static_range(KH):
             ih = oh * SH - PH + i * DH
             for j in tl.static_range(KW):
                 iw = ow * SW - PW + j * DW
                 m = omask & (ih >= 0) & (ih < H) & (iw >= 0) & (iw < W)
                 acc += tl.load(sq_ptr + p * NGHW + ng * H * W + ih * W + iw, mask=m, other=0.0)
-    tl.store(out_ptr + ng * Ho * Wo + o, tl.sqrt(acc + eps).to(out_ptr.dtype.element_ty), mask=omask)
+    return tl.sqrt(acc + eps)
+
+
+@triton.jit
+def _window_sum_sqrt_kernel(sq_ptr, out_ptr, Ho, H, W, Wo, SH, SW, PH, PW, DH, DW, PLANES, NGHW, eps,
+                            KH: tl.constexpr, KW: tl.constexpr, BLOCK: tl.constexpr):
+    ng = tl.program_id(0).to(tl.int64)
+    o = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    omask = o < Ho * Wo
+    nrm = _window_norm(sq_ptr, ng, o, omask, H, W, Wo, SH, SW, PH, PW, DH, DW, PLANES, NGHW, eps, KH, KW, BLOCK)
+    tl.store(out_ptr + ng * Ho * Wo + o, nrm.to(out_ptr.dtype.element_ty), mask=omask)
 
 
 @triton.jit
@@ -100,24 +109,44 @@ def _is_identity(k, s, p) -> bool:
     return list(k) == [1, 1] and list(s) == [1, 1] and list(p) == [0, 0]
 
 
+def channel_squares(x: Tensor, groups: int, kernel_size: List[int], stride: List[int], padding: List[int],
+                    eps: float) -> Tuple[Optional[Tensor], Tensor]:
+    """(norms, None) where one kernel gives the patch norms (1x1, stride 1, unpadded, one channel split),
+    else (None, the channel sums of squares as [splits, N, G, H, W] partial planes). x contiguous."""
+    n, c, h, w = x.shape
+    grid, k, per, bk, bs = grouped_geometry(n, c, h * w, groups)
+    final = grid[2] == 1 and _is_identity(kernel_size, stride, padding)
+    if final:
+        out = torch.empty(n, groups, h, w, device=x.device, dtype=x.dtype)
+    else:
+        out = torch.empty(grid[2], n, groups, h, w, device=x.device, dtype=acc_torch_dtype(x))
+    _channel_sumsq_kernel[grid](
+        x, out, k, h * w, per, n * groups * h * w, eps, FINAL=final, ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
+    return (out, None) if final else (None, out)
+
+
+def window_args(x: Tensor, squares: Tensor, kernel_size, stride, padding, dilation, eps: float):
+    """(runtime args from H to eps, constexprs KH and KW) of `_window_norm` over x's squares."""
+    h, w = x.shape[2:]
+    wo = _out_hw(h, w, kernel_size, stride, padding, dilation)[1]
+    return ((h, w, wo, *stride, *padding, *dilation, squares.shape[0], squares[0].numel(), eps),
+            dict(KH=kernel_size[0], KW=kernel_size[1]))
+
+
 @on_input_device
 def patch_norm_forward(x: Tensor, groups: int, kernel_size: List[int], stride: List[int], padding: List[int],
                        dilation: List[int], eps: float) -> Tensor:
     x = x.contiguous()
-    n, c, h, w = x.shape
+    norm, squares = channel_squares(x, groups, kernel_size, stride, padding, eps)
+    if norm is not None:
+        return norm
+    n, _, h, w = x.shape
     ho, wo = _out_hw(h, w, kernel_size, stride, padding, dilation)
-    grid, k, per, bk, bs = grouped_geometry(n, c, h * w, groups)
-    out = torch.empty(n, groups, ho, wo, device=x.device, dtype=x.dtype)
-    final = grid[2] == 1 and _is_identity(kernel_size, stride, padding)  # one kernel does it all
-    sq = out if final else torch.empty(grid[2], n, groups, h, w, device=x.device, dtype=acc_torch_dtype(x))
-    _channel_sumsq_kernel[grid](
-        x, sq, k, h * w, per, n * groups * h * w, eps, FINAL=final, ACC=acc_dtype(x), BLOCK_K=bk, BLOCK_S=bs)
-    if not final:
-        block = min(pow2(ho * wo), 1024)
-        _window_sum_sqrt_kernel[(n * groups, cdiv(ho * wo, block))](
-            sq, out, h, w, ho, wo, *stride, *padding, *dilation, grid[2], n * groups * h * w, eps,
-            KH=kernel_size[0], KW=kernel_size[1], BLOCK=block)
-    return out
+    norm = torch.empty(n, groups, ho, wo, device=x.device, dtype=x.dtype)
+    args, consts = window_args(x, squares, kernel_size, stride, padding, dilation, eps)
+    block = min(pow2(ho * wo), 1024)
+    _window_sum_sqrt_kernel[(n * groups, cdiv(ho * wo, block))](squares, norm, ho, *args, **consts, BLOCK=block)
+    return norm
 
 
 @on_input_device
