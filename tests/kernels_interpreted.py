@@ -182,6 +182,21 @@ def check_fused_conv_layer_matches_separate_ops():
                 with pytorch_path():
                     expected = _conv_layer_grads(layer, x)
                 assert_close(fused, expected, what=f"conv layer g={groups} k={k} s={stride} p={pad} b={b} x_grad={x_grad}")
+    empty = torch.randn(0, 4, 6, 6, dtype=torch.float64, requires_grad=True)  # declined: the separate ops run
+    L.BcosConv2d(4, 4, 3, padding=1, max_out=1).double()(empty).sum().backward()
+    L.BcosConv2d(4, 4, 3, padding=1, max_out=2).double()(empty).sum().backward()
+    assert empty.grad.shape == empty.shape
+    layer = L.BcosConv2d(8, 16, 3, padding=1).double().train()
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # autocast leaves float64 alone, and so must the one node
+        one_node = _conv_layer_grads(layer, x)
+    with pytorch_path():
+        expected = _conv_layer_grads(layer, x)
+    assert one_node[0].dtype == torch.float64
+    assert_close(one_node, expected, what="float64 conv layer under autocast")
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+    batched = torch.func.vmap(lambda t: layer(t[None])[0])(x)  # a transform takes the plain ops
+    assert rel_err(batched, layer(x)) <= 1e-12
     layer = L.BcosConv2d(8, 16, 3, padding=1).train()
     for x in (torch.randn(2, 8, 8, 8), torch.randn(2, 8, 8, 8).bfloat16()):  # float32 image / bf16 activation
         x.requires_grad_()

@@ -116,6 +116,13 @@ def expected():
     return {p.name: names[t] for p, t in zip(sorted(SAMPLES.glob("*.png")), top)}
 
 
+def _wait_for_picture(page, selector: str) -> None:
+    """Until the image element is shown and its picture has loaded (a broken or pending one has no pixels)."""
+    page.locator(selector).wait_for(state="visible", timeout=60_000)
+    page.wait_for_function(f"(() => {{ const i = document.querySelector({selector!r}); "
+                           "return i !== null && i.complete && i.naturalWidth > 0; })()", timeout=60_000)
+
+
 def _shot(page, selector: str) -> np.ndarray:
     """The element's pixels as the user sees them."""
     return np.asarray(Image.open(io.BytesIO(page.locator(selector).screenshot())).convert("RGB")).astype(int)
@@ -162,7 +169,7 @@ def a_user_in_a_real_browser(server, expected, tmp_path):
         page.locator("#target label").first.wait_for(timeout=60_000)
         page.wait_for_function("document.querySelector('#numbers').innerText.includes('sum of contributions')")
         assert page.inner_text("#predictions").split("\n")[1] == expected[cat.name]
-        assert page.locator("#explanation img").is_visible()
+        _wait_for_picture(page, "#explanation img")  # it loads after the text (a CI run saw it not yet there)
         first = _shot(page, "#explanation img")
         assert first.std() > 10 and (first < 240).any(axis=-1).mean() > 0.05, "explanation image is blank"
         first_numbers = page.inner_text("#numbers")
@@ -175,6 +182,7 @@ def a_user_in_a_real_browser(server, expected, tmp_path):
         second.click()
         page.wait_for_function(f"document.querySelector('#numbers').innerText.startsWith({second_name!r} + ':')")
         time.sleep(0.5)  # the new picture loads after the text
+        _wait_for_picture(page, "#explanation img")
         assert np.abs(_shot(page, "#explanation img") - first).mean() > 1, "explanation did not change"
 
         page.click("#grid-button")  # the PNG grid, offered for download

@@ -317,3 +317,22 @@ def test_uncentered_batch_norm_refuses_an_empty_training_batch():
         bn(torch.empty(0, 4, 3, 3))
     assert bn.num_batches_tracked.item() == 0 and torch.equal(bn.running_var, torch.ones(4))
     assert bn.eval()(torch.empty(0, 4, 3, 3)).shape == (0, 4, 3, 3)  # eval mode: a per-channel scaling
+
+
+def test_torch_func_transforms_run_through_the_layers():
+    """vmap and torch.func.grad through B-cos layers (training mode, B = 2): the layers take plain ops
+    under transforms, since their hand-written autograd.Functions have no vmap/jvp rules."""
+    torch.manual_seed(0)
+    conv = L.BcosConv2d(4, 6, 3, padding=1).double().train()
+    linear = L.BcosLinear(6, 3).double().train()
+    x = torch.randn(5, 4, 6, 6, dtype=torch.float64)
+
+    def per_sample(t):
+        return linear(conv(t[None]).mean((2, 3)))[0]
+
+    batched = torch.func.vmap(per_sample)(x)
+    assert rel_err(batched, linear(conv(x).mean((2, 3)))) <= 1e-12
+    g = torch.func.vmap(torch.func.grad(lambda t: per_sample(t).sum()))(x)
+    xr = x.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(linear(conv(xr).mean((2, 3))).sum(), xr)
+    assert rel_err(g, expected) <= 1e-12

@@ -12,6 +12,13 @@ from . import kernels
 COS_EPS = 1e-6
 
 
+def plain_ops_wanted() -> bool:
+    """Inside torch.compile, or under a torch.func transform: the layers then use plain autograd ops,
+    not their hand-written autograd.Functions (inductor fuses plain ops itself, dynamo has
+    mis-differentiated such Functions, pytorch#184113, and they have no vmap/jvp rules)."""
+    return torch.compiler.is_compiling() or torch._C._are_functorch_transforms_active()
+
+
 _ONES: dict = {}
 
 
@@ -52,9 +59,8 @@ class _UnitNormRows(torch.autograd.Function):
 def unit_norm_rows(weight: Tensor) -> Tensor:
     """Scale every output unit's weight vector to unit L2 norm (the hat in Eq. 3)."""
     if (type(weight) not in (torch.Tensor, nn.Parameter) or not weight.is_contiguous()
-            or torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._are_functorch_transforms_active()):
-        # plain ops: in graphs (inductor fuses them; see bcos_scale on hand-written Functions there),
-        # under torch.func transforms (the Function has no vmap/jvp rule), for tensor subclasses (DTensor)
+            or plain_ops_wanted() or torch.jit.is_tracing()):
+        # plain ops in graphs, under torch.func transforms and for tensor subclasses (DTensor)
         return weight / torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True)
     return _UnitNormRows.apply(weight)
 
@@ -119,9 +125,7 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
         if fused is not None:
             return fused
     if b == 2 and not detach:
-        if torch.compiler.is_compiling():
-            # plain ops in graphs: inductor fuses them itself, and hand-written autograd.Functions
-            # have met dynamo bugs with wrong gradients (pytorch#184113, torch 2.11)
+        if plain_ops_wanted():
             return linear_out * (linear_out.abs() / input_norm).to(linear_out.dtype)
         return _BcosScaleB2.apply(linear_out, input_norm, detach)
     if b == 2:  # explanation mode: the constant factor |l| / n, built in place

@@ -20,6 +20,7 @@ from torch.autograd.function import once_differentiable
 
 from . import kernels
 from .detach import DetachableModule
+from .functional import plain_ops_wanted
 
 
 class _UncenteredBatchNormTrain(torch.autograd.Function):
@@ -135,7 +136,7 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
                 y, _ = kernels.batch_norm_uncentered(x, self.weight, self.eps, self.detach, running_var,
                                                      momentum or 0.0)  # updates running_var itself
                 return y + self.bias[:, None, None] if self.bias is not None else y
-            elif torch.compiler.is_compiling():
+            elif plain_ops_wanted():
                 train = _uncentered_batch_norm_plain
             else:
                 train = _UncenteredBatchNormTrain.apply

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import os
 
+import torch
 from torch import Tensor
 
 
@@ -36,8 +37,10 @@ INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 def use_fused(x: Tensor) -> bool:
-    """Whether the fused kernels handle `x` (CUDA or interpreter, contiguous NCHW/rows)."""
-    return ENABLED and (x.is_cuda or INTERPRET) and x.is_contiguous()
+    """Whether the fused kernels handle `x`: CUDA (or the interpreter), contiguous NCHW/rows, a plain
+    tensor (not a subclass such as DTensor) and no torch.func transform (the Functions have no vmap/jvp rules)."""
+    return (ENABLED and (x.is_cuda or INTERPRET) and x.is_contiguous() and type(x) is Tensor
+            and (torch.compiler.is_compiling() or not torch._C._are_functorch_transforms_active()))
 
 
 def _load():

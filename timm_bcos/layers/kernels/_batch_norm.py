@@ -262,6 +262,12 @@ def batch_norm_uncentered(x: Tensor, weight: Optional[Tensor], eps: float, detac
                           running_var: Optional[Tensor] = None, momentum: float = 0.0) -> Tuple[Tensor, Tensor]:
     """(y, var) as `_UncenteredBatchNormTrain` returns them; `running_var`, if given, lerped towards var
     by `momentum` in place (eagerly by the apply kernel, one launch fewer per layer)."""
+    if running_var is not None and running_var.dtype == torch.float64:
+        # Triton passes a Python float as float32: a float64 model's update stays on the host, exact
+        y, var = batch_norm_uncentered(x, weight, eps, detach)
+        with torch.no_grad():
+            running_var.lerp_(var.to(running_var.dtype), momentum)
+        return y, var
     if capturing_graph():  # the op stays functional in graphs; the update is a plain in-place op there
         y, stats = batch_norm_uncentered_op(x, weight, float(eps), bool(detach))
         if running_var is not None:

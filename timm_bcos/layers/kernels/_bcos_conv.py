@@ -3,8 +3,8 @@
 As three nodes, autograd also launches a kernel to add the conv's and the patch norm's input
 gradients and one to sum the scale's per-split norm gradients, and runs three nodes' host code;
 eager GPU steps are bound by host time per launch (benchmarks/step_counts.py). Here the scale
-kernel sums the channel squares over each window itself (no separate patch-norm kernel: it
-writes the norms the backward needs), and the patch norm's backward kernel sums the scale's
+kernel sums the channel squares over each window itself where that is cheap (no separate
+window kernel: it writes the norms the backward needs), and the patch norm's backward kernel sums the scale's
 splits while it reads them and adds its part into the conv's input gradient in place. The
 maths are those of the three separate ops, to the rounding (tests/kernels_interpreted.py).
 """
@@ -19,7 +19,8 @@ from torch.autograd.function import once_differentiable
 
 from ._bcos_scale import _as_groups, _launch_args, _out_dtype, _scale_rows, from_output, scale_backward, scale_forward
 from ._common import capturing_graph, on_input_device
-from ._patch_norm import _explicit_padding, _out_hw, _window_norm, channel_squares, patch_norm_backward, window_args
+from ._patch_norm import (_explicit_padding, _out_hw, _window_norm, channel_squares, patch_norm_backward, window_args,
+                          window_norms)
 
 
 @triton.jit
@@ -43,7 +44,8 @@ def _window_scale_fwd_kernel(lin_ptr, sq_ptr, norm_ptr, out_ptr, K, S, KPER, NGS
 @on_input_device
 def norms_and_scale(x: Tensor, lin: Tensor, b: float, groups: int, kernel_size: List[int], stride: List[int],
                     padding: List[int], dilation: List[int], eps: float) -> Tuple[Tensor, Tensor]:
-    """(patch norms [N, G, H_out, W_out], scaled output) from x and the conv output lin: two launches."""
+    """(patch norms [N, G, H_out, W_out], scaled output) from x and the conv output lin: two launches
+    (three where the window sums would cost the scale's channel splits too much)."""
     x = x.contiguous()
     norm, squares = channel_squares(x, groups, kernel_size, stride, padding, eps)
     if norm is not None:  # one kernel gave the norms: the plain scale
@@ -52,20 +54,26 @@ def norms_and_scale(x: Tensor, lin: Tensor, b: float, groups: int, kernel_size: 
     ho, wo = _out_hw(x.shape[2], x.shape[3], kernel_size, stride, padding, dilation)
     norm = torch.empty(x.shape[0], groups, ho, wo, device=x.device, dtype=x.dtype)
     lin_v, norm_v = _as_groups(lin.contiguous(), norm)
-    out = torch.empty_like(lin_v, dtype=_out_dtype(lin_v, norm_v, b))
     grid, args, meta = _launch_args(lin_v, norm_v, b)
     window, consts = window_args(x, squares, kernel_size, stride, padding, dilation, eps)
+    if grid[2] > 1 and kernel_size[0] * kernel_size[1] * squares.shape[0] > args[2]:
+        # each channel split recomputes the window sums: fused only where that reads at most as
+        # many values as the split's channels do (KH * KW * planes <= channels per split)
+        window_norms(x, squares, norm, kernel_size, stride, padding, dilation, eps)
+        return norm, scale_forward(lin_v, norm_v, b).view(lin.shape)
+    out = torch.empty_like(lin_v, dtype=_out_dtype(lin_v, norm_v, b))
     _window_scale_fwd_kernel[grid](lin_v, squares, norm, out, *args, *window, **meta, **consts)
     return norm, out.view(lin.shape)
 
 
 def _autocast_inputs(x: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
-    """(x, weight) as autocast would hand them to the conv, so that the backward sees the same tensors."""
+    """(x, weight) as autocast would hand them to the conv (float64 stays), so that the backward sees
+    the same tensors."""
     device = x.device.type
-    if torch.is_autocast_enabled(device):
-        dtype = torch.get_autocast_dtype(device)
-        return x.to(dtype), weight.to(dtype)
-    return x, weight
+    if not torch.is_autocast_enabled(device):
+        return x, weight
+    dtype = torch.get_autocast_dtype(device)
+    return tuple(t.to(dtype) if t.dtype != torch.float64 else t for t in (x, weight))
 
 
 class FusedBcosConv2d(torch.autograd.Function):
@@ -77,7 +85,8 @@ class FusedBcosConv2d(torch.autograd.Function):
         x_conv, w_conv = _autocast_inputs(x, w_hat)
         lin = F.conv2d(x_conv, w_conv, None, stride, padding, dilation, groups)
         norm, out = norms_and_scale(x, lin, b, groups, kernel_size, stride, padding, dilation, eps)
-        ctx.save_for_backward(x, x_conv, w_conv, out if from_output(b, False, lin.dtype) else lin, norm)
+        x_kept = x if ctx.needs_input_grad[0] else None  # only the input gradient reads x itself
+        ctx.save_for_backward(x_kept, x_conv, w_conv, out if from_output(b, False, lin.dtype) else lin, norm)
         ctx.geometry = (kernel_size, stride, padding, dilation, groups)
         ctx.b = b
         return out
@@ -96,20 +105,18 @@ class FusedBcosConv2d(torch.autograd.Function):
             [need_x, need_w, False])
         if need_x:
             grad_norm = grad_norm.view(-1, *norm.shape)  # [P, N, G, H_out, W_out] partial sums
-            if grad_x.dtype == x.dtype and grad_x.is_contiguous():  # add into the conv's gradient in place
-                grad_x = patch_norm_backward(grad_norm, x, norm, kernel_size, stride, padding, dilation, grad_x)
-            else:  # autocast cast x for the conv: sum in x's dtype, as autograd would
-                grad_x = grad_x.to(x.dtype) + patch_norm_backward(grad_norm, x, norm, kernel_size, stride,
-                                                                  padding, dilation)
+            # added into the conv's input gradient in place (in x's dtype where autocast cast x for the conv)
+            grad_x = patch_norm_backward(grad_norm, x, norm, kernel_size, stride, padding, dilation,
+                                         grad_x.to(x.dtype).contiguous())
         return grad_x, grad_w, None, None, None, None, None, None, None
 
 
 def bcos_conv2d(x: Tensor, w_hat: Tensor, b: float, kernel_size, stride, padding, dilation, groups: int,
                 eps: float) -> Optional[Tensor]:
     """The fused training step, or None where the separate ops must run: inside graphs (they take
-    the custom ops), and for a padding only F.conv2d can resolve (asymmetric 'same')."""
+    the custom ops), for a padding only F.conv2d can resolve (asymmetric 'same'), for an empty batch."""
     pad = _explicit_padding(padding, kernel_size, stride, dilation)
-    if pad is None or capturing_graph():
+    if pad is None or x.numel() == 0 or capturing_graph():
         return None
     return FusedBcosConv2d.apply(x, w_hat, float(b), list(stride), pad, list(dilation), int(groups),
                                  list(kernel_size), float(eps))

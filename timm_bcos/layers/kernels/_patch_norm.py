@@ -140,9 +140,15 @@ def patch_norm_forward(x: Tensor, groups: int, kernel_size: List[int], stride: L
     norm, squares = channel_squares(x, groups, kernel_size, stride, padding, eps)
     if norm is not None:
         return norm
-    n, _, h, w = x.shape
-    ho, wo = _out_hw(h, w, kernel_size, stride, padding, dilation)
-    norm = torch.empty(n, groups, ho, wo, device=x.device, dtype=x.dtype)
+    ho, wo = _out_hw(x.shape[2], x.shape[3], kernel_size, stride, padding, dilation)
+    norm = torch.empty(x.shape[0], groups, ho, wo, device=x.device, dtype=x.dtype)
+    return window_norms(x, squares, norm, kernel_size, stride, padding, dilation, eps)
+
+
+def window_norms(x: Tensor, squares: Tensor, norm: Tensor, kernel_size, stride, padding, dilation,
+                 eps: float) -> Tensor:
+    """Fills norm [N, G, H_out, W_out] with the patch norms from x's channel squares; returns it."""
+    n, groups, ho, wo = norm.shape
     args, consts = window_args(x, squares, kernel_size, stride, padding, dilation, eps)
     block = min(pow2(ho * wo), 1024)
     _window_sum_sqrt_kernel[(n * groups, cdiv(ho * wo, block))](squares, norm, ho, *args, **consts, BLOCK=block)
@@ -160,7 +166,7 @@ def patch_norm_backward(grad: Tensor, x: Tensor, norm: Tensor, kernel_size: List
     grad_x = torch.empty_like(x) if add_to is None else add_to
     grid, k, per, bk, bs = grouped_geometry(n, c, h * w, groups)
     _patch_norm_bwd_kernel[grid](
-        grad, norm, x, grad_x, k, per, h, w, ho, wo, *stride, *padding, *dilation, grad.numel() // norm.numel(),
+        grad, norm, x, grad_x, k, per, h, w, ho, wo, *stride, *padding, *dilation, grad.numel() // max(norm.numel(), 1),
         norm.numel(), KH=kernel_size[0], KW=kernel_size[1], ACCUMULATE=add_to is not None, ACC=acc_dtype(x),
         BLOCK_K=bk, BLOCK_S=bs)
     return grad_x
