@@ -150,7 +150,6 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
             y = x * scale[:, None, None]
         return y + self.bias[:, None, None] if self.bias is not None else y
 
-
     def _count_batch(self) -> float | None:
         """Counts a training batch; the running statistics' momentum for it, or None when they are not updated."""
         if not (self.training and self.track_running_stats and self.running_var is not None):

@@ -4,9 +4,10 @@ As three nodes, autograd also launches a kernel to add the conv's and the patch 
 gradients and one to sum the scale's per-split norm gradients, and runs three nodes' host code;
 eager GPU steps are bound by host time per launch (benchmarks/step_counts.py). Here the scale
 kernel sums the channel squares over each window itself where that is cheap (no separate
-window kernel: it writes the norms the backward needs), and the patch norm's backward kernel sums the scale's
-splits while it reads them and adds its part into the conv's input gradient in place. The
-maths are those of the three separate ops, to the rounding (tests/kernels_interpreted.py).
+window kernel: it writes the norms the backward needs), and the patch norm's backward kernel
+sums the scale's splits while it reads them and adds its part into the conv's input gradient
+in place. The maths are those of the three separate ops, to the rounding
+(tests/kernels_interpreted.py).
 """
 from typing import List, Optional, Tuple
 
