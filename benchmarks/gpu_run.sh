@@ -4,10 +4,11 @@
 #   [STAGES="..."] [NO_REFERENCE=1] bash benchmarks/gpu_run.sh [SECONDS]   (default 520; logs in $OUT, else ./gpu_out)
 #
 # Stages: exactness of the fused kernels on the device, eager training steps (fp32 + bf16,
-# with the bcos reference), explanation vs forward, per-kernel bandwidth + a profile, then
-# compiled training steps per model (compiled_<model>; graphs_<model>: inductor's CUDA graphs,
-# torch.compile mode="reduce-overhead", fp32 + bf16). Each stage gets its own log and at most what is left of
-# the budget, so a slow stage (inductor compiles) cannot swallow the others' results.
+# with the bcos reference), host time per launch (launch_cost), explanation vs forward,
+# per-kernel bandwidth + a profile, then compiled training steps per model (compiled_<model>;
+# graphs_<model>: inductor's CUDA graphs, torch.compile mode="reduce-overhead", fp32 + bf16).
+# Each stage gets its own log and at most what is left of the budget, so a slow stage
+# (inductor compiles) cannot swallow the others' results.
 # Wheels in .whl/ (timm, bcos: the versions the CPU machine tests with) are installed first.
 set -u
 BUDGET=${1:-520}
@@ -44,6 +45,7 @@ run_stage() {
         --precision fp32 bf16 $REF ;;
     explain) stage explain 60 $PY benchmarks/explain.py --device cuda --batch 64 --repeats 10 --no-reference ;;
     kernels_bench) stage kernels_bench 90 $PY benchmarks/kernels.py --batch 64 --profile bcos_resnet50 ;;
+    launch_cost) stage launch_cost 40 $PY benchmarks/launch_cost.py ;;
     compiled_*) stage "$1" 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
         --no-reference --models "${1#compiled_}" --precision fp32 ;;
     graphs_*) stage "$1" 300 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
@@ -53,6 +55,6 @@ run_stage() {
 }
 
 # STAGES="..." picks and orders the stages (a short rerun: STAGES="env kernels_test models_eager")
-for name in ${STAGES:-env kernels_test models_eager graphs_resnet50 explain kernels_bench compiled_densenet121}; do
+for name in ${STAGES:-env kernels_test models_eager launch_cost graphs_resnet50 explain kernels_bench compiled_densenet121}; do
     run_stage "$name"
 done
