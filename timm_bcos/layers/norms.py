@@ -77,15 +77,20 @@ def _times_inverse_std(x: Tensor, var: Tensor, weight: Tensor | None, eps: float
     return x * scale.to(x.dtype)[:, None, None]
 
 
-def _uncentered_batch_norm_plain(x: Tensor, weight: Tensor | None, eps: float, detach: bool = False):
-    """Training mode in plain ops, for compiled graphs: inductor fuses them itself, and hand-written
-    autograd.Functions have met dynamo bugs with wrong gradients (pytorch#184113, torch 2.11)."""
-    stats_dtype = weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
-    var = x.to(stats_dtype).var(dim=(0, 2, 3), unbiased=False)
+def _stats_dtype(x: Tensor, weight: Tensor | None) -> torch.dtype:
+    """Batch statistics' dtype: the weight's (autocast keeps it float32), at least float32 without one."""
+    return weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
+
+
+def _uncentered_batch_norm_plain(x: Tensor, weight: Tensor | None, eps: float):
+    """Training mode in plain ops, for compiled graphs and torch.func transforms: inductor fuses them
+    itself, and hand-written autograd.Functions have met dynamo bugs with wrong gradients
+    (pytorch#184113, torch 2.11) and have no vmap/jvp rules."""
+    var = x.to(_stats_dtype(x, weight)).var(dim=(0, 2, 3), unbiased=False)
     return _times_inverse_std(x, var, weight, eps), var.detach()
 
 
-def _uncentered_batch_norm_detached(x: Tensor, weight: Tensor | None, eps: float, detach: bool = True):
+def _uncentered_batch_norm_detached(x: Tensor, weight: Tensor | None, eps: float):
     """Explanation mode with batch statistics: x times a constant per-channel factor."""
     var = torch.batch_norm_update_stats(x.detach(), None, None, 0.0)[1]
     if weight is not None and var.dtype != weight.dtype:  # autocast: statistics in the weight's precision
@@ -130,17 +135,15 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
                                  f"statistics (training mode), got shape {tuple(x.shape)}")
             momentum = self._count_batch()
             if self.detach:  # explanation mode: plain autograd ops (twice differentiable, for guidance losses)
-                train = _uncentered_batch_norm_detached
+                y, var = _uncentered_batch_norm_detached(x, self.weight, self.eps)
             elif kernels.use_fused(x):  # CUDA + Triton: fused statistics and apply (kernels/_batch_norm.py)
                 running_var = self.running_var if momentum is not None else None
-                y, _ = kernels.batch_norm_uncentered(x, self.weight, self.eps, self.detach, running_var,
-                                                     momentum or 0.0)  # updates running_var itself
-                return y + self.bias[:, None, None] if self.bias is not None else y
+                y, var = kernels.batch_norm_uncentered(x, self.weight, self.eps, False, running_var, momentum or 0.0)
+                momentum = None  # the kernel has moved running_var
             elif plain_ops_wanted():
-                train = _uncentered_batch_norm_plain
+                y, var = _uncentered_batch_norm_plain(x, self.weight, self.eps)
             else:
-                train = _UncenteredBatchNormTrain.apply
-            y, var = train(x, self.weight, self.eps, self.detach)
+                y, var = _UncenteredBatchNormTrain.apply(x, self.weight, self.eps, False)
             self._update_running_var(var, momentum)
         else:
             # running variance and weight folded into one per-channel factor: one pass over x

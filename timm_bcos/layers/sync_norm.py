@@ -18,12 +18,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.autograd.function import once_differentiable
 
-from .norms import BatchNormUncentered2d, _check_4d, _times_inverse_std
-
-
-def _stats_dtype(x: Tensor, weight: Tensor | None) -> torch.dtype:
-    """The weight's dtype (autocast keeps it float32), at least float32 without a weight."""
-    return weight.dtype if weight is not None else torch.promote_types(x.dtype, torch.float32)
+from .norms import BatchNormUncentered2d, _check_4d, _stats_dtype, _times_inverse_std
 
 
 def _local_moments(x: Tensor, stats_dtype: torch.dtype) -> Tensor:

@@ -56,13 +56,13 @@ def norms_and_scale(x: Tensor, lin: Tensor, b: float, groups: int, kernel_size: 
     norm = torch.empty(x.shape[0], groups, ho, wo, device=x.device, dtype=x.dtype)
     lin_v, norm_v = _as_groups(lin.contiguous(), norm)
     grid, args, meta = _launch_args(lin_v, norm_v, b)
-    window, consts = window_args(x, squares, kernel_size, stride, padding, dilation, eps)
     if grid[2] > 1 and kernel_size[0] * kernel_size[1] * squares.shape[0] > args[2]:
         # each channel split recomputes the window sums: fused only where that reads at most as
         # many values as the split's channels do (KH * KW * planes <= channels per split)
         window_norms(x, squares, norm, kernel_size, stride, padding, dilation, eps)
         return norm, scale_forward(lin_v, norm_v, b).view(lin.shape)
     out = torch.empty_like(lin_v, dtype=_out_dtype(lin_v, norm_v, b))
+    window, consts = window_args(x, squares, kernel_size, stride, padding, dilation, eps)
     _window_scale_fwd_kernel[grid](lin_v, squares, norm, out, *args, *window, **meta, **consts)
     return norm, out.view(lin.shape)
 
