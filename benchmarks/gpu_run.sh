@@ -4,7 +4,8 @@
 #   [STAGES="..."] [NO_REFERENCE=1] bash benchmarks/gpu_run.sh [SECONDS]   (default 520; logs in $OUT, else ./gpu_out)
 #
 # Stages: exactness of the fused kernels on the device, eager training steps (fp32 + bf16,
-# with the bcos reference), host time per launch (launch_cost), explanation vs forward,
+# with the bcos reference), where a step's wall time goes (step_timeline: host issue vs GPU
+# time, syncs, hot host code), host time per launch (launch_cost), explanation vs forward,
 # per-kernel bandwidth + a profile, then compiled training steps per model (compiled_<model>;
 # graphs_<model>: inductor's CUDA graphs, torch.compile mode="reduce-overhead", fp32 + bf16).
 # Each stage gets its own log and at most what is left of the budget, so a slow stage
@@ -46,6 +47,7 @@ run_stage() {
     explain) stage explain 60 $PY benchmarks/explain.py --device cuda --batch 64 --repeats 10 --no-reference ;;
     kernels_bench) stage kernels_bench 90 $PY benchmarks/kernels.py --batch 64 --profile bcos_resnet50 ;;
     launch_cost) stage launch_cost 40 $PY benchmarks/launch_cost.py ;;
+    step_timeline) stage step_timeline 90 $PY benchmarks/step_timeline.py --models resnet50 --batch 64 ;;
     compiled_*) stage "$1" 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
         --no-reference --models "${1#compiled_}" --precision fp32 ;;
     graphs_*) stage "$1" 300 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
@@ -55,6 +57,6 @@ run_stage() {
 }
 
 # STAGES="..." picks and orders the stages (a short rerun: STAGES="env kernels_test models_eager")
-for name in ${STAGES:-env kernels_test models_eager launch_cost graphs_resnet50 explain kernels_bench compiled_densenet121}; do
+for name in ${STAGES:-env kernels_test models_eager step_timeline launch_cost graphs_resnet50 explain kernels_bench compiled_densenet121}; do
     run_stage "$name"
 done
