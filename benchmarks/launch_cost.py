@@ -2,6 +2,8 @@
 
     python benchmarks/launch_cost.py [--calls 2000]
     TRITON_INTERPRET=1 python benchmarks/launch_cost.py --device cpu --calls 3   # a smoke test only
+    python benchmarks/launch_cost.py --device cpu --stub     # our host code, launches stubbed, on a CPU
+    python benchmarks/launch_cost.py --binder                # Triton's argument binding, on a CPU
 
 The eager B-cos training step on an H100 was bound by host time (benchmarks/RESULTS.md), and
 benchmarks/step_counts.py counts its launches; this says what one launch costs the host. On
@@ -10,10 +12,22 @@ run of calls without synchronising is the host's: an aten op through the dispatc
 Triton launch (triton's own launcher), our launcher function (geometry, allocation, launch),
 the eager autograd.Function forward + backward, and a B-cos conv layer's training step
 forward + backward (the one-node fused step) against a conventional conv + batch norm.
+
+Two parts of that host time can be measured without a GPU:
+- `--stub`: the cases on CPU tensors with every Triton launch replaced by a no-op (as in
+  benchmarks/step_counts.py), i.e. our Python and the aten ops around the kernels, against the
+  same conventional block (the CPU's convolution compute is in both);
+- `--binder`: what Triton's launcher does in Python per launch before the driver call
+  (binding and specialising the arguments, the cache key), per kernel of a B-cos conv + BN
+  step with its real arguments, for an sm_90 target (triton's internals; 3.x).
 """
 from __future__ import annotations
 
 import argparse
+import collections
+import contextlib
+import os
+import sys
 import time
 
 import torch
@@ -55,22 +69,70 @@ def cases(device: torch.device):
     }
 
 
+def recorded_launches() -> dict:
+    """{kernel name: (JITFunction, args, kwargs)} of the launches of one B-cos conv + BN training
+    step (forward + backward) at a ResNet-like shape, recorded instead of run."""
+    from step_counts import stubbed_triton
+
+    record = {}
+    with stubbed_triton(collections.Counter(), record):
+        x = torch.rand(8, 64, 14, 14, requires_grad=True)
+        block = torch.nn.Sequential(L.BcosConv2d(64, 64, 3, padding=1), L.BatchNormUncentered2d(64)).train()
+        block(x).sum().backward()
+    return record
+
+
+def binder_table(calls: int) -> None:
+    """Triton's Python work per launch before the driver call, per kernel, for an sm_90 target."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import compute_cache_key, create_function_from_signature
+
+    backend = make_backend(GPUTarget("cuda", 90, 32))
+    print(f"# triton {triton.__version__}: binding + cache key per launch, this host (sm_90 target)\n")
+    print("| kernel | runtime args | constexprs | host time per launch |\n|---|---|---|---|")
+    for name, (fn, args, kwargs) in sorted(recorded_launches().items()):
+        binder = create_function_from_signature(fn.signature, fn.params, backend)
+        options = dict(kwargs, debug=False)  # what JITFunction.run adds before binding
+        key_cache = {}
+
+        def bind():
+            bound, specialization, opts = binder(*args, **options)
+            compute_cache_key(key_cache, specialization, opts)
+        print(f"| {name} | {len(args)} | {len(kwargs)} | {per_call_us(bind, calls, lambda: None):.1f} us |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000)
     parser.add_argument("--device", default="cuda")
+    parser.add_argument("--stub", action="store_true", help="CPU: Triton launches replaced by no-ops")
+    parser.add_argument("--binder", action="store_true", help="CPU: Triton's argument binding per launch")
     args = parser.parse_args()
+    sys.path.insert(0, os.path.dirname(__file__))
+    if args.binder:
+        return binder_table(args.calls)
     device = torch.device(args.device)
-    if not kernels.use_fused(torch.empty(1, device=device)):
-        raise SystemExit("needs a CUDA device and triton (or TRITON_INTERPRET=1 for a CPU smoke test)")
+    if args.stub and device.type != "cpu":
+        raise SystemExit(f"--stub runs on CPU tensors (--device cpu), got --device {args.device}")
+    if not args.stub and not kernels.use_fused(torch.empty(1, device=device)):
+        raise SystemExit("needs a CUDA device and triton (or TRITON_INTERPRET=1 for a CPU smoke test, or --stub)")
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     if device.type == "cuda":
         import triton
 
         print(f"# {torch.cuda.get_device_name()}, torch {torch.__version__}, triton {triton.__version__}")
+    if args.stub:
+        from step_counts import stubbed_triton
+
+        torch.set_flush_denormal(True)  # stubbed kernels leave their outputs uninitialised
     print("| call | host time per call |\n|---|---|")
-    for name, fn in cases(device).items():
-        print(f"| {name} | {per_call_us(fn, args.calls, sync):.1f} us |", flush=True)
+    with (stubbed_triton(collections.Counter()) if args.stub else contextlib.nullcontext()):
+        for name, fn in cases(device).items():
+            if args.stub and "bare Triton launch" in name:
+                continue  # stubbed: nothing left to time
+            print(f"| {name} | {per_call_us(fn, args.calls, sync):.1f} us |", flush=True)
 
 
 if __name__ == "__main__":

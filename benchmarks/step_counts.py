@@ -53,20 +53,24 @@ class OpCounter(TorchDispatchMode):
 
 
 class _CountingLaunch:
-    """Stands in for a Triton kernel: `kernel[grid](...)` counts and does nothing."""
+    """Stands in for a Triton kernel: `kernel[grid](...)` counts and does nothing (and, given a
+    `record` dict, keeps the kernel and its first call's arguments under its name)."""
 
-    def __init__(self, name: str, counts: collections.Counter):
-        self.name, self.counts = name, counts
+    def __init__(self, name: str, counts: collections.Counter, kernel=None, record: dict | None = None):
+        self.name, self.counts, self.kernel, self.record = name, counts, kernel, record
 
     def __getitem__(self, grid):
         def launch(*args, **kwargs):
             self.counts[self.name] += 1
+            if self.record is not None:
+                self.record.setdefault(self.name, (self.kernel, args, kwargs))
         return launch
 
 
 @contextlib.contextmanager
-def stubbed_triton(counts: collections.Counter):
-    """The fused path on CPU tensors with every Triton launch counted instead of run."""
+def stubbed_triton(counts: collections.Counter, record: dict | None = None):
+    """The fused path on CPU tensors with every Triton launch counted instead of run (and recorded
+    into `record`, if given: {kernel name: (JITFunction, args, kwargs)})."""
     import importlib
     import pkgutil
 
@@ -80,7 +84,7 @@ def stubbed_triton(counts: collections.Counter):
         for name, obj in vars(module).items():
             if isinstance(obj, JITFunction) and name.endswith("_kernel"):
                 saved.append((module, name, obj))
-                setattr(module, name, _CountingLaunch(name, counts))
+                setattr(module, name, _CountingLaunch(name, counts, obj, record))
     interpret, enabled = kernels.INTERPRET, kernels.ENABLED
     kernels.INTERPRET, kernels.ENABLED = True, True
     try:

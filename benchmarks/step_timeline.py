@@ -11,7 +11,7 @@ interleaved repeats) this reports:
 - issue: the host's time until backward() returns, without synchronising (what the host costs);
 - wall: the time until the GPU has finished (a synchronise after the step);
 - kernels: the GPU's kernel time in one profiled step (torch.profiler);
-- syncs: host-device synchronisations and copies seen by the profiler in one step
+- syncs: host-device synchronisations, copies and device allocations seen by the profiler in one step
   (a sync inside the step makes the wall the sum of host and GPU time, not their maximum);
 and, for the fused variant, the top host ops and the Python functions taking the host's time
 (cProfile: which share is Triton's launcher, which our own code).
@@ -33,7 +33,8 @@ import timm
 import timm_bcos  # noqa: F401
 from timm_bcos.layers import kernels
 
-SYNC_MARKERS = ("Synchronize", "Memcpy", "_local_scalar_dense", "nonzero")
+# host-device synchronisations, copies and device allocations (a cudaMalloc can synchronise too)
+SYNC_MARKERS = ("Synchronize", "Memcpy", "_local_scalar_dense", "nonzero", "cudaMalloc", "cudaFree")
 
 
 def make_step(model, x, y, fused: bool | None):
@@ -120,7 +121,8 @@ def main() -> None:
                 step()
         times = issue_and_wall_ms(steps, sync, args.repeats)
         print(f"\n## {arch}, batch {args.batch}, {args.size}px, fp32, eager\n")
-        print("| variant | issue (host) | wall | kernels (GPU) | syncs in one step |\n|---|---|---|---|---|")
+        print("| variant | issue (host) | wall | kernels (GPU) | syncs, copies, allocations in one step |")
+        print("|---|---|---|---|---|")
         tables = {}
         for name, step in steps.items():
             events = tables[name] = profiled(step, sync, cuda)
