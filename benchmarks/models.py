@@ -33,10 +33,11 @@ import timm_bcos  # noqa: E402,F401
 from timm_bcos.layers import kernels  # noqa: E402
 
 
-def train_step(model, x, y, amp: bool = False, fused: bool | None = None):
-    """One training step; `fused` sets the kernels' switch for the step (None: leave it)."""
+def train_step(model, x, y, amp: bool = False, fused: bool | None = None, synchronise: bool = True):
+    """One training step; `fused` sets the kernels' switch for the step (None: leave it); a CUDA
+    step ends with a synchronise unless `synchronise` is False."""
     loss_fn = torch.nn.BCEWithLogitsLoss()
-    sync = torch.cuda.synchronize if x.is_cuda else (lambda: None)
+    sync = torch.cuda.synchronize if x.is_cuda and synchronise else (lambda: None)
 
     def run():
         previous = kernels.ENABLED

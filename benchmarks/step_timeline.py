@@ -21,8 +21,10 @@ from __future__ import annotations
 import argparse
 import cProfile
 import io
+import os
 import pstats
 import statistics
+import sys
 import time
 
 import torch
@@ -33,22 +35,11 @@ import timm
 import timm_bcos  # noqa: F401
 from timm_bcos.layers import kernels
 
+sys.path.insert(0, os.path.dirname(__file__))
+from models import train_step  # noqa: E402
+
 # host-device synchronisations, copies and device allocations (a cudaMalloc can synchronise too)
 SYNC_MARKERS = ("Synchronize", "Memcpy", "_local_scalar_dense", "nonzero", "cudaMalloc", "cudaFree")
-
-
-def make_step(model, x, y, fused: bool | None):
-    """One training step without a trailing synchronise; `fused` sets the kernels' switch (None: leave it)."""
-    def step():
-        previous = kernels.ENABLED
-        if fused is not None:
-            kernels.ENABLED = fused
-        try:
-            model.zero_grad(set_to_none=True)
-            torch.nn.functional.binary_cross_entropy_with_logits(model(x).float(), y).backward()
-        finally:
-            kernels.ENABLED = previous
-    return step
 
 
 def issue_and_wall_ms(steps: dict, sync, repeats: int) -> dict:
@@ -112,10 +103,10 @@ def main() -> None:
         print(f"# {torch.cuda.get_device_name(dev)}, torch {torch.__version__}")
     for arch in args.models:
         ours = timm.create_model(f"bcos_{arch}").train().to(dev)
-        steps = {"timm": make_step(timm.create_model(arch).train().to(dev), x, y, None),
-                 "timm_bcos": make_step(ours, x, y, False)}
+        steps = {"timm": train_step(timm.create_model(arch).train().to(dev), x, y, synchronise=False),
+                 "timm_bcos": train_step(ours, x, y, fused=False, synchronise=False)}
         if kernels.use_fused(x):
-            steps["timm_bcos fused"] = make_step(ours, x, y, True)
+            steps["timm_bcos fused"] = train_step(ours, x, y, fused=True, synchronise=False)
         for step in steps.values():  # warm-up: cuDNN autotuning, Triton compiles
             for _ in range(3):
                 step()
