@@ -47,7 +47,7 @@ run_stage() {
     explain) stage explain 60 $PY benchmarks/explain.py --device cuda --batch 64 --repeats 10 --no-reference ;;
     kernels_bench) stage kernels_bench 90 $PY benchmarks/kernels.py --batch 64 --profile bcos_resnet50 ;;
     launch_cost) stage launch_cost 40 $PY benchmarks/launch_cost.py ;;
-    step_timeline) stage step_timeline 90 $PY benchmarks/step_timeline.py --models resnet50 --batch 64 ;;
+    step_timeline) stage step_timeline 75 $PY benchmarks/step_timeline.py --models resnet50 --batch 64 ;;
     compiled_*) stage "$1" 240 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
         --no-reference --models "${1#compiled_}" --precision fp32 ;;
     graphs_*) stage "$1" 300 $PY benchmarks/models.py --device cuda --batch 64 --repeats 10 --compile \
@@ -57,6 +57,8 @@ run_stage() {
 }
 
 # STAGES="..." picks and orders the stages (a short rerun: STAGES="env kernels_test models_eager")
-for name in ${STAGES:-env kernels_test models_eager step_timeline launch_cost graphs_resnet50 explain kernels_bench compiled_densenet121}; do
+DEFAULT_STAGES="env kernels_test models_eager step_timeline launch_cost graphs_resnet50 explain kernels_bench
+    compiled_densenet121"
+for name in ${STAGES:-$DEFAULT_STAGES}; do
     run_stage "$name"
 done

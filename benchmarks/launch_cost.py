@@ -17,9 +17,12 @@ Two parts of that host time can be measured without a GPU:
 - `--stub`: the cases on CPU tensors with every Triton launch replaced by a no-op (as in
   benchmarks/step_counts.py), i.e. our Python and the aten ops around the kernels, against the
   same conventional block (the CPU's convolution compute is in both);
-- `--binder`: what Triton's launcher does in Python per launch before the driver call
-  (binding and specialising the arguments, the cache key), per kernel of a B-cos conv + BN
-  step with its real arguments, for an sm_90 target (triton's internals; 3.x).
+- `--binder`: the largest part of what Triton's `JITFunction.run` does in Python per launch,
+  binding and specialising the arguments and the cache key, per kernel of a B-cos conv + BN
+  step with its real arguments, for an sm_90 target (triton's internals; 3.x). A lower bound
+  of Triton's host cost: it leaves out the current device and stream, the device-cache lookup,
+  the globals check, the grid, `launch_metadata`, the C launcher's argument unpacking and the
+  driver call itself.
 """
 from __future__ import annotations
 
@@ -83,7 +86,7 @@ def recorded_launches() -> dict:
 
 
 def binder_table(calls: int) -> None:
-    """Triton's Python work per launch before the driver call, per kernel, for an sm_90 target."""
+    """Triton's argument binding + cache key per launch (a lower bound of its host cost), per kernel."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -94,7 +97,8 @@ def binder_table(calls: int) -> None:
     print("| kernel | runtime args | constexprs | host time per launch |\n|---|---|---|---|")
     for name, (fn, args, kwargs) in sorted(recorded_launches().items()):
         binder = create_function_from_signature(fn.signature, fn.params, backend)
-        options = dict(kwargs, debug=False)  # what JITFunction.run adds before binding
+        options = dict(kwargs, debug=False)  # JITFunction.run adds these two before binding
+        options["instrumentation_mode"] = ""
         key_cache = {}
 
         def bind():
@@ -112,7 +116,8 @@ def main() -> None:
     args = parser.parse_args()
     sys.path.insert(0, os.path.dirname(__file__))
     if args.binder:
-        return binder_table(args.calls)
+        binder_table(args.calls)
+        return
     device = torch.device(args.device)
     if args.stub and device.type != "cpu":
         raise SystemExit(f"--stub runs on CPU tensors (--device cpu), got --device {args.device}")

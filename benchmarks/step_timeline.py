@@ -8,13 +8,18 @@ On an H100 the fused bcos_resnet50 step took ~106 ms of wall time while its kern
 same wall time for half the launches, so launch counts alone do not explain it. Per variant
 (timm's model as the baseline, timm_bcos fused, timm_bcos on the PyTorch path; one process,
 interleaved repeats) this reports:
-- issue: the host's time until backward() returns, without synchronising (what the host costs);
+- issue: the host's time until backward() returns, without synchronising (what the host costs;
+  but where more launches are queued than the driver's queue holds, ~1k, the host waits in
+  cudaLaunchKernel / cuLaunchKernel, so issue ~ wall then does not by itself mean host-bound:
+  read those rows in the host-op table);
 - wall: the time until the GPU has finished (a synchronise after the step);
-- kernels: the GPU's kernel time in one profiled step (torch.profiler);
-- syncs: host-device synchronisations, copies and device allocations seen by the profiler in one step
-  (a sync inside the step makes the wall the sum of host and GPU time, not their maximum);
+- kernels: the GPU time of one profiled step (torch.profiler's CUDA events: kernels, memcpy, memset);
+- events: host-device synchronisations, copies and device allocations the profiler sees in one
+  step, the harness's own (its synchronise, the profiler's exit) subtracted (a sync inside the
+  step makes the wall the sum of host and GPU time, not their maximum);
 and, for the fused variant, the top host ops and the Python functions taking the host's time
-(cProfile: which share is Triton's launcher, which our own code).
+(cProfile with autograd's device threads off, so the backward is seen too: which share is
+Triton's launcher, which our own code).
 """
 from __future__ import annotations
 
@@ -28,6 +33,7 @@ import sys
 import time
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 import timm
@@ -66,20 +72,27 @@ def profiled(step, sync, cuda: bool):
 
 
 def kernel_ms(events) -> float:
-    return sum(getattr(e, "self_device_time_total", None) or getattr(e, "self_cuda_time_total", 0.0)
-               for e in events) / 1e3
+    """GPU time of the CUDA events only (a CPU op's device time repeats its kernels')."""
+    return sum(e.self_device_time_total for e in events
+               if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)) / 1e3
 
 
-def sync_counts(events) -> str:
-    found = {e.key: e.count for e in events if any(m in e.key for m in SYNC_MARKERS)}
-    return ", ".join(f"{k} x{v}" for k, v in sorted(found.items())) or "none"
+def marker_counts(events) -> dict:
+    return {e.key: e.count for e in events if any(m in e.key for m in SYNC_MARKERS)}
+
+
+def step_events(events, harness: dict) -> str:
+    """The sync/copy/allocation events of a profiled step less those of profiling an empty step."""
+    found = {k: n - harness.get(k, 0) for k, n in marker_counts(events).items()}
+    return ", ".join(f"{k} x{n}" for k, n in sorted(found.items()) if n > 0) or "none"
 
 
 def python_hot_spots(step, rows: int) -> str:
     profiler = cProfile.Profile()
-    profiler.enable()
-    step()
-    profiler.disable()
+    with torch.autograd.set_multithreading_enabled(False):  # the backward on this thread, seen by cProfile
+        profiler.enable()
+        step()
+        profiler.disable()
     out = io.StringIO()
     pstats.Stats(profiler, stream=out).sort_stats("tottime").print_stats(rows)
     return out.getvalue()
@@ -107,18 +120,21 @@ def main() -> None:
                  "timm_bcos": train_step(ours, x, y, fused=False, synchronise=False)}
         if kernels.use_fused(x):
             steps["timm_bcos fused"] = train_step(ours, x, y, fused=True, synchronise=False)
-        for step in steps.values():  # warm-up: cuDNN autotuning, Triton compiles
+        for step in steps.values():  # warm-up: Triton compiles, the caching allocator's pools
             for _ in range(3):
                 step()
         times = issue_and_wall_ms(steps, sync, args.repeats)
+        profiled(lambda: None, sync, cuda)  # the profiler's own start-up (CUPTI) outside the figures
+        harness = marker_counts(profiled(lambda: None, sync, cuda))
         print(f"\n## {arch}, batch {args.batch}, {args.size}px, fp32, eager\n")
-        print("| variant | issue (host) | wall | kernels (GPU) | syncs, copies, allocations in one step |")
+        print("| variant | issue (host) | wall | GPU time (profiled) | sync, copy, allocation events in one step |")
         print("|---|---|---|---|---|")
         tables = {}
         for name, step in steps.items():
             events = tables[name] = profiled(step, sync, cuda)
             issue, wall = times[name]
-            print(f"| {name} | {issue:.1f} ms | {wall:.1f} ms | {kernel_ms(events):.1f} ms | {sync_counts(events)} |")
+            print(f"| {name} | {issue:.1f} ms | {wall:.1f} ms | {kernel_ms(events):.1f} ms "
+                  f"| {step_events(events, harness)} |")
         focus = "timm_bcos fused" if "timm_bcos fused" in steps else "timm_bcos"
         print(f"\n### {focus}: top host ops by self CPU time\n")
         print(tables[focus].table(sort_by="self_cpu_time_total", row_limit=args.rows, max_name_column_width=50))
