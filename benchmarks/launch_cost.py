@@ -5,7 +5,8 @@
     python benchmarks/launch_cost.py --device cpu --stub     # our host code, launches stubbed, on a CPU
     python benchmarks/launch_cost.py --binder                # Triton's argument binding, on a CPU
 
-The eager B-cos training step on an H100 was bound by host time (benchmarks/RESULTS.md), and
+The eager B-cos training step on an H100 took far longer than its kernels, taken to be host
+time (benchmarks/RESULTS.md; benchmarks/step_timeline.py measures it), and
 benchmarks/step_counts.py counts its launches; this says what one launch costs the host. On
 one-element tensors every kernel is done in a few microseconds, so the time per call of a long
 run of calls without synchronising is the host's: an aten op through the dispatcher, a bare
@@ -102,7 +103,7 @@ def binder_table(calls: int) -> None:
         key_cache = {}
 
         def bind():
-            bound, specialization, opts = binder(*args, **options)
+            _bound, specialization, opts = binder(*args, **options)
             compute_cache_key(key_cache, specialization, opts)
         print(f"| {name} | {len(args)} | {len(kwargs)} | {per_call_us(bind, calls, lambda: None):.1f} us |")
 

@@ -1,9 +1,9 @@
 """Work per training step, counted: kernel launches and activations saved for backward, timm vs timm_bcos.
 
-On an H100 the eager B-cos training step is bound by host time (benchmarks/RESULTS.md): the
-GPU runs the fused step's kernels in 45 ms while the host takes ~106 ms to issue them. What
-the host issues per step, the kernels launched, is a machine-independent measure of that
-work, and it can be counted on a CPU:
+On an H100 the GPU ran the fused B-cos step's kernels in 45 ms of a ~106 ms step, which was
+taken to be host time per launch (benchmarks/RESULTS.md; not confirmed: benchmarks/step_timeline.py
+measures where the time goes). What the host issues per step, the kernels launched, is a
+machine-independent measure of that work, and it can be counted on a CPU:
 
     python benchmarks/step_counts.py [--models resnet50 densenet121] [--size 64] [--batch 2]
 
