@@ -2,7 +2,7 @@
 
     python benchmarks/launch_cost.py [--calls 2000]
     TRITON_INTERPRET=1 python benchmarks/launch_cost.py --device cpu --calls 3   # a smoke test only
-    python benchmarks/launch_cost.py --device cpu --stub     # our host code, launches stubbed, on a CPU
+    python benchmarks/launch_cost.py --device cpu --stub --rounds 7   # our host code, launches stubbed, CPU
     python benchmarks/launch_cost.py --binder                # Triton's argument binding, on a CPU
 
 The eager B-cos training step on an H100 took far longer than its kernels, taken to be host
@@ -31,6 +31,7 @@ import argparse
 import collections
 import contextlib
 import os
+import statistics
 import sys
 import time
 
@@ -60,7 +61,9 @@ def cases(device: torch.device):
     grid, args, meta = S._launch_args(one, one, 2.0)
     out = torch.empty_like(one)
     x = torch.rand(1, 4, 4, 4, device=device, requires_grad=True)
-    bcos = torch.nn.Sequential(L.BcosConv2d(4, 4, 3, padding=1), L.BatchNormUncentered2d(4)).to(device).train()
+    # the models' uncentered BNs have no bias (the conversion drops it: completeness)
+    bcos = torch.nn.Sequential(L.BcosConv2d(4, 4, 3, padding=1), L.drop_bias(L.BatchNormUncentered2d(4)))
+    bcos = bcos.to(device).train()
     conventional = torch.nn.Sequential(torch.nn.Conv2d(4, 4, 3, padding=1, bias=False),
                                        torch.nn.BatchNorm2d(4)).to(device).train()
     return {
@@ -81,7 +84,8 @@ def recorded_launches() -> dict:
     record = {}
     with stubbed_triton(collections.Counter(), record):
         x = torch.rand(8, 64, 14, 14, requires_grad=True)
-        block = torch.nn.Sequential(L.BcosConv2d(64, 64, 3, padding=1), L.BatchNormUncentered2d(64)).train()
+        bn = L.drop_bias(L.BatchNormUncentered2d(64))  # as in the models
+        block = torch.nn.Sequential(L.BcosConv2d(64, 64, 3, padding=1), bn).train()
         block(x).sum().backward()
     return record
 
@@ -111,6 +115,7 @@ def binder_table(calls: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--calls", type=int, default=2000)
+    parser.add_argument("--rounds", type=int, default=1, help="time every case this many times, interleaved")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--stub", action="store_true", help="CPU: Triton launches replaced by no-ops")
     parser.add_argument("--binder", action="store_true", help="CPU: Triton's argument binding per launch")
@@ -133,12 +138,17 @@ def main() -> None:
         from step_counts import stubbed_triton
 
         torch.set_flush_denormal(True)  # stubbed kernels leave their outputs uninitialised
-    print("| call | host time per call |\n|---|---|")
+    print(f"| call | host time per call (median of {args.rounds} interleaved rounds) |\n|---|---|")
     with (stubbed_triton(collections.Counter()) if args.stub else contextlib.nullcontext()):
-        for name, fn in cases(device).items():
-            if args.stub and "bare Triton launch" in name:
-                continue  # stubbed: nothing left to time
-            print(f"| {name} | {per_call_us(fn, args.calls, sync):.1f} us |", flush=True)
+        timed = {name: fn for name, fn in cases(device).items()
+                 if not (args.stub and "bare Triton launch" in name)}  # stubbed: nothing left to time it
+        rounds = [{name: per_call_us(fn, args.calls, sync) for name, fn in timed.items()} for _ in range(args.rounds)]
+        for name in timed:
+            print(f"| {name} | {statistics.median(r[name] for r in rounds):.1f} us |", flush=True)
+    ours = "BcosConv2d + uncentered BN, forward + backward"
+    theirs = "Conv2d + BatchNorm2d (timm's block), forward + backward"
+    ratio = statistics.median(r[ours] / r[theirs] for r in rounds)  # within a round: robust to a drifting clock
+    print(f"\nB-cos block / timm's block, median of the rounds' ratios: {ratio:.2f}")
 
 
 if __name__ == "__main__":
