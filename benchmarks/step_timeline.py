@@ -5,7 +5,8 @@
 
 On an H100 the fused bcos_resnet50 step took ~106 ms of wall time while its kernels ran for
 45 ms, and the PyTorch path took ~107 ms for 76 ms of kernels (benchmarks/RESULTS.md): the
-same wall time for half the launches, so launch counts alone do not explain it. Per variant
+same wall time for half the launches, which does not support host time per launch as the
+cause (nor rule it out). Per variant
 (timm's model as the baseline, timm_bcos fused, timm_bcos on the PyTorch path; one process,
 interleaved repeats) this reports:
 - issue: the host's time until backward() returns, without synchronising (what the host costs;
@@ -13,7 +14,7 @@ interleaved repeats) this reports:
   cudaLaunchKernel / cuLaunchKernel, so issue ~ wall then does not by itself mean host-bound:
   read those rows in the host-op table);
 - wall: the time until the GPU has finished (a synchronise after the step);
-- kernels: the GPU time of one profiled step (torch.profiler's CUDA events: kernels, memcpy, memset);
+- GPU time: of one profiled step (torch.profiler's CUDA events: kernels, memcpy, memset);
 - events: host-device synchronisations, copies and device allocations the profiler sees in one
   step, the harness's own (its synchronise, the profiler's exit) subtracted (a sync inside the
   step makes the wall the sum of host and GPU time, not their maximum);
