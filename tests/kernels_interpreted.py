@@ -147,7 +147,7 @@ def _conv_layer_grads(layer, x, separate: bool = False):
     """Output, grad_x (if x requires it) and grad_w of `layer` for a fixed random output weighting;
     `separate`: the three fused ops as separate autograd nodes instead of the one-node layer step."""
     if separate:
-        layer._fused_training_step = lambda x, w: None
+        layer._fused_training_step = lambda x: None
     try:
         out = layer(x)
     finally:
@@ -182,6 +182,17 @@ def check_fused_conv_layer_matches_separate_ops():
                 with pytorch_path():
                     expected = _conv_layer_grads(layer, x)
                 assert_close(fused, expected, what=f"conv layer g={groups} k={k} s={stride} p={pad} b={b} x_grad={x_grad}")
+    layer = L.BcosConv2d(8, 16, 3, padding=1).double().train()
+    x = torch.randn(2, 8, 8, 8, dtype=torch.float64, requires_grad=True)
+    node = layer(x).grad_fn  # the weight norm is inside the one node: the weight's gradient leaves it directly
+    assert any(getattr(n, "variable", None) is layer.weight for n, _ in node.next_functions), node.next_functions
+    layer.weight = torch.nn.Parameter(torch.randn(3, 3, 8, 16, dtype=torch.float64).permute(3, 2, 0, 1))
+    assert not layer.weight.is_contiguous()  # not for the weight-norm kernel: the separate ops
+    assert type(layer(x).grad_fn).__name__ != "FusedBcosConv2dBackward"
+    fused = _conv_layer_grads(layer, x)
+    with pytorch_path():
+        expected = _conv_layer_grads(layer, x)
+    assert_close(fused, expected, what="conv layer with a non-contiguous weight")
     empty = torch.randn(0, 4, 6, 6, dtype=torch.float64, requires_grad=True)  # declined: the separate ops run
     L.BcosConv2d(4, 4, 3, padding=1, max_out=1).double()(empty).sum().backward()
     L.BcosConv2d(4, 4, 3, padding=1, max_out=2).double()(empty).sum().backward()

@@ -12,7 +12,7 @@ from . import kernels
 from ._checks import bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
 from .encoding import InputEncoding
-from .functional import bcos_scale, max_out, unit_norm_rows
+from .functional import bcos_scale, max_out, unit_norm_rows, weight_norm_gains
 
 # Added to the squared patch norm before the square root, as in the reference.
 PATCH_NORM_EPS = 1e-6
@@ -110,22 +110,25 @@ class BcosConv2d(DetachableModule):
             squares = F.conv2d(squares, ones, None, self.stride, self.padding, self.dilation, g)
         return (squares + PATCH_NORM_EPS).sqrt()
 
-    def _fused_training_step(self, x: Tensor, w: Tensor) -> Tensor | None:
-        """Conv, patch norm and scale as one fused autograd node (CUDA + Triton, not explanation
-        mode, no MaxOut), or None for the separate ops below."""
+    def _fused_training_step(self, x: Tensor) -> Tensor | None:
+        """Weight norm, conv, patch norm and scale as one fused autograd node (CUDA + Triton, not
+        explanation mode, no MaxOut), or None for the separate ops below."""
         if self.b == 1 or self.max_out != 1 or self.detach or not kernels.use_fused(x):
             return None
-        return kernels.bcos_conv2d(x, w, self.b, self.kernel_size, self.stride, self.padding, self.dilation,
-                                   self.groups, PATCH_NORM_EPS)
+        gains = weight_norm_gains(self.weight)
+        if gains is None:  # in graphs and for non-contiguous weights (channels_last): the separate ops
+            return None
+        return kernels.bcos_conv2d(x, self.weight, gains, self.b, self.kernel_size, self.stride, self.padding,
+                                   self.dilation, self.groups, PATCH_NORM_EPS)
 
     def forward(self, x: Tensor) -> Tensor:
         if self.input_encoding is not None:
             x = self.input_encoding(x)
         check_input(x, layer=type(self).__name__, ndim=4, channels=self.in_channels, channel_dim=1)
-        w = unit_norm_rows(self.weight)
-        out = self._fused_training_step(x, w)
+        out = self._fused_training_step(x)
         if out is not None:
             return out / self.scale if self.scale is not None else out
+        w = unit_norm_rows(self.weight)
         out = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
         out = max_out(out, self.max_out, dim=1)
         if self.b != 1:

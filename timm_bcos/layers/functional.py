@@ -24,7 +24,7 @@ _ONES: dict = {}
 
 def _unit_gains(weight: Tensor) -> Tensor:
     """Ones of shape [rows, 1, ...]: the gain g of weight norm's w = g v / ||v||, so that w = v / ||v||.
-    Cached per shape, device and dtype (plain tensors only: unit_norm_rows sends subclasses, fake
+    Cached per shape, device and dtype (plain tensors only: weight_norm_gains sends subclasses, fake
     tensors included, to the plain ops), made outside inference mode: an inference tensor cannot be
     saved for a later training step's backward."""
     key = (weight.shape[0], weight.dim(), weight.device, weight.dtype)
@@ -43,26 +43,34 @@ class _UnitNormRows(torch.autograd.Function):
     second derivative through here raises instead."""
 
     @staticmethod
-    def forward(ctx, weight: Tensor) -> Tensor:
-        gains = _unit_gains(weight)
+    def forward(ctx, weight: Tensor, gains: Tensor) -> Tensor:
         w_hat, norms = torch.ops.aten._weight_norm_interface(weight, gains, 0)
         ctx.save_for_backward(weight, gains, norms)
         return w_hat
 
     @staticmethod
     @once_differentiable
-    def backward(ctx, grad: Tensor) -> Tensor:
+    def backward(ctx, grad: Tensor):
         weight, gains, norms = ctx.saved_tensors
-        return torch.ops.aten._weight_norm_interface_backward(grad.contiguous(), weight, gains, norms, 0)[0]
+        return torch.ops.aten._weight_norm_interface_backward(grad.contiguous(), weight, gains, norms, 0)[0], None
+
+
+def weight_norm_gains(weight: Tensor) -> Tensor | None:
+    """The gains that make torch's fused weight-norm kernels give w / ||w||, or None where the plain
+    ops must normalise `weight`: in graphs, under torch.func transforms, for tensor subclasses
+    (DTensor) and non-contiguous weights."""
+    if (type(weight) not in (torch.Tensor, nn.Parameter) or not weight.is_contiguous()
+            or plain_ops_wanted() or torch.jit.is_tracing()):
+        return None
+    return _unit_gains(weight)
 
 
 def unit_norm_rows(weight: Tensor) -> Tensor:
     """Scale every output unit's weight vector to unit L2 norm (the hat in Eq. 3)."""
-    if (type(weight) not in (torch.Tensor, nn.Parameter) or not weight.is_contiguous()
-            or plain_ops_wanted() or torch.jit.is_tracing()):
-        # plain ops in graphs, under torch.func transforms and for tensor subclasses (DTensor)
+    gains = weight_norm_gains(weight)
+    if gains is None:
         return weight / torch.linalg.vector_norm(weight, dim=tuple(range(1, weight.dim())), keepdim=True)
-    return _UnitNormRows.apply(weight)
+    return _UnitNormRows.apply(weight, gains)
 
 
 def max_out(out: Tensor, units: int, dim: int) -> Tensor:

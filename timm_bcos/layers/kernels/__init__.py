@@ -54,11 +54,12 @@ def patch_norm(x: Tensor, groups: int, kernel_size, stride, padding, dilation, e
     return _load().patch_norm(x, groups, kernel_size, stride, padding, dilation, eps)
 
 
-def bcos_conv2d(x: Tensor, w_hat: Tensor, b: float, kernel_size, stride, padding, dilation, groups: int,
-                eps: float) -> Tensor | None:
-    """A B-cos conv's training step (conv, patch norm, Eq. 9 scale) as one autograd node, or None
-    where the separate ops must run (inside graphs; an asymmetric 'same' padding)."""
-    return _load().bcos_conv2d(x, w_hat, b, kernel_size, stride, padding, dilation, groups, eps)
+def bcos_conv2d(x: Tensor, weight: Tensor, gains: Tensor, b: float, kernel_size, stride, padding, dilation,
+                groups: int, eps: float) -> Tensor | None:
+    """A B-cos conv's training step (weight norm through torch's kernel with unit `gains`, conv, patch
+    norm, Eq. 9 scale) as one autograd node, or None where the separate ops must run (inside graphs;
+    an asymmetric 'same' padding; an empty batch)."""
+    return _load().bcos_conv2d(x, weight, gains, b, kernel_size, stride, padding, dilation, groups, eps)
 
 
 def bcos_scale(lin: Tensor, norm: Tensor, b: float, detach: bool) -> Tensor | None:

@@ -1,12 +1,14 @@
-"""A B-cos convolution's training step as one autograd node: conv, patch norm and scale (Eq. 9).
+"""A B-cos convolution's training step as one autograd node: weight norm, conv, patch norm and
+scale (Eq. 9).
 
-As three nodes, autograd also launches a kernel to add the conv's and the patch norm's input
-gradients and one to sum the scale's per-split norm gradients, and runs three nodes' host code;
-eager GPU steps are bound by host time per launch (benchmarks/step_counts.py). Here the scale
+As four nodes, autograd also launches a kernel to add the conv's and the patch norm's input
+gradients and one to sum the scale's per-split norm gradients, and runs four nodes' host code;
+eager GPU steps looked bound by host time per launch (benchmarks/step_counts.py; the weight
+norm's own node was ~7% of a conv + BN block's host time, launch_cost.py --stub). Here the scale
 kernel sums the channel squares over each window itself where that is cheap (no separate
 window kernel: it writes the norms the backward needs), and the patch norm's backward kernel
 sums the scale's splits while it reads them and adds its part into the conv's input gradient
-in place. The maths are those of the three separate ops, to the rounding
+in place. The maths are those of the four separate ops, to the rounding
 (tests/kernels_interpreted.py).
 """
 from typing import List, Optional, Tuple
@@ -78,16 +80,20 @@ def _autocast_inputs(x: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
 
 
 class FusedBcosConv2d(torch.autograd.Function):
-    """out = scale(conv(x, w_hat), patch_norm(x)) for training (not explanation mode), MaxOut 1."""
+    """out = scale(conv(x, w_hat), patch_norm(x)) for training (not explanation mode), MaxOut 1, with
+    w_hat = weight / ||weight|| per row (the hat in Eq. 3) made here by torch's fused weight-norm
+    kernel from `gains` (ones): one autograd node fewer per layer."""
 
     @staticmethod
-    def forward(ctx, x: Tensor, w_hat: Tensor, b: float, stride: List[int], padding: List[int],
-                dilation: List[int], groups: int, kernel_size: List[int], eps: float) -> Tensor:
+    def forward(ctx, x: Tensor, weight: Tensor, gains: Tensor, b: float, stride: List[int],
+                padding: List[int], dilation: List[int], groups: int, kernel_size: List[int], eps: float) -> Tensor:
+        w_hat, row_norms = torch.ops.aten._weight_norm_interface(weight, gains, 0)
         x_conv, w_conv = _autocast_inputs(x, w_hat)
         lin = F.conv2d(x_conv, w_conv, None, stride, padding, dilation, groups)
         norm, out = norms_and_scale(x, lin, b, groups, kernel_size, stride, padding, dilation, eps)
         x_kept = x if ctx.needs_input_grad[0] else None  # only the input gradient reads x itself
-        ctx.save_for_backward(x_kept, x_conv, w_conv, out if from_output(b, False, lin.dtype) else lin, norm)
+        ctx.save_for_backward(x_kept, x_conv, w_conv, out if from_output(b, False, lin.dtype) else lin, norm,
+                              weight, gains, row_norms)
         ctx.geometry = (kernel_size, stride, padding, dilation, groups)
         ctx.b = b
         return out
@@ -95,7 +101,7 @@ class FusedBcosConv2d(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx, grad: Tensor):
-        x, x_conv, w_conv, kept, norm = ctx.saved_tensors
+        x, x_conv, w_conv, kept, norm, weight, gains, row_norms = ctx.saved_tensors
         kernel_size, stride, padding, dilation, groups = ctx.geometry
         need_x, need_w = ctx.needs_input_grad[:2]
         kept_v, norm_v = _as_groups(kept, norm)
@@ -109,15 +115,18 @@ class FusedBcosConv2d(torch.autograd.Function):
             # added into the conv's input gradient in place (in x's dtype where autocast cast x for the conv)
             grad_x = patch_norm_backward(grad_norm, x, norm, kernel_size, stride, padding, dilation,
                                          grad_x.to(x.dtype).contiguous())
-        return grad_x, grad_w, None, None, None, None, None, None, None
+        if need_w:  # through w_hat = weight / ||weight|| (in the weight's dtype where autocast cast w_hat)
+            grad_w = torch.ops.aten._weight_norm_interface_backward(grad_w.to(weight.dtype).contiguous(), weight,
+                                                                    gains, row_norms, 0)[0]
+        return grad_x, grad_w, None, None, None, None, None, None, None, None
 
 
-def bcos_conv2d(x: Tensor, w_hat: Tensor, b: float, kernel_size, stride, padding, dilation, groups: int,
-                eps: float) -> Optional[Tensor]:
+def bcos_conv2d(x: Tensor, weight: Tensor, gains: Tensor, b: float, kernel_size, stride, padding,
+                dilation, groups: int, eps: float) -> Optional[Tensor]:
     """The fused training step, or None where the separate ops must run: inside graphs (they take
     the custom ops), for a padding only F.conv2d can resolve (asymmetric 'same'), for an empty batch."""
     pad = _explicit_padding(padding, kernel_size, stride, dilation)
     if pad is None or x.numel() == 0 or capturing_graph():
         return None
-    return FusedBcosConv2d.apply(x, w_hat, float(b), list(stride), pad, list(dilation), int(groups),
+    return FusedBcosConv2d.apply(x, weight, gains, float(b), list(stride), pad, list(dilation), int(groups),
                                  list(kernel_size), float(eps))
