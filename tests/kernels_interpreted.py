@@ -145,7 +145,8 @@ def check_b2_backward_keeps_the_output_not_the_conv_output():
 
 def _conv_layer_grads(layer, x, separate: bool = False):
     """Output, grad_x (if x requires it) and grad_w of `layer` for a fixed random output weighting;
-    `separate`: the three fused ops as separate autograd nodes instead of the one-node layer step."""
+    `separate`: the four ops (weight norm, conv, patch norm, scale) as separate autograd nodes instead of
+    the one-node layer step."""
     if separate:
         layer._fused_training_step = lambda x: None
     try:
@@ -158,7 +159,7 @@ def _conv_layer_grads(layer, x, separate: bool = False):
 
 
 def check_fused_conv_layer_matches_separate_ops():
-    """BcosConv2d's one-node training step (conv + patch norm + scale) against the PyTorch path in
+    """BcosConv2d's one-node training step (weight norm + conv + patch norm + scale) against the PyTorch path in
     float64, over the geometries, B = 2 (backward from the output) and B = 1.5, frozen inputs, and
     a shape whose norm gradient comes in several channel-split planes; then under bf16 autocast
     against the same kernels as separate nodes."""
@@ -193,6 +194,16 @@ def check_fused_conv_layer_matches_separate_ops():
     with pytorch_path():
         expected = _conv_layer_grads(layer, x)
     assert_close(fused, expected, what="conv layer with a non-contiguous weight")
+    with torch.inference_mode():  # a frozen weight made there (a model loaded in inference mode) is not saved
+        frozen = L.BcosConv2d(8, 16, 3, padding=1).double().requires_grad_(False)
+    for changed in (False, True):
+        out = frozen(x)
+        if changed:  # nor then checked for in-place changes: only the input gradient is wanted
+            with torch.inference_mode():
+                frozen.weight.mul_(2)
+        assert type(out.grad_fn).__name__ == "FusedBcosConv2dBackward"
+        (grad_x,) = torch.autograd.grad(out.sum(), x)
+        assert grad_x.shape == x.shape
     empty = torch.randn(0, 4, 6, 6, dtype=torch.float64, requires_grad=True)  # declined: the separate ops run
     L.BcosConv2d(4, 4, 3, padding=1, max_out=1).double()(empty).sum().backward()
     L.BcosConv2d(4, 4, 3, padding=1, max_out=2).double()(empty).sum().backward()

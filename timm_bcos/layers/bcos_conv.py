@@ -116,7 +116,7 @@ class BcosConv2d(DetachableModule):
         if self.b == 1 or self.max_out != 1 or self.detach or not kernels.use_fused(x):
             return None
         gains = weight_norm_gains(self.weight)
-        if gains is None:  # in graphs and for non-contiguous weights (channels_last): the separate ops
+        if gains is None:  # in graphs and for a non-contiguous (channels_last) weight: the separate ops
             return None
         return kernels.bcos_conv2d(x, self.weight, gains, self.b, self.kernel_size, self.stride, self.padding,
                                    self.dilation, self.groups, PATCH_NORM_EPS)

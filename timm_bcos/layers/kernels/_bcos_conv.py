@@ -92,8 +92,9 @@ class FusedBcosConv2d(torch.autograd.Function):
         lin = F.conv2d(x_conv, w_conv, None, stride, padding, dilation, groups)
         norm, out = norms_and_scale(x, lin, b, groups, kernel_size, stride, padding, dilation, eps)
         x_kept = x if ctx.needs_input_grad[0] else None  # only the input gradient reads x itself
-        ctx.save_for_backward(x_kept, x_conv, w_conv, out if from_output(b, False, lin.dtype) else lin, norm,
-                              weight, gains, row_norms)
+        # only the weight's gradient reads these: a frozen weight (made under inference_mode, say) is not kept
+        w_kept = (weight, gains, row_norms) if ctx.needs_input_grad[1] else (None, None, None)
+        ctx.save_for_backward(x_kept, x_conv, w_conv, out if from_output(b, False, lin.dtype) else lin, norm, *w_kept)
         ctx.geometry = (kernel_size, stride, padding, dilation, groups)
         ctx.b = b
         return out
