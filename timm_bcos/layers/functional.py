@@ -37,8 +37,8 @@ def _unit_gains(weight: Tensor) -> Tensor:
 
 class _UnitNormRows(torch.autograd.Function):
     """w / ||w|| per row through torch's fused weight-norm kernels: one kernel each way where the
-    norm and the division take 2 forward and ~9 backward (eager GPU steps are bound by host time
-    per launch, benchmarks/step_counts.py, and this runs in every B-cos layer). Once
+    norm and the division take 2 forward and ~9 backward (host time per launch weighs on eager GPU
+    steps, benchmarks/step_counts.py, and this runs in every B-cos layer). Once
     differentiable: torch's double backward of weight norm is wrong (gradgradcheck fails), so a
     second derivative through here raises instead."""
 

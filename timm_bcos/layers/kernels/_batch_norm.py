@@ -81,7 +81,7 @@ def _apply_kernel(x_ptr, part_ptr, w_ptr, stats_ptr, y_ptr, rv_ptr, C, HW, SPLIT
                   HAS_W: tl.constexpr, HAS_RV: tl.constexpr, LERP_LOW: tl.constexpr,
                   BLOCK: tl.constexpr, BLOCK_SPLITS: tl.constexpr):
     """y = x * scale[c]; every program merges its channel's few partials itself (one launch fewer than a
-    separate finalising kernel: eager steps are bound by host time per launch), and one program per
+    separate finalising kernel: host time per launch weighs on eager steps), and one program per
     channel writes (mean, var, inv, scale) into stats [4, C] and, with HAS_RV, moves the running
     variance towards var as torch.lerp does (its two branches: LERP_LOW is momentum < 0.5)."""
     row = tl.program_id(0).to(tl.int64)  # n * C + c
@@ -156,8 +156,8 @@ def _rows_block(hw: int) -> int:
 def batch_norm_forward(x: Tensor, weight: Optional[Tensor], eps: float, running_var: Optional[Tensor] = None,
                        momentum: float = 0.0) -> Tuple[Tensor, Tensor]:
     """(y, stats) for x [N, C, H, W]: stats [4, C] = (mean, var, inv, scale), in float32 (float64 for float64 x);
-    `running_var`, if given, is lerped towards var in place. Two launches and three allocations: eager
-    steps on a GPU are bound by host time per op."""
+    `running_var`, if given, is lerped towards var in place. Two launches and three allocations: host
+    time per op weighs on eager GPU steps."""
     x = x.contiguous()
     n, c, h, w = x.shape
     hw = h * w
