@@ -21,8 +21,10 @@ def main(argv: list[str] | None = None) -> int:
 
     add_explain_parser(sub)
     from .app.cli import add_app_parser
+    from .export.cli import add_export_parser
 
     add_app_parser(sub)
+    add_export_parser(sub)
     args = parser.parse_args(argv)
     try:
         return args.func(args)

@@ -56,7 +56,9 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
 
 
-def _load_model(args: argparse.Namespace):
+def load_model_from_args(args: argparse.Namespace):
+    """The model of --model, --pretrained / --checkpoint and --num-classes, in eval mode; SystemExit with
+    a clear message for an unknown name, a bad checkpoint or a model without explain()."""
     import timm
 
     message = unknown_model_message(args.model, "bcos_*")
@@ -114,7 +116,7 @@ def explain_main(args: argparse.Namespace) -> int:
     from .explain.render import save_explanation_grid
 
     device = resolve_device(args.device)
-    model = _load_model(args).to(device)
+    model = load_model_from_args(args).to(device)
     cfg = timm.data.resolve_data_config({}, model=model)
     transform = timm.data.create_transform(**cfg)
     images = _load_images(args.images, transform)

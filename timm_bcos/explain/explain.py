@@ -35,6 +35,8 @@ def _as_targets(target, n: int, scores: Tensor, topk: int | None) -> Tensor:
         t = t[:, None]
     elif t.dim() != 2 or t.shape[0] != n:
         raise ValueError(f"target must be an int, [N] or [N, K]; got shape {tuple(t.shape)} for N={n}")
+    if torch.compiler.is_compiling():  # a traced graph: its gather refuses bad indices at run time
+        return t
     if (t < 0).any() or (t >= scores.shape[1]).any():
         raise ValueError(f"target indices must be in [0, {scores.shape[1] - 1}], got {t.min().item()}..{t.max().item()}")
     return t
@@ -190,9 +192,9 @@ def _capture_encodings(model: nn.Module, leaves: list[Tensor]) -> list:
 
 def _weights_and_shares(explained: Tensor, leaves: list[Tensor], terms: fixed.FixedTerms):
     """Rows of W(x) for each explained target ([N, K, 6, H, W]) and the fixed terms' shares ({path: [N, K, ...]})."""
-    shapes = {tuple(t.shape) for t in leaves}
-    if len(shapes) != 1:
-        raise RuntimeError(f"the model encodes inputs of different shapes {sorted(shapes)}; "
+    if any(t.shape != leaves[0].shape for t in leaves):  # compared, not hashed: traced shapes are symbolic
+        shapes = [tuple(t.shape) for t in leaves]
+        raise RuntimeError(f"the model encodes inputs of different shapes {shapes}; "
                            "every InputEncoding must read the raw image")
     weights, shares = [], []
     k = explained.shape[1]

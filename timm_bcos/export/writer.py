@@ -1,0 +1,145 @@
+"""Export a B-cos model, and optionally its explanation, as ONNX or torch.export graphs.
+
+Every graph is traced and translated before anything is written, and each file is written to a
+temporary name and renamed: a failed export leaves the output folder as it was.
+"""
+from __future__ import annotations
+
+import copy
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from ..atomic import atomic_path
+from .config import export_config
+from .decompositions import onnx_decompositions
+from .graphs import CLASSIFIER_OUTPUTS, EXPLAIN_OUTPUTS, ExplainingGraph
+
+FORMATS = {"onnx": ".onnx", "torch-export": ".pt2"}
+EXPLAIN_MODES = ("topk", "class")
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+CONFIG_NAME = "preprocessing.json"
+
+
+class ExportError(RuntimeError):
+    """An exporter cannot express the model (or its explanation); the message says which and why."""
+
+
+@dataclass
+class ExportedFiles:
+    classifier: Path
+    explainer: Path | None
+    config: Path
+
+
+def export_model(model: nn.Module, out_dir: str | Path, *, fmt: str = "onnx", explain: str | None = "topk",
+                 k: int = 1, dynamic_batch: bool = False, batch_size: int = 1, opset: int | None = None,
+                 dtype: str = "float32", name: str | None = None) -> ExportedFiles:
+    """Write `classifier<ext>`, with `explain` also `explainer<ext>` (the outputs of EXPLAIN_OUTPUTS
+    for the `k` highest logits, or for given classes with explain="class"), and preprocessing.json."""
+    _check_options(model, fmt, explain, k, dtype, batch_size)
+    model = _prepared(model, DTYPES[dtype])
+    name = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+    data_config = _data_config(model)
+    x = _example_images(model, data_config, 2 if dynamic_batch else batch_size, DTYPES[dtype])
+    batch = torch.export.Dim("batch", min=1, max=65536) if dynamic_batch else None
+    graphs = {"classifier": (model, (x,), ({0: batch},) if batch else None)}
+    if explain:
+        targets = torch.zeros(x.shape[0], k, dtype=torch.long)
+        explainer = ExplainingGraph(model, topk=k, by_class=explain == "class")
+        args = (x, targets) if explain == "class" else (x,)
+        shapes = tuple({0: batch} for _ in args) if batch else None
+        graphs["explainer"] = (explainer, args, shapes)
+    built = {role: _build(role, module, args, shapes, fmt, opset, name) for role, (module, args, shapes) in graphs.items()}
+    out_dir = Path(out_dir)
+    paths = {role: out_dir / f"{role}{FORMATS[fmt]}" for role in built}
+    config = export_config(model, data_config, name, files={role: p.name for role, p in paths.items()}, fmt=fmt,
+                           explain=explain, k=k, dtype=dtype, opset=opset, batch=None if dynamic_batch else batch_size)
+    for role, artefact in built.items():
+        with atomic_path(paths[role]) as tmp:
+            _save(artefact, tmp, fmt)
+    config_path = out_dir / CONFIG_NAME
+    with atomic_path(config_path) as tmp:
+        tmp.write_text(json.dumps(config, indent=2) + "\n")
+    return ExportedFiles(paths["classifier"], paths.get("explainer"), config_path)
+
+
+def _check_options(model: nn.Module, fmt: str, explain: str | None, k: int, dtype: str, batch_size: int) -> None:
+    if fmt not in FORMATS:
+        raise ValueError(f"format must be one of {', '.join(FORMATS)}; got {fmt!r}")
+    if explain is not None and explain not in EXPLAIN_MODES:
+        raise ValueError(f"explain must be None or one of {', '.join(EXPLAIN_MODES)}; got {explain!r}")
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {', '.join(DTYPES)}; got {dtype!r}")
+    if batch_size < 1:
+        raise ValueError(f"batch size must be >= 1; got {batch_size}")
+    if not hasattr(model, "explain"):
+        raise ValueError(f"{type(model).__name__} is not a B-cos model (it has no explain()); export a bcos_* "
+                         "model or one made by timm_bcos.convert")
+    classes = getattr(model, "num_classes", 0)
+    if explain and not 1 <= k <= classes:
+        raise ValueError(f"k (targets explained per image) must be in [1, {classes}]; got {k}")
+
+
+def _prepared(model: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """The model in eval mode and `dtype`: a copy where that changes anything, so the caller's stays as it was."""
+    first = next(model.parameters(), None)
+    if model.training or (first is not None and first.dtype != dtype):
+        model = copy.deepcopy(model).eval().to(dtype)
+        model.logit_layer.double()  # bias and temperature stay float64 buffers, cast in its forward
+    return model
+
+
+def _example_images(model: nn.Module, data_config: dict, n: int, dtype: torch.dtype) -> torch.Tensor:
+    input_size = data_config["input_size"]
+    first = next(model.parameters(), None)
+    device = first.device if first is not None else None
+    return torch.rand(n, *input_size, generator=torch.Generator().manual_seed(0)).to(device=device, dtype=dtype)
+
+
+def _data_config(model: nn.Module) -> dict:
+    import timm.data
+
+    return timm.data.resolve_data_config({}, model=model)
+
+
+def _build(role: str, module: nn.Module, args: tuple, shapes: dict | None, fmt: str, opset: int | None, name: str):
+    """The graph of `module`: an ExportedProgram, or for ONNX the translated program."""
+    try:
+        program = torch.export.export(module, args, dynamic_shapes=shapes)
+    except Exception as e:
+        raise ExportError(f"torch.export cannot trace the {role} of {name}: {_first_line(e)}") from e
+    if fmt != "onnx":
+        return program
+    if role == "explainer":  # its backward ops, as forward ops ONNX has (decompositions.py)
+        program = program.run_decompositions(onnx_decompositions())
+    inputs = ["images", "targets"][: len(args)]
+    outputs = list(EXPLAIN_OUTPUTS if role == "explainer" else CLASSIFIER_OUTPUTS)
+    try:
+        return torch.onnx.export(program, args, dynamo=True, opset_version=opset, input_names=inputs,
+                                 output_names=outputs, verbose=False)
+    except Exception as e:
+        raise ExportError(f"ONNX cannot express the {role} of {name}: {_onnx_reason(e)}") from e
+
+
+def _save(artefact, path: Path, fmt: str) -> None:
+    if fmt == "onnx":
+        artefact.save(str(path))
+    else:
+        torch.export.save(artefact, str(path))
+
+
+def _first_line(e: BaseException) -> str:
+    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
+
+
+def _onnx_reason(e: BaseException) -> str:
+    """The exporter's own reason (e.g. 'No ONNX function found for aten.X'), not its generic banner."""
+    text = str(e)
+    for line in text.splitlines():
+        if "No ONNX function found" in line or "Error when translating" in line or "DispatchError" in line:
+            return line.strip().lstrip("<>").strip()
+    return _first_line(e)
