@@ -23,7 +23,9 @@ def _rel(a, b) -> float:
 
 
 def _session(path):
-    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
 def _assert_explainer_matches(outputs, expl, tol=1e-4):
@@ -133,8 +135,8 @@ FAMILIES = {
     "vgg": (("bcos_vgg11_bnu",), {}, 64),
     "convnext": (("bcos_convnext_tiny",), {}, 64),
     "inception": (("bcos_inception_v3_v1",), {}, 75),
-    "simple_vit": (("bcos_simple_vit_ti_patch16_224",), {}, 224),
-    "vitc": (("bcos_vitc_ti_patch1_14",), {}, 224),
+    "simple_vit": (("bcos_simple_vit_ti_patch16_224",), dict(depth=2), 224),
+    "vitc": (("bcos_vitc_ti_patch1_14",), dict(depth=2), 224),
     "cifar": (("bcos_cifar10",), {}, 32),
     "converted_efficientnet": (("bcos_converted",), dict(base_model="test_efficientnet"), 64),
     "converted_swin": (("bcos_converted",), dict(base_model="swin_tiny_patch4_window7_224", img_size=56,
@@ -151,7 +153,8 @@ def test_every_family_exports_its_explanation_to_onnx(family, tmp_path):
     x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
     calibrate_bn(model, x)  # random weights: without it the signal underflows in float32
     model.logit_layer.logit_bias.zero_()  # random-init logits would sit at the bias: compare them without it
-    files = export_model(model, tmp_path, explain="topk", k=2, dynamic_batch=True)
+    # onnxscript's optimiser (half the time) is left out here; the shipped model's tests keep it
+    files = export_model(model, tmp_path, explain="topk", k=2, dynamic_batch=True, optimize=False)
     outputs = _session(files.explainer).run(None, {"images": x.numpy()})
     _assert_explainer_matches(outputs, model.explain(x, topk=2))
     (logits,) = _session(files.classifier).run(None, {"images": x[:1].numpy()})

@@ -17,7 +17,9 @@ def run_graph(path: str | Path, inputs: dict[str, np.ndarray]) -> list[np.ndarra
             import onnxruntime as ort
         except ImportError:
             raise ImportError("running an ONNX graph needs onnxruntime: pip install 'timm_bcos[export]'") from None
-        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+        options = ort.SessionOptions()
+        options.log_severity_level = 3  # errors only: not the optimiser's notes on constants it cannot fold
+        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         return session.run(None, inputs)
     program = torch.export.load(str(path)).module()
     with torch.no_grad():

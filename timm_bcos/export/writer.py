@@ -37,9 +37,13 @@ class ExportedFiles:
 
 def export_model(model: nn.Module, out_dir: str | Path, *, fmt: str = "onnx", explain: str | None = "topk",
                  k: int = 1, dynamic_batch: bool = False, batch_size: int = 1, opset: int | None = None,
-                 dtype: str = "float32", name: str | None = None) -> ExportedFiles:
+                 dtype: str = "float32", name: str | None = None, optimize: bool = True) -> ExportedFiles:
     """Write `classifier<ext>`, with `explain` also `explainer<ext>` (the outputs of EXPLAIN_OUTPUTS
-    for the `k` highest logits, or for given classes with explain="class"), and preprocessing.json."""
+    for the `k` highest logits, or for given classes with explain="class"), and preprocessing.json.
+
+    The graphs take `batch_size` images, or any number with `dynamic_batch`, of the model's input
+    size. `optimize=False` skips onnxscript's graph optimiser (about half of an ONNX export's time;
+    onnxruntime optimises the graph again when it loads it)."""
     _check_options(model, fmt, explain, k, dtype, batch_size)
     model = _prepared(model, DTYPES[dtype])
     name = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
@@ -53,7 +57,8 @@ def export_model(model: nn.Module, out_dir: str | Path, *, fmt: str = "onnx", ex
         args = (x, targets) if explain == "class" else (x,)
         shapes = tuple({0: batch} for _ in args) if batch else None
         graphs["explainer"] = (explainer, args, shapes)
-    built = {role: _build(role, module, args, shapes, fmt, opset, name) for role, (module, args, shapes) in graphs.items()}
+    built = {role: _build(role, module, args, shapes, fmt, opset, name, optimize)
+             for role, (module, args, shapes) in graphs.items()}
     out_dir = Path(out_dir)
     paths = {role: out_dir / f"{role}{FORMATS[fmt]}" for role in built}
     config = export_config(model, data_config, name, files={role: p.name for role, p in paths.items()}, fmt=fmt,
@@ -106,7 +111,8 @@ def _data_config(model: nn.Module) -> dict:
     return timm.data.resolve_data_config({}, model=model)
 
 
-def _build(role: str, module: nn.Module, args: tuple, shapes: dict | None, fmt: str, opset: int | None, name: str):
+def _build(role: str, module: nn.Module, args: tuple, shapes: tuple | None, fmt: str, opset: int | None, name: str,
+           optimize: bool):
     """The graph of `module`: an ExportedProgram, or for ONNX the translated program."""
     try:
         program = torch.export.export(module, args, dynamic_shapes=shapes)
@@ -120,7 +126,7 @@ def _build(role: str, module: nn.Module, args: tuple, shapes: dict | None, fmt: 
     outputs = list(EXPLAIN_OUTPUTS if role == "explainer" else CLASSIFIER_OUTPUTS)
     try:
         return torch.onnx.export(program, args, dynamo=True, opset_version=opset, input_names=inputs,
-                                 output_names=outputs, verbose=False)
+                                 output_names=outputs, verbose=False, optimize=optimize)
     except Exception as e:
         raise ExportError(f"ONNX cannot express the {role} of {name}: {_onnx_reason(e)}") from e
 
