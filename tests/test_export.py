@@ -234,6 +234,18 @@ def test_the_convolutions_input_gradient_as_a_transposed_convolution_is_exact(ke
         assert (got - ref).abs().max() <= 1e-12
 
 
+def test_the_gathers_input_gradient_as_one_hot_masks_is_exact():
+    from timm_bcos.export.decompositions import gather_grad
+
+    x = torch.randn(4, 10, dtype=torch.float64, requires_grad=True)
+    index = torch.tensor([[3, 3, 0], [9, 1, 2], [0, 0, 0], [5, 7, 9]])  # repeats accumulate
+    for dim, idx in ((1, index), (0, index.T[:, :1].expand(3, 10) % 4)):
+        y = x.gather(dim, idx)
+        g = torch.randn_like(y)
+        (ref,) = torch.autograd.grad(y, x, g)
+        assert (gather_grad(g, x.detach(), dim, idx) - ref).abs().max() <= 1e-12
+
+
 def test_without_the_convolution_rule_onnx_refuses_and_names_the_op(shipped, tmp_path, monkeypatch):
     """What an exporter cannot express is named; nothing is written."""
     from timm_bcos.export import decompositions, writer
