@@ -68,31 +68,63 @@ def test_shipped_model_in_onnxruntime_gives_its_logits_and_explanations(shipped,
     _assert_explainer_matches(outputs, expl)
 
 
-def test_the_preprocessing_file_reproduces_timms_transform(shipped, shipped_onnx, tmp_path):
+def _follow(pre: dict, img):
+    """What a runtime does with preprocessing.json: PIL and numpy only."""
+    from PIL import Image
+
+    w, h = img.size
+    rule = pre["resize"]
+    if rule["rule"] == "shorter_side":
+        assert rule["longer_side"] == "floor(size * longer / shorter)"
+        size = (w * rule["size"] // min(w, h), h * rule["size"] // min(w, h))
+    elif rule["rule"] == "keep_ratio":
+        pick = {"max(height / target[0], width / target[1])": max,
+                "min(height / target[0], width / target[1])": min}[rule["ratio"]]
+        ratio = pick(h / rule["target"][0], w / rule["target"][1])
+        size = (round(w / ratio), round(h / ratio))
+    else:
+        size = tuple(rule["size"][::-1])
+    filters = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
+    arr = np.asarray(img.resize(size, filters[rule["interpolation"]]))
+    ch, cw = pre["crop"]["size"]
+    if "pad_first" in pre["crop"]:
+        ph, pw = max(ch - arr.shape[0], 0), max(cw - arr.shape[1], 0)
+        padded = np.empty((arr.shape[0] + ph, arr.shape[1] + pw, 3), np.uint8)
+        padded[:] = pre["crop"]["pad_first"]["fill"]
+        padded[ph // 2: ph // 2 + arr.shape[0], pw // 2: pw // 2 + arr.shape[1]] = arr
+        arr = padded
+    top, left = round((arr.shape[0] - ch) / 2), round((arr.shape[1] - cw) / 2)
+    arr = arr[top:top + ch, left:left + cw].astype(np.float32) / 255
+    arr = (arr - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
+    return arr.transpose(2, 0, 1)[None]
+
+
+def test_the_shipped_models_preprocessing_file(shipped, shipped_onnx):
+    model = shipped[0]
+    config = json.loads(shipped_onnx.config.read_text())
+    assert config["graphs"]["explainer"]["inputs"][0]["shape"] == ["N (any)", 3, 32, 32]
+    assert config["logit_bias"] == float(model.logit_layer.logit_bias)
+    assert config["label_names"] == list(model.pretrained_cfg["label_names"])
+    assert config["preprocessing"]["resize"]["rule"] == "shorter_side"
+
+
+@pytest.mark.parametrize("crop_mode", ["center", "border", "squash"])
+@pytest.mark.parametrize("input_size", [(3, 32, 32), (3, 24, 40)])
+def test_following_the_preprocessing_file_gives_timms_transform(crop_mode, input_size):
     """A runtime that follows preprocessing.json (PIL + numpy only) feeds the graph what timm would."""
     from PIL import Image
 
-    model, images = shipped
-    config = json.loads(shipped_onnx.config.read_text())
-    assert config["graphs"]["explainer"]["inputs"][0]["shape"] == ["N (any)", 3, 32, 32]
-    assert config["logit_bias"] == pytest.approx(float(model.logit_layer.logit_bias))
-    assert len(config["label_names"]) == 10
-    pre = config["preprocessing"]
-    img = Image.fromarray(np.random.default_rng(0).integers(0, 256, (45, 60, 3), dtype=np.uint8))
-    side = pre["resize"]["shorter_side"]
-    w, h = img.size
-    assert pre["resize"]["longer_side"] == "floor(shorter_side * longer / shorter)"
-    resized = img.resize((w * side // min(w, h), h * side // min(w, h)), Image.Resampling.BICUBIC
-                         if pre["resize"]["interpolation"] == "bicubic" else Image.Resampling.BILINEAR)
-    ch, cw = pre["center_crop"]
-    left, top = round((resized.width - cw) / 2), round((resized.height - ch) / 2)
-    arr = np.asarray(resized.crop((left, top, left + cw, top + ch)), np.float32) / 255
-    arr = (arr - np.array(pre["mean"], np.float32)) / np.array(pre["std"], np.float32)
-    ours = arr.transpose(2, 0, 1)[None]
-    cfg = timm.data.resolve_data_config({}, model=model)
-    theirs = timm.data.create_transform(**cfg)(img)[None].numpy()
-    assert ours.shape == theirs.shape
-    assert np.abs(ours - theirs).max() <= 1e-6
+    from timm_bcos.export.config import preprocessing
+
+    rng = np.random.default_rng(0)
+    for crop_pct, interpolation, (w, h) in ((0.875, "bilinear", (61, 45)), (1.0, "bicubic", (30, 70))):
+        cfg = dict(input_size=input_size, crop_pct=crop_pct, crop_mode=crop_mode, interpolation=interpolation,
+                   mean=(0.4, 0.5, 0.6), std=(0.2, 0.25, 0.3))
+        img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8))
+        ours = _follow(preprocessing(cfg), img)
+        theirs = timm.data.create_transform(**cfg)(img)[None].numpy()
+        assert ours.shape == theirs.shape
+        assert np.abs(ours - theirs).max() <= 1e-5, (cfg, (w, h))
 
 
 def test_explaining_given_classes_and_refusing_bad_ones(shipped, tmp_path):
@@ -102,8 +134,11 @@ def test_explaining_given_classes_and_refusing_bad_ones(shipped, tmp_path):
     targets = torch.tensor([[0, 9, 4], [1, 1, 2], [5, 3, 7], [8, 6, 0]])
     outputs = _session(files.explainer).run(None, {"images": x.numpy(), "targets": targets.numpy()})
     _assert_explainer_matches(outputs, model.explain(x, targets))
-    with pytest.raises(Exception, match="(?i)index|indices|range"):
-        _session(files.explainer).run(None, {"images": x.numpy(), "targets": (targets + 10).numpy()})
+    for bad in (targets + 10, targets - 10, -targets - 1):  # past either end: ONNX's gather would wrap negatives
+        with pytest.raises(Exception, match="(?i)index|indices|range"):
+            _session(files.explainer).run(None, {"images": x.numpy(), "targets": bad.numpy()})
+    unoptimised = export_model(model, tmp_path / "plain", explain="class", k=3, optimize=False)
+    assert [i.name for i in _session(unoptimised.explainer).get_inputs()] == ["images", "targets"]
 
 
 def test_torch_export_format_loads_back_and_matches(shipped, tmp_path):
@@ -168,6 +203,7 @@ def test_float16_export_runs_where_onnxruntime_has_the_kernels(shipped, tmp_path
     model, images = shipped
     files = export_model(model, tmp_path, explain="topk", k=1, dynamic_batch=True, dtype="float16")
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
+    assert json.loads(files.config.read_text())["logit_bias"] == float(model.logit_layer.logit_bias)
     import onnx
 
     graph = onnx.load(str(files.explainer)).graph
@@ -257,6 +293,29 @@ def test_without_the_convolution_rule_onnx_refuses_and_names_the_op(shipped, tmp
     with pytest.raises(ExportError, match="ONNX cannot express the explainer of .*convolution_backward"):
         export_model(shipped[0], tmp_path, explain="topk")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.txt"]
+
+
+def test_a_rule_that_cannot_write_an_operator_is_an_export_error(tmp_path):
+    """An adaptive pool whose sizes do not divide has no exported gradient rule: one ExportError."""
+    from timm_bcos import convert
+
+    model = convert(timm.create_model("resnet18", num_classes=5), "v2").eval()
+    model.maxpool = torch.nn.AdaptiveAvgPool2d((5, 5))
+    with pytest.raises(ExportError, match=r"ONNX cannot express the explainer .*adaptive average pool from \(\d+, \d+\) to \(5, 5\)"):
+        export_model(model, tmp_path, explain="topk", optimize=False)
+
+
+def test_an_opset_the_exporter_cannot_reach_is_refused(shipped, tmp_path):
+    with pytest.raises(ExportError, match="cannot be written in ONNX opset 9: the exporter produced opset 18"):
+        export_model(shipped[0], tmp_path, explain=None, opset=9)
+    assert not any(tmp_path.iterdir())
+
+
+def test_a_new_export_replaces_the_old_graphs(shipped, tmp_path):
+    model = shipped[0]
+    export_model(model, tmp_path, fmt="torch-export", explain="topk", optimize=False)
+    export_model(model, tmp_path, explain=None, optimize=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["classifier.onnx", "preprocessing.json"]
 
 
 def test_bad_options_are_refused_before_any_work(shipped, tmp_path):

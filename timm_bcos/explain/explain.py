@@ -35,8 +35,8 @@ def _as_targets(target, n: int, scores: Tensor, topk: int | None) -> Tensor:
         t = t[:, None]
     elif t.dim() != 2 or t.shape[0] != n:
         raise ValueError(f"target must be an int, [N] or [N, K]; got shape {tuple(t.shape)} for N={n}")
-    if torch.compiler.is_compiling():  # a traced graph: its gather refuses bad indices at run time
-        return t
+    if torch.compiler.is_exporting():  # an exported graph: no data-dependent check, so send negative
+        return torch.where(t < 0, scores.shape[1], t)  # classes past the end, where its gather refuses them
     if (t < 0).any() or (t >= scores.shape[1]).any():
         raise ValueError(f"target indices must be in [0, {scores.shape[1] - 1}], got {t.min().item()}..{t.max().item()}")
     return t

@@ -36,7 +36,9 @@ def compare_with_model(model: nn.Module, files, *, explain: str | None, k: int, 
     """Norm-wise relative differences from PyTorch (bias-free quantities: random-init logits sit at the
     logit bias) and the completeness residual inside the explaining graph, on `batch` random images."""
     first = next(model.parameters())
-    size = tuple(model.pretrained_cfg["input_size"])
+    import timm.data
+
+    size = tuple(timm.data.resolve_data_config({}, model=model)["input_size"])
     x = torch.rand(batch, *size, generator=torch.Generator().manual_seed(1)).to(first.dtype)
     bias = float(model.logit_layer.logit_bias)
     (logits,) = run_graph(files.classifier, {"images": x.numpy()})

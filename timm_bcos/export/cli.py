@@ -9,22 +9,21 @@ from .writer import DTYPES, EXPLAIN_MODES, FORMATS
 def export_main(args: argparse.Namespace) -> int:
     from ..cli import load_model_from_args
     from .check import compare_with_model
-    from .writer import ExportError, export_model
+    from .writer import ExportError, as_exported, export_model
 
     model = load_model_from_args(args)
     try:
         files = export_model(model, args.out, fmt=args.format, explain=args.explain, k=args.k,
                              dynamic_batch=args.dynamic_batch, batch_size=args.batch_size, opset=args.opset,
                              dtype=args.dtype, name=args.model)
-    except (ExportError, ValueError) as e:
+    except (ExportError, ValueError, ImportError) as e:
         raise SystemExit(f"error: {e}") from None
     for path in (files.classifier, files.explainer, files.config):
         if path is not None:
             print(f"wrote {path} ({path.stat().st_size / 2**20:.1f} MiB)")
     if args.no_check:
         return 0
-    figures = compare_with_model(model if args.dtype == "float32" else model.to(DTYPES[args.dtype]), files,
-                                 explain=args.explain, k=args.k,
+    figures = compare_with_model(as_exported(model, args.dtype), files, explain=args.explain, k=args.k,
                                  batch=2 if args.dynamic_batch else args.batch_size)
     runtime = "onnxruntime" if args.format == "onnx" else "torch.export.load"
     print(f"checked with {runtime} on random images (norm-wise relative difference from PyTorch):")

@@ -12,28 +12,38 @@ from .graphs import CLASSIFIER_OUTPUTS, EXPLAIN_OUTPUTS
 
 
 def preprocessing(data_config: dict) -> dict:
-    """timm's eval transform in words a runtime can follow (timm.data.transforms_imagenet_eval)."""
+    """timm's eval transform (timm.data.transforms_imagenet_eval) as steps a runtime can follow:
+    resize, crop (or pad), scale to [0, 1], normalise. Sizes are [height, width]."""
     _, h, w = data_config["input_size"]
     crop_pct = data_config.get("crop_pct") or 0.875
     crop_mode = data_config.get("crop_mode") or "center"
-    scale = [math.floor(h / crop_pct), math.floor(w / crop_pct)]
-    if crop_mode == "center" and scale[0] == scale[1]:
-        resize = {"shorter_side": scale[0], "longer_side": "floor(shorter_side * longer / shorter)"}  # torchvision
-    elif crop_mode == "border":
-        resize = {"longer_side": max(scale), "pad_to": [h, w]}
-    else:
-        resize = {"size": scale}  # squash, or a non-square center crop: both edges resized
+    mean = list(data_config.get("mean", (0.0, 0.0, 0.0)))
+    crop = {"size": [h, w], "offsets": "round((resized - size) / 2) from the top and left"}
+    if crop_mode == "border":
+        crop["pad_first"] = {"fill": [round(255 * m) for m in mean],
+                             "where": "a side shorter than size: (size - side) // 2 before, the rest after"}
     return {
-        "steps": ["decode to RGB", "resize", "center crop", "to float in [0, 1] (divide by 255)",
+        "steps": ["decode to RGB", "resize", "crop", "to float in [0, 1] (divide by 255)",
                   "subtract mean, divide by std (per channel)", "NCHW layout"],
-        "resize": {**resize, "interpolation": data_config.get("interpolation", "bilinear")},
-        "center_crop": [h, w],  # offsets round((size - crop) / 2), as torchvision's CenterCrop
-        "crop_pct": crop_pct,
-        "crop_mode": crop_mode,
-        "mean": list(data_config.get("mean", (0.0, 0.0, 0.0))),
+        "resize": {**_resize_rule(crop_mode, [math.floor(h / crop_pct), math.floor(w / crop_pct)]),
+                   "interpolation": data_config.get("interpolation", "bilinear")},
+        "crop": crop,
+        "mean": mean,
         "std": list(data_config.get("std", (1.0, 1.0, 1.0))),
         "timm_data_config": {k: list(v) if isinstance(v, tuple) else v for k, v in data_config.items()},
     }
+
+
+def _resize_rule(crop_mode: str, scale: list[int]) -> dict:
+    if crop_mode == "squash":
+        return {"rule": "exact", "size": scale}
+    if crop_mode == "center" and scale[0] == scale[1]:  # torchvision's Resize(int)
+        return {"rule": "shorter_side", "size": scale[0], "longer_side": "floor(size * longer / shorter)"}
+    keep = {"rule": "keep_ratio", "target": scale,  # timm's ResizeKeepRatio
+            "size": "[round(height / ratio), round(width / ratio)], Python's round (half to even)"}
+    if crop_mode == "border":  # the whole image inside the target, padded later
+        return {**keep, "ratio": "max(height / target[0], width / target[1])"}
+    return {**keep, "ratio": "min(height / target[0], width / target[1])"}  # the target covered, cropped later
 
 
 def export_config(model: nn.Module, data_config: dict, name: str, *, files: dict[str, str], fmt: str,

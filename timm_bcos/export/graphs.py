@@ -41,7 +41,8 @@ class ExplainingGraph(nn.Module):
             raise ValueError("this graph explains given classes: call it with (images, targets [N, K])")
         with _TraceableOps():
             e = self.model.explain(x, targets, topk=self.topk)
-        return e.logits, e.targets, e.explained, e.contributions, e.weights, e.fixed_share
+        classes = e.targets.clone() if self.by_class else e.targets  # an output of its own, not the input renamed
+        return e.logits, classes, e.explained, e.contributions, e.weights, e.fixed_share
 
 
 class _TraceableOps(TorchFunctionMode):
@@ -49,10 +50,12 @@ class _TraceableOps(TorchFunctionMode):
     constants ('We found a fake tensor in the exported program constant's list'), written as the
     plain ops they compute, whose backward traces cleanly: a matmul with batch dimensions (also
     inside F.linear and attention) as mm / bmm, scaled_dot_product_attention as
-    softmax(q k^T * scale + mask) v, unbind as selects. Same values."""
+    softmax(q k^T * scale + mask) v, unbind as selects. Same values; calls with `out=` pass through."""
 
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
+        if "out" in kwargs:
+            return func(*args, **kwargs)
         if func is F.linear:
             return _linear(*args, **kwargs)
         if func in (torch.matmul, Tensor.matmul, Tensor.__matmul__):
@@ -66,7 +69,8 @@ class _TraceableOps(TorchFunctionMode):
         return func(*args, **kwargs)
 
 
-def _matmul(a: Tensor, b: Tensor) -> Tensor:
+def _matmul(input: Tensor, other: Tensor) -> Tensor:  # torch.matmul's argument names
+    a, b = input, other
     if a.dim() < 2 or b.dim() < 2:
         return torch.matmul(a, b)
     if b.dim() == 2:  # [..., n, k] @ [k, m]: one mm
@@ -77,23 +81,32 @@ def _matmul(a: Tensor, b: Tensor) -> Tensor:
     return torch.bmm(a3, b3).reshape(*batch, a.shape[-2], b.shape[-1])
 
 
-def _linear(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
-    y = _matmul(x, weight.t())
+def _linear(input: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:  # F.linear's names
+    y = _matmul(input, weight.t())
     return y if bias is None else y + bias
 
 
-def _unbind(x: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
-    return tuple(x.select(dim, i) for i in range(x.shape[dim]))
+def _unbind(input: Tensor, dim: int = 0) -> tuple[Tensor, ...]:
+    return tuple(input.select(dim, i) for i in range(input.shape[dim]))
 
 
-def _attention(q: Tensor, k: Tensor, v: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
+def _attention(query: Tensor, key: Tensor, value: Tensor, attn_mask: Tensor | None = None, dropout_p: float = 0.0,
                is_causal: bool = False, scale: float | None = None, enable_gqa: bool = False) -> Tensor:
+    """F.scaled_dot_product_attention's maths and names; a fully masked query row gives 0, as torch's does."""
     if dropout_p or enable_gqa:
-        raise ValueError("an exported explanation supports attention without dropout or grouped queries")
-    logits = _matmul(q, k.transpose(-2, -1)) * (q.shape[-1] ** -0.5 if scale is None else scale)
+        raise ValueError("an exported explanation supports attention without dropout or grouped queries "
+                         f"(dropout_p={dropout_p}, enable_gqa={enable_gqa})")
+    if is_causal and attn_mask is not None:
+        raise ValueError("scaled_dot_product_attention takes attn_mask or is_causal, not both")
+    logits = _matmul(query, key.transpose(-2, -1)) * (query.shape[-1] ** -0.5 if scale is None else scale)
     if is_causal:
-        keep = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
-        logits = logits.masked_fill(~keep, float("-inf"))
+        attn_mask = torch.ones(query.shape[-2], key.shape[-2], dtype=torch.bool, device=query.device).tril()
+    if attn_mask is not None and attn_mask.dtype != torch.bool:
+        logits = logits + attn_mask.to(logits.dtype)
+        attn_mask = None
     if attn_mask is not None:
-        logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
-    return _matmul(logits.softmax(-1), v)
+        logits = logits.masked_fill(~attn_mask, float("-inf"))
+    weights = logits.softmax(-1)
+    if attn_mask is not None:
+        weights = weights.masked_fill(~attn_mask.any(-1, keepdim=True), 0.0)
+    return _matmul(weights, value)

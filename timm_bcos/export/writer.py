@@ -45,7 +45,7 @@ def export_model(model: nn.Module, out_dir: str | Path, *, fmt: str = "onnx", ex
     size. `optimize=False` skips onnxscript's graph optimiser (about half of an ONNX export's time;
     onnxruntime optimises the graph again when it loads it)."""
     _check_options(model, fmt, explain, k, dtype, batch_size)
-    model = _prepared(model, DTYPES[dtype])
+    model = as_exported(model, dtype)
     name = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
     data_config = _data_config(model)
     x = _example_images(model, data_config, 2 if dynamic_batch else batch_size, DTYPES[dtype])
@@ -69,6 +69,9 @@ def export_model(model: nn.Module, out_dir: str | Path, *, fmt: str = "onnx", ex
     config_path = out_dir / CONFIG_NAME
     with atomic_path(config_path) as tmp:
         tmp.write_text(json.dumps(config, indent=2) + "\n")
+    for stale in {out_dir / f"{role}{ext}" for role in ("classifier", "explainer") for ext in FORMATS.values()}:
+        if stale not in paths.values():  # an earlier export's graph, not described by the new config
+            stale.unlink(missing_ok=True)
     return ExportedFiles(paths["classifier"], paths.get("explainer"), config_path)
 
 
@@ -89,13 +92,16 @@ def _check_options(model: nn.Module, fmt: str, explain: str | None, k: int, dtyp
         raise ValueError(f"k (targets explained per image) must be in [1, {classes}]; got {k}")
 
 
-def _prepared(model: nn.Module, dtype: torch.dtype) -> nn.Module:
-    """The model in eval mode and `dtype`: a copy where that changes anything, so the caller's stays as it was."""
+def as_exported(model: nn.Module, dtype: str = "float32") -> nn.Module:
+    """The model as it is exported: eval mode, `dtype` ("float32" or "float16"); a copy where that
+    changes anything, so the caller's model stays as it was."""
     first = next(model.parameters(), None)
-    if model.training or (first is not None and first.dtype != dtype):
-        model = copy.deepcopy(model).eval().to(dtype)
-        model.logit_layer.double()  # bias and temperature stay float64 buffers, cast in its forward
-    return model
+    if not model.training and (first is None or first.dtype == DTYPES[dtype]):
+        return model
+    logit = {k: v.clone() for k, v in model.logit_layer.state_dict().items()}
+    model = copy.deepcopy(model).eval().to(DTYPES[dtype])
+    model.logit_layer.double().load_state_dict(logit)  # bias and temperature stay exact float64 buffers,
+    return model                                       # cast in its forward
 
 
 def _example_images(model: nn.Module, data_config: dict, n: int, dtype: torch.dtype) -> torch.Tensor:
@@ -118,17 +124,24 @@ def _build(role: str, module: nn.Module, args: tuple, shapes: tuple | None, fmt:
         program = torch.export.export(module, args, dynamic_shapes=shapes)
     except Exception as e:
         raise ExportError(f"torch.export cannot trace the {role} of {name}: {_first_line(e)}") from e
-    if fmt != "onnx":
-        return program
-    if role == "explainer":  # its backward ops, as forward ops ONNX has (decompositions.py)
-        program = program.run_decompositions(onnx_decompositions())
-    inputs = ["images", "targets"][: len(args)]
-    outputs = list(EXPLAIN_OUTPUTS if role == "explainer" else CLASSIFIER_OUTPUTS)
+    return program if fmt != "onnx" else _to_onnx(role, program, args, opset, name, optimize)
+
+
+def _to_onnx(role: str, program, args: tuple, opset: int | None, name: str, optimize: bool):
     try:
-        return torch.onnx.export(program, args, dynamo=True, opset_version=opset, input_names=inputs,
-                                 output_names=outputs, verbose=False, optimize=optimize)
+        if role == "explainer":  # its backward ops, as forward ops ONNX has (decompositions.py)
+            program = program.run_decompositions(onnx_decompositions())
+        onnx_program = torch.onnx.export(program, args, dynamo=True, opset_version=opset, verbose=False,
+                                         input_names=["images", "targets"][: len(args)], optimize=optimize,
+                                         output_names=list(EXPLAIN_OUTPUTS if role == "explainer" else CLASSIFIER_OUTPUTS))
     except Exception as e:
         raise ExportError(f"ONNX cannot express the {role} of {name}: {_onnx_reason(e)}") from e
+    written = next((i.version for i in onnx_program.model_proto.opset_import if i.domain in ("", "ai.onnx")), None)
+    if opset is not None and written != opset:  # the exporter falls back when it cannot convert
+        raise ExportError(f"the {role} of {name} cannot be written in ONNX opset {opset}: the exporter "
+                          f"produced opset {written} (its version converter failed); give --opset {written} "
+                          "or leave it out")
+    return onnx_program
 
 
 def _save(artefact, path: Path, fmt: str) -> None:
