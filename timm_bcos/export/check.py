@@ -55,7 +55,7 @@ def compare_with_model(model: nn.Module, files, *, explain: str | None, k: int, 
     _, targets, explained, contributions, weights, fixed_share = run_graph(files.explainer, inputs)
     e = model.explain(x, target, topk=None if explain == "class" else k)
     figures.update({
-        "explained targets differ": float((targets != e.targets.numpy()).mean()),
+        "share of explained classes that differ": float((targets != e.targets.numpy()).mean()),
         "explained (logit - bias)": _rel(explained, e.explained.numpy()),
         "contributions": _rel(contributions, e.contributions.numpy()),
         "weights": _rel(weights, e.weights.numpy()),
