@@ -358,39 +358,113 @@ def run_meta(args: argparse.Namespace, num_classes: int) -> dict:
             "bcosify_from": args.bcosify_from}
 
 
-def find_checkpoint(args: argparse.Namespace) -> Path | None:
+def find_checkpoint(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
+    """The checkpoint to resume from, and a line for each newer one passed over as damaged (its files
+    do not match the manifest written with it: truncated, missing); never a partial state."""
     if not args.resume:
-        return None
-    if args.resume == "latest":
-        ckpts = sorted((Path(args.output) / "checkpoints").glob("step_*"))
-        if not ckpts:
-            print(f"no checkpoint in {args.output}/checkpoints; starting from scratch", flush=True)
-            return None
-        return ckpts[-1]
-    path = Path(args.resume)
-    if not (path / "train_meta.json").is_file():
-        fail(f"--resume {args.resume}: not a checkpoint folder of train.py (no train_meta.json)")
-    return path
+        return None, []
+    if args.resume != "latest":
+        path = Path(args.resume)
+        if not (path / "train_meta.json").is_file():
+            fail(f"--resume {args.resume}: not a checkpoint folder of train.py (no train_meta.json)")
+        problem = checkpoint_problem(path)
+        if problem:
+            fail(f"--resume {args.resume}: the checkpoint is damaged ({problem})")
+        return path, []
+    ckpts = sorted((Path(args.output) / "checkpoints").glob("step_*"), reverse=True)
+    if not ckpts:
+        print(f"no checkpoint in {args.output}/checkpoints; starting from scratch", flush=True)
+        return None, []
+    skipped = []
+    for ckpt in ckpts:
+        problem = checkpoint_problem(ckpt)
+        if problem is None:
+            return ckpt, skipped
+        skipped.append(f"checkpoint {ckpt} is damaged ({problem}); not resuming from it")
+    fail(f"no complete checkpoint in {args.output}/checkpoints: " + "; ".join(skipped))
 
 
-def save_checkpoint(accelerator, args, state: TrainState, meta: dict) -> None:
-    """accelerator.save_state into a temporary folder, renamed when complete (a kill never leaves half)."""
+def checkpoint_problem(ckpt: Path) -> str | None:
+    from timm_bcos.integrity import manifest_problem
+
+    try:
+        meta = json.loads((ckpt / "train_meta.json").read_text())
+    except (OSError, ValueError) as e:
+        return f"train_meta.json unreadable: {type(e).__name__}"
+    # checkpoints from before manifests have no "files": their folders were renamed into place whole
+    return manifest_problem(ckpt, meta["files"]) if "files" in meta else None
+
+
+def save_checkpoint(run: "Run") -> None:
+    """accelerator.save_state into a temporary folder, its manifest, then renamed when complete (a kill never
+    leaves half); a failed write stops every process with one clear error and leaves the last checkpoint."""
+    from timm_bcos.integrity import folder_manifest
+
+    accelerator, args, state = run.accelerator, run.args, run.state
     root = Path(args.output) / "checkpoints"
     name = f"step_{state.update:09d}"
     tmp = root / f".tmp_{name}"
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp))
-    accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        (tmp / "train_meta.json").write_text(json.dumps({**meta, **state.state_dict()}, indent=1))
+    needed = checkpoint_bytes(run)
+    write_together(run, lambda: accelerator.save_state(str(tmp)), "a checkpoint", tmp, needed, cleanup=tmp)
+
+    def finish_folder():
+        files = folder_manifest(tmp, exclude=("train_meta.json",))
+        (tmp / "train_meta.json").write_text(json.dumps({**run.meta, **state.state_dict(), "files": files}, indent=1))
         final = root / name
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in sorted(root.glob("step_*"))[: -args.keep_checkpoints or None]:
             shutil.rmtree(old, ignore_errors=True)
-    accelerator.wait_for_everyone()
+
+    write_together(run, finish_folder, "a checkpoint", tmp, needed, cleanup=tmp, main_only=True)
+
+
+def checkpoint_bytes(run: "Run") -> int:
+    """About what a checkpoint takes: the newest complete one's files, else the model, EMA and optimiser tensors."""
+    newest = sorted((Path(run.args.output) / "checkpoints").glob("step_*"))
+    if newest and checkpoint_problem(newest[-1]) is None:
+        return sum(p.stat().st_size for p in newest[-1].rglob("*") if p.is_file())
+    states = [run.model.state_dict(), run.optimizer.state_dict()["state"]]
+    if run.ema is not None:
+        states.append(run.ema.state_dict())
+    return sum(t.numel() * t.element_size() for s in states for t in _tensors(s))
+
+
+def weights_bytes(model: torch.nn.Module) -> int:
+    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+
+
+def _tensors(obj):
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+
+
+def write_together(run: "Run", write, what: str, path: Path, needed: int, *, cleanup: Path | None = None,
+                   main_only: bool = False) -> None:
+    """Run `write` (on every process, or on the main one) and stop every process if any write failed: none
+    may wait at a barrier for one that stopped. The failing process says what and where, in one line."""
+    from timm_bcos.integrity import write_error_message
+
+    accelerator = run.accelerator
+    message = None
+    if not main_only or accelerator.is_main_process:
+        try:
+            write()
+        except OSError as e:
+            message = write_error_message(e, what, path, needed)
+    failed = int(accelerator.reduce(torch.tensor(int(message is not None), device=accelerator.device), "sum"))
+    if not failed:
+        return
+    if cleanup is not None and accelerator.is_main_process:
+        shutil.rmtree(cleanup, ignore_errors=True)
+    accelerator.wait_for_everyone()  # the temporary folder is gone before anyone stops
+    fail(message or f"stopping: another process could not write {what} to {path}")
 
 
 class Window:
@@ -592,7 +666,9 @@ def build_run(args: argparse.Namespace) -> Run:
 
 
 def resume(run: Run) -> None:
-    ckpt = find_checkpoint(run.args)
+    ckpt, skipped = find_checkpoint(run.args)
+    for line in skipped:
+        run.say(line, flush=True)
     if ckpt is None:
         return
     saved = json.loads((ckpt / "train_meta.json").read_text())
@@ -701,7 +777,7 @@ def train_epoch(run: Run, bar) -> tuple[bool, int]:
         stop = args.max_steps is not None and state.update >= args.max_steps
         if (args.checkpoint_every and state.update % args.checkpoint_every == 0
                 and state.batches_in_epoch < len(run.train_loader)):
-            save_checkpoint(run.accelerator, args, state, run.meta)
+            save_checkpoint(run)
         if stop:
             return state.batches_in_epoch < len(run.train_loader), skipped
     return False, skipped
@@ -719,8 +795,9 @@ def end_epoch(run: Run, skipped: int) -> None:
             run.metrics.update({f"ema_{k}": v for k, v in ema_metrics.items() if k != "n"})
         if run.metrics["top1"] > state.best_top1:
             state.best_top1, state.best_epoch = run.metrics["top1"], state.epoch
-            if accelerator.is_main_process:
-                save_weights(accelerator.unwrap_model(run.model), Path(run.args.output) / "best.safetensors")
+            best, model = Path(run.args.output) / "best.safetensors", accelerator.unwrap_model(run.model)
+            write_together(run, lambda: save_weights(model, best), "the best weights", best,
+                           weights_bytes(model), main_only=True)
         if run.use_tb:
             accelerator.log({f"val/{k}": v for k, v in run.metrics.items()}, step=state.update)
     skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum"))
@@ -728,7 +805,7 @@ def end_epoch(run: Run, skipped: int) -> None:
                         **{k: round(v, 3) for k, v in run.metrics.items()}, "skipped_images": skipped}), flush=True)
     state.epoch += 1
     state.batches_in_epoch = 0
-    save_checkpoint(accelerator, run.args, state, run.meta)
+    save_checkpoint(run)
 
 
 def main(argv=None) -> int:
@@ -763,8 +840,10 @@ def main(argv=None) -> int:
         if args.max_steps is not None and state.update >= args.max_steps:
             break
     bar.close()
-    if args.export != "none" and accelerator.is_main_process and state.epoch >= args.epochs:
-        export(args, accelerator.unwrap_model(run.model), run.ema, state, run.metrics, run.info, Path(args.output))
+    if args.export != "none" and state.epoch >= args.epochs:
+        model, output = accelerator.unwrap_model(run.model), Path(args.output)
+        write_together(run, lambda: export(args, model, run.ema, state, run.metrics, run.info, output),
+                       "the export", output / "export", weights_bytes(model), main_only=True)
     finish(accelerator)
     return 0
 
