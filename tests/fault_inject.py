@@ -1,10 +1,17 @@
-"""Run train.py (argv[1:]) with a full disk simulated: torch.save and safetensors' save_file write a
-partial file, then raise ENOSPC, for every path containing $FAULT_PATH, in the main process only
-(RANK 0), so that the other processes of a multi-process run are the ones that must not hang."""
+"""Run train.py (argv[1:]) with a fault in its file writers, for tests/test_train_faults.py.
+
+torch.save and safetensors' save_file, for a path containing $FAULT_PATH, write part of the file
+and then, by $FAULT_MODE:
+  enospc (default): raise ENOSPC, as a full disk does;
+  pause: sleep (a worker caught in the middle of writing a checkpoint, for the test to kill).
+Only in the process of RANK $FAULT_RANK (default 0: the other processes of a multi-process run are
+the ones that must not hang) and, if $FAULT_ATTEMPT is set, only in that torchrun restart attempt.
+"""
 import errno
 import os
 import runpy
 import sys
+import time
 
 import accelerate  # noqa: F401  (bind the writers where they are imported, before patching them)
 import accelerate.checkpointing  # noqa: F401
@@ -13,13 +20,22 @@ import timm.models._hub  # noqa: F401
 import torch
 
 MARKER = os.environ["FAULT_PATH"]
+MODE = os.environ.get("FAULT_MODE", "enospc")
+
+
+def _here() -> bool:
+    attempt = os.environ.get("FAULT_ATTEMPT")
+    return (os.environ.get("RANK", "0") == os.environ.get("FAULT_RANK", "0")
+            and (attempt is None or os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") == attempt))
 
 
 def _failing(original):
     def write(obj, path, *args, **kwargs):
-        if MARKER in str(path) and os.environ.get("RANK", "0") == "0":
+        if MARKER in str(path) and _here():
             with open(path, "wb") as f:
-                f.write(b"\0" * 1000)  # what a full disk leaves: part of the file
+                f.write(b"\0" * 1000)  # part of the file
+            if MODE == "pause":
+                time.sleep(600)
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
         return original(obj, path, *args, **kwargs)
     return write

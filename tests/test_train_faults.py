@@ -1,20 +1,26 @@
-"""train.py under faults: a damaged newest checkpoint is passed over on --resume latest, and a full
-disk while writing a checkpoint or the export stops the run (one or two processes) with a clear
-error, leaving the last checkpoint and the earlier export as they were and no temporary folder.
+"""train.py under faults: a worker killed mid-epoch and again mid-checkpoint under torchrun
+--max-restarts (the job restarts itself and ends where an uninterrupted run does), a damaged newest
+checkpoint passed over on --resume latest, and a full disk while writing a checkpoint or the export
+(one or two processes): one clear error, the last checkpoint and the earlier export as they were,
+no temporary folder.
 
-The full disk is simulated: tests/fault_inject.py runs train.py with the writers of torch and
-safetensors patched to write half a file and raise ENOSPC for paths containing $FAULT_PATH."""
+Faults in the writers come from tests/fault_inject.py: torch's and safetensors' writers patched to
+write part of a file, then raise ENOSPC or pause (for the test to kill the writing worker)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import torch
 
-from test_train import TINY, _launch_two, load_weights, needs_cifar, run_train
+from test_train import ROOT, TINY, TRAIN, TWO_PROC, _env, _launch_two, load_weights, needs_cifar, run_train
 
 INJECT = Path(__file__).resolve().parent / "fault_inject.py"
 
@@ -24,8 +30,6 @@ RUN = [*TINY, "--model-kwargs", '{"width": 0.125}', "--train-split", "train[:192
 
 
 def _faulty(tmp_path: Path, marker: str, *args: str, launcher: list[str] | None = None):
-    import os
-
     os.environ["FAULT_PATH"] = marker  # read by fault_inject.py in the launched processes
     try:
         launch = (launcher or [sys.executable]) + [str(INJECT)]
@@ -102,3 +106,82 @@ def test_a_full_disk_while_exporting_keeps_the_earlier_export(tmp_path):
     assert "no space left on the device of" in proc.stderr and "while writing the export" in proc.stderr
     assert {p.name: p.read_bytes() for p in (out / "export").iterdir()} == before
     assert _hidden(out) == []  # neither .export.* nor .tmp_* left behind
+
+
+KILLED = [*TWO_PROC, "--checkpoint-every", "2"]  # float64, SGD, 8 steps per epoch, a checkpoint every 2 steps
+
+
+def _torchrun(restarts: int) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone",
+            "--max-restarts", str(restarts)]
+
+
+def _workers(agent: int) -> dict[int, int]:
+    """{rank: pid} of the worker processes torchrun's agent `agent` runs now."""
+    found = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) == agent:  # the parent's pid
+                env = (stat.parent / "environ").read_bytes().split(b"\0")
+                rank = next(int(e[5:]) for e in env if e.startswith(b"RANK="))
+                found[rank] = int(stat.parent.name)
+        except (OSError, StopIteration, IndexError, ValueError):
+            continue  # gone, or not a worker
+    return found
+
+
+def _wait_for(condition, what: str, proc: subprocess.Popen, timeout: float = 240) -> None:
+    deadline = time.time() + timeout
+    while not condition():
+        assert proc.poll() is None, f"the job ended before {what}"
+        assert time.time() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+@needs_cifar
+@pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="finds the workers through /proc")
+def test_killed_workers_are_restarted_and_the_run_ends_as_if_uninterrupted(tmp_path):
+    """torchrun --max-restarts 2: one worker killed mid-epoch, then the one writing a checkpoint;
+    each attempt resumes from the newest complete checkpoint by itself (pytorch#135712 worked
+    around in train.py) and the export equals an uninterrupted run's (float64, 1e-9 of the
+    distance moved, as in the two-process test)."""
+    full = tmp_path / "full"
+    run_train(tmp_path, *KILLED, "--cpu", "--output", str(full), launcher=_torchrun(0), timeout=300)
+    cut = tmp_path / "cut"
+    env = {**_env(tmp_path), "FAULT_PATH": ".tmp_step_000000012", "FAULT_MODE": "pause", "FAULT_ATTEMPT": "1"}
+    cmd = [*_torchrun(2), str(Path(__file__).parent / "fault_inject.py"), str(TRAIN), "--no-progress",
+           "--no-tensorboard", "--workers", "0", *KILLED, "--cpu", "--output", str(cut), "--resume", "latest"]
+    with open(tmp_path / "log.txt", "w") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
+    try:
+        _wait_for(lambda: (cut / "checkpoints" / "step_000000004").is_dir(), "checkpoint 4", proc)
+        os.kill(_workers(proc.pid)[1], signal.SIGKILL)  # mid-epoch 0
+        partial = cut / "checkpoints" / ".tmp_step_000000012" / "model.safetensors"
+        _wait_for(partial.is_file, "the restarted run to write checkpoint 12", proc)
+        os.kill(_workers(proc.pid)[0], signal.SIGKILL)  # the worker writing it, paused by fault_inject.py
+        assert proc.wait(timeout=300) == 0, (tmp_path / "log.txt").read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            for pid in _workers(proc.pid).values():
+                os.kill(pid, signal.SIGKILL)
+            proc.kill()
+            proc.wait()
+    log = (tmp_path / "log.txt").read_text()
+    resumed = [line.split("resumed from ")[1] for line in log.splitlines() if "resumed from" in line]
+    assert len(resumed) == 2 and "step_000000010" in resumed[-1], log[-3000:]
+    _assert_same_training(load_weights(full / "export" / "model.safetensors"),
+                          load_weights(cut / "export" / "model.safetensors"))
+
+
+def _assert_same_training(a: dict, b: dict) -> None:
+    import timm
+
+    import timm_bcos  # noqa: F401
+
+    torch.manual_seed(0)  # train.py's --seed 0 before creating the model
+    init = timm.create_model("bcos_cifar10", width=0.125, max_out=1).double().state_dict()
+    moved = torch.cat([(a[k] - init[k]).flatten() for k in a if a[k].is_floating_point()])
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in a if a[k].is_floating_point()])
+    assert moved.norm() > 1e-3, "did not train"
+    assert apart.norm() <= 1e-9 * moved.norm(), float(apart.norm() / moved.norm())

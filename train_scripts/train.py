@@ -517,8 +517,30 @@ class Run:
         self.accelerator.print(*a, **kw)
 
 
+def join_restarted_workers(args: argparse.Namespace) -> None:
+    """Workers that torchrun restarts (--max-restarts) reuse the agent's TCPStore of the first attempt, with
+    its keys: gloo would read the dead workers' addresses there and hang or be refused in connectFullMesh
+    (pytorch#135712). On one node every worker has the same restart count, so the process group is made
+    here on the store keyed by attempt (Accelerate then uses it). Several nodes' counts can differ: there
+    TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 gives each attempt a fresh store instead."""
+    restart = int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+    if restart == 0 or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return
+    if os.environ.get("GROUP_WORLD_SIZE", "1") != "1":
+        print("warning: a restarted multi-node worker; if it hangs in connectFullMesh, launch torchrun with "
+              "TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1 (pytorch#135712)", file=sys.stderr, flush=True)
+        return
+    import torch.distributed as dist
+
+    store = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False)
+    dist.init_process_group("gloo" if args.cpu else None, store=dist.PrefixStore(f"attempt_{restart}", store),
+                            rank=int(os.environ["RANK"]), world_size=int(os.environ["WORLD_SIZE"]))
+
+
 def create_accelerator(args: argparse.Namespace):
     from accelerate import Accelerator, DataLoaderConfiguration
+
+    join_restarted_workers(args)
 
     use_tb = not args.no_tensorboard
     if use_tb:
