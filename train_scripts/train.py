@@ -18,7 +18,8 @@ From one CPU process to multi-node GPUs, the same script:
 Every option can be set in the YAML file (same names, with underscores) and overridden
 on the command line. --batch-size is the global batch (split across processes), so a
 recipe means the same thing on 1 or 64 GPUs. Interrupted runs continue with
---resume latest, exactly where they stopped (model, optimiser, EMA, data position, RNG).
+--resume latest, exactly where they stopped (model, optimiser, EMA, data position, RNG);
+under `torchrun --max-restarts N` a job that loses a worker restarts and resumes by itself.
 At the end the EMA (or best) weights are exported in the Hugging Face Hub layout to
 OUTPUT/export (model.safetensors + config.json + README.md with the measured accuracy).
 """
