@@ -34,6 +34,7 @@ import shutil
 import sys
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -408,7 +409,7 @@ def save_checkpoint(run: "Run") -> None:
     if accelerator.is_main_process:
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
-    needed = checkpoint_bytes(run)
+    needed = partial(checkpoint_bytes, run)  # worked out only for an error message
     write_together(run, lambda: accelerator.save_state(str(tmp)), "a checkpoint", tmp, needed, cleanup=tmp)
 
     def finish_folder():
@@ -425,31 +426,34 @@ def save_checkpoint(run: "Run") -> None:
 
 def checkpoint_bytes(run: "Run") -> int:
     """About what a checkpoint takes: the newest complete one's files, else the model, EMA and optimiser tensors."""
+    from timm_bcos.integrity import folder_manifest
+
     newest = sorted((Path(run.args.output) / "checkpoints").glob("step_*"))
     if newest and checkpoint_problem(newest[-1]) is None:
-        return sum(p.stat().st_size for p in newest[-1].rglob("*") if p.is_file())
+        return sum(folder_manifest(newest[-1]).values())
     states = [run.model.state_dict(), run.optimizer.state_dict()["state"]]
     if run.ema is not None:
         states.append(run.ema.state_dict())
-    return sum(t.numel() * t.element_size() for s in states for t in _tensors(s))
+    return _tensor_bytes(states)
 
 
 def weights_bytes(model: torch.nn.Module) -> int:
-    return sum(t.numel() * t.element_size() for t in model.state_dict().values())
+    return _tensor_bytes(model.state_dict())
 
 
-def _tensors(obj):
+def _tensor_bytes(obj) -> int:
+    """Bytes of every tensor in nested dicts and lists."""
     if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _tensors(v)
+        return obj.numel() * obj.element_size()
+    values = obj.values() if isinstance(obj, dict) else obj if isinstance(obj, (list, tuple)) else ()
+    return sum(_tensor_bytes(v) for v in values)
 
 
-def write_together(run: "Run", write, what: str, path: Path, needed: int, *, cleanup: Path | None = None,
+def write_together(run: "Run", write, what: str, path: Path, needed, *, cleanup: Path | None = None,
                    main_only: bool = False) -> None:
     """Run `write` (on every process, or on the main one) and stop every process if any write failed: none
-    may wait at a barrier for one that stopped. The failing process says what and where, in one line."""
+    may wait at a barrier for one that stopped. The failing process says what and where, in one line, with
+    `needed()`, the bytes the write takes."""
     from timm_bcos.integrity import write_error_message
 
     accelerator = run.accelerator
@@ -458,7 +462,7 @@ def write_together(run: "Run", write, what: str, path: Path, needed: int, *, cle
         try:
             write()
         except OSError as e:
-            message = write_error_message(e, what, path, needed)
+            message = write_error_message(e, what, path, needed())
     failed = int(accelerator.reduce(torch.tensor(int(message is not None), device=accelerator.device), "sum"))
     if not failed:
         return
@@ -820,7 +824,7 @@ def end_epoch(run: Run, skipped: int) -> None:
             state.best_top1, state.best_epoch = run.metrics["top1"], state.epoch
             best, model = Path(run.args.output) / "best.safetensors", accelerator.unwrap_model(run.model)
             write_together(run, lambda: save_weights(model, best), "the best weights", best,
-                           weights_bytes(model), main_only=True)
+                           partial(weights_bytes, model), main_only=True)
         if run.use_tb:
             accelerator.log({f"val/{k}": v for k, v in run.metrics.items()}, step=state.update)
     skipped = int(accelerator.reduce(torch.tensor(skipped, device=accelerator.device), "sum"))
@@ -866,7 +870,7 @@ def main(argv=None) -> int:
     if args.export != "none" and state.epoch >= args.epochs:
         model, output = accelerator.unwrap_model(run.model), Path(args.output)
         write_together(run, lambda: export(args, model, run.ema, state, run.metrics, run.info, output),
-                       "the export", output / "export", weights_bytes(model), main_only=True)
+                       "the export", output / "export", partial(weights_bytes, model), main_only=True)
     finish(accelerator)
     return 0
 
