@@ -8,6 +8,16 @@ from typing import Any
 #   "bn_uncentered": BatchNormUncentered2d   "uncentered": uncentered version of the same norm
 #   "centered": detachable centered version  "none": removed (Identity)
 NORM_CHOICES = ("bn_uncentered", "uncentered", "centered", "none")
+# What happens to activations:
+#   "remove": every activation goes (paper Sec. 3.3, B-cos v2)
+#   "bcosify": B-cosification (Arya et al. 2024, Sec. 3.2): piecewise-linear ones (ReLU, LeakyReLU,
+#       PReLU) stay, they are dynamic linear already; self-gated ones x * g(x) (GELU, SiLU, ...)
+#       become x * g(x) with g detached in explanation mode; the others are removed
+ACTIVATION_CHOICES = ("remove", "bcosify")
+# How the first conv's weights for the inverse channels [1-r, 1-g, 1-b] start (carry_weights):
+#   "zero": [W, 0] (v2 fine-tuning)   "half_negated": [W, -W] / 2, which on the normalised encoding
+#   [n, -n] equals the conventional conv W n (B-cosification, Sec. 3.2)
+STEM_CHOICES = ("zero", "half_negated")
 
 
 @dataclass(frozen=True)
@@ -24,8 +34,23 @@ class Recipe:
     logit_temperature: float = 1.0
     max_pool_to_avg: bool = True     # paper Sec. 3.3 removes MaxPool; v2 uses AvgPool in its place
     v1_output_scale: float | None = None  # scale_factor of v1's per-layer output divisor, None: off
+    weight_norm: bool = True         # unit-norm weight rows (Eq. 3); False: the weights keep their scale
+    linear_bias: bool = False        # keep conv/linear biases (B=1 with them is the conventional model)
+    activations: str = "remove"      # see ACTIVATION_CHOICES
+    stem_init: str = "zero"          # see STEM_CHOICES
+    normalize_input: bool = False    # normalise the encoded input with the base model's mean/std
+    input_mean: tuple | None = None  # that mean/std (3 channels); None: the base model's cfg at conversion
+    input_std: tuple | None = None
 
     def __post_init__(self) -> None:
+        for name in ("input_mean", "input_std"):  # a JSON config gives lists
+            if getattr(self, name) is not None:
+                object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
+        if self.activations not in ACTIVATION_CHOICES:
+            raise ValueError(f"recipe {self.name!r}: activations={self.activations!r}, expected one of "
+                             f"{ACTIVATION_CHOICES}")
+        if self.stem_init not in STEM_CHOICES:
+            raise ValueError(f"recipe {self.name!r}: stem_init={self.stem_init!r}, expected one of {STEM_CHOICES}")
         if self.b < 1:
             raise ValueError(f"recipe {self.name!r}: b must be >= 1, got {self.b}")
         if self.max_out < 1:
@@ -54,6 +79,13 @@ RECIPES: dict[str, Recipe] = {
     # its code divides every layer by sqrt(k*k*C_in)/100 so plain stacks keep their signal
     "v1": Recipe("v1", max_out=2, norms={"batch": "none", "layer": "none", "layer2d": "none", "group": "none"},
                  v1_output_scale=100.0),
+    # B-cosification (Arya, Rao, Boehle, Schiele, NeurIPS 2024): start from a pretrained conventional
+    # model so that B=1 with its biases *is* that model (Sec. 3.1), then B=2 without biases (Sec. 3.2):
+    # normalised [x, 1-x] input with the first conv at [W, -W]/2, weights keep their scale, ReLU kept,
+    # GELU a detached gate, uncentered norms carrying their statistics, MaxPool -> AvgPool, the
+    # classifier as a 1x1 B-cos conv before pooling, and the logit bias
+    "bcosify": Recipe("bcosify", weight_norm=False, activations="bcosify", stem_init="half_negated",
+                      normalize_input=True),
 }
 
 

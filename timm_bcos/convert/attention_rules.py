@@ -22,11 +22,18 @@ def timm_attention_rule(m: nn.Module, path: str, ctx: Context) -> nn.Module:
     for norm in ("q_norm", "k_norm"):
         if not isinstance(getattr(m, norm, nn.Identity()), nn.Identity):
             raise ConversionError(f"{path}: attention with {norm} is not supported yet")
-    dim = m.qkv.in_features
-    new = L.BcosAttention(dim, num_heads=m.num_heads, head_dim=m.head_dim, b=ctx.recipe.b,
-                          max_out=ctx.recipe.max_out).to(m.qkv.weight.dtype)
+    dim, r = m.qkv.in_features, ctx.recipe
+    new = L.BcosAttention(dim, num_heads=m.num_heads, head_dim=m.head_dim, b=r.b, max_out=r.max_out,
+                          qkv_bias=r.linear_bias and m.qkv.bias is not None,
+                          proj_bias=r.linear_bias and m.proj.bias is not None,
+                          weight_norm=r.weight_norm).to(m.qkv.weight.dtype)
     carry(new.qkv.weight, m.qkv.weight, ctx)
-    carry(new.proj.weight, m.proj.weight.repeat_interleave(ctx.recipe.max_out, dim=0), ctx)
+    carry(new.proj.weight, m.proj.weight.repeat_interleave(r.max_out, dim=0), ctx)
+    for name, kept in (("qkv", new.qkv.bias), ("proj", new.proj.bias)):  # fixed terms (explain/fixed.py)
+        if kept is not None:
+            old = getattr(m, name).bias
+            carry(kept, old if name == "qkv" else old.repeat_interleave(r.max_out), ctx)
+            ctx.fixed_terms.append(f"{path}.{name}.bias")
     return new
 
 

@@ -38,6 +38,20 @@ def _context(model: nn.Module, recipe: Recipe, spec: HeadSpec | None, carry_weig
     )
 
 
+def _with_input_norm(r: Recipe, model: nn.Module) -> Recipe:
+    """A recipe that normalises the input takes the mean/std the base model's weights expect
+    (its pretrained cfg), unless it names them; the resolved values go into the saved config."""
+    if not r.normalize_input or (r.input_mean is not None and r.input_std is not None):
+        return r
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    mean, std = r.input_mean or cfg.get("mean"), r.input_std or cfg.get("std")
+    if mean is None or std is None:
+        raise ConversionError(f"recipe {r.name!r} normalises the input with the mean/std the base model "
+                              f"expects, but {type(model).__name__} has no pretrained_cfg mean/std: "
+                              "pass input_mean=(...), input_std=(...)")
+    return r.with_overrides(input_mean=tuple(mean), input_std=tuple(std))
+
+
 def convert(
     model: nn.Module,
     recipe: str | Recipe = "v2",
@@ -50,7 +64,7 @@ def convert(
 ) -> BcosModelMixin:
     """Turn `model` into a B-cos model in place and return it.
 
-    recipe: "v2", "v2_bnu", "v1" or a `Recipe`; `overrides` replace recipe fields
+    recipe: "v2", "v2_bnu", "v1", "bcosify" or a `Recipe`; `overrides` replace recipe fields
         (b=2.5, max_out=2, logit_bias=..., norms={"batch": "none"}, ...).
     carry_weights: copy the conventional weights over (B-cosification);
         otherwise the B-cos layers keep their own initialisation.
@@ -68,7 +82,8 @@ def convert(
     if find_rule(model, rules or {}) is not None:
         raise ConversionError("convert() takes a whole model; use its rules on submodules directly")
     table = GENERIC_RULES.with_rules(block_rules()).with_rules(rules)  # blocks convert wherever they sit
-    ctx = _context(model, r, spec, carry_weights)
+    r = _with_input_norm(r, model)
+    ctx = replace(_context(model, r, spec, carry_weights), rules=table)
     convert_modules(model, ctx, table)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", 0)

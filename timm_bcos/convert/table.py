@@ -12,10 +12,13 @@ from . import attention_rules as A
 from . import rules as R
 from .walker import Rule, RuleTable, classes_by_name, keep, recurse
 
-_ACTIVATIONS = (
-    nn.ReLU, nn.ReLU6, nn.GELU, nn.SiLU, nn.Hardswish, nn.Mish, nn.LeakyReLU, nn.ELU, nn.CELU,
-    nn.SELU, nn.PReLU, nn.Tanh, nn.Softplus, nn.Hardtanh,
-)
+# activation -> what B-cosification does with it (rules.activation_rule): "keep" for the positively
+# homogeneous piecewise-linear ones, the gate g of a self-gated x * g(x), None: removed
+_ACTIVATIONS = {
+    nn.ReLU: "keep", nn.LeakyReLU: "keep", nn.PReLU: "keep",
+    nn.GELU: "gelu", nn.SiLU: "silu", nn.Hardswish: "hard_swish", nn.Mish: "mish",
+    nn.ReLU6: None, nn.ELU: None, nn.CELU: None, nn.SELU: None, nn.Tanh: None, nn.Softplus: None, nn.Hardtanh: None,
+}
 
 _TORCH: dict[type, Rule] = {
     # already B-cos
@@ -30,7 +33,7 @@ _TORCH: dict[type, Rule] = {
     nn.LayerNorm: R.layer_norm_rule,
     nn.GroupNorm: R.group_norm_rule,
     nn.BatchNorm1d: R.batch_norm1d_rule,
-    **{t: R.remove for t in _ACTIVATIONS},
+    **{t: R.activation_rule(kind) for t, kind in _ACTIVATIONS.items()},
     nn.Sigmoid: R.gate_rule("sigmoid"),
     nn.Softmax: A.softmax_rule,
     nn.Hardsigmoid: R.gate_rule("hard_sigmoid"),
@@ -47,14 +50,21 @@ _TORCH: dict[type, Rule] = {
 _TIMM_LAYERS: dict[str, Rule] = {
     "timm.layers.norm.LayerNorm2d": R.layer_norm2d_rule,
     "timm.layers.Conv2dSame": R.unsupported("TF 'SAME' padding is computed per input size"),
-    "timm.layers.activations.Swish": R.remove, "timm.layers.activations.Mish": R.remove,
-    "timm.layers.activations.HardSwish": R.remove, "timm.layers.activations.HardMish": R.remove,
-    "timm.layers.activations.GELU": R.remove, "timm.layers.activations.GELUTanh": R.remove,
-    "timm.layers.activations.QuickGELU": R.remove, "timm.layers.activations.PReLU": R.remove,
-    "timm.layers.activations.Tanh": R.remove,
+    "timm.layers.activations.Swish": R.activation_rule("silu"), "timm.layers.activations.Mish": R.activation_rule("mish"),
+    "timm.layers.activations.HardSwish": R.activation_rule("hard_swish"),
+    "timm.layers.activations.HardMish": R.activation_rule(None),
+    "timm.layers.activations.GELU": R.activation_rule("gelu"),
+    "timm.layers.activations.GELUTanh": R.activation_rule("gelu_tanh"),
+    "timm.layers.activations.QuickGELU": R.activation_rule("quick_gelu"),
+    "timm.layers.activations.PReLU": R.activation_rule("keep"),
+    "timm.layers.activations.Tanh": R.activation_rule(None),
+    "timm.layers.norm_act.BatchNormAct2d": R.batch_norm_act_rule,  # its activation follows the recipe
+    "timm.models.metaformer.StarReLU": R.squared_relu_rule,       # s relu(x)^2 + b: one relu detached, b dropped
+    "timm.models.metaformer.SquaredReLU": R.squared_relu_rule,    # relu(x)^2: same
     "timm.layers.activations.Sigmoid": R.gate_rule("sigmoid"),
     "timm.layers.activations.HardSigmoid": R.gate_rule("hard_sigmoid"),
-    "timm.layers.activations_me.SwishMe": R.remove, "timm.layers.activations_me.HardSwishMe": R.remove,
+    "timm.layers.activations_me.SwishMe": R.activation_rule("silu"),
+    "timm.layers.activations_me.HardSwishMe": R.activation_rule("hard_swish"),
     "timm.layers.activations_me.HardSigmoidMe": R.gate_rule("hard_sigmoid"),
     "timm.layers.DropPath": keep,
     "timm.layers.Attention": A.timm_attention_rule,

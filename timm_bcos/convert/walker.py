@@ -37,6 +37,7 @@ class Context:
     image_modules: frozenset = frozenset()  # leaf modules registered before the first conv (they read the image)
     first_conv_in: int = 3                  # input channels of the first conv
     encoded_upstream: dict = field(default_factory=dict)  # conv path -> pixel blocks of an encoded space-to-depth
+    rules: Any = None  # the RuleTable of this conversion, for rules that convert a child themselves
 
 
 KEEP = object()     # sentinel: leave the module as it is

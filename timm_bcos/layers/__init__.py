@@ -3,10 +3,11 @@ from .attention import BcosAttention, DetachableSoftmax, detachable_attention
 from .bcos_conv import BcosConv2d, v1_output_scale
 from .bcos_linear import BcosLinear
 from .detach import DetachableModule, detachable_modules, explanation_mode
-from .encoding import InputEncoding
-from .gate import DetachableGate
+from .encoding import InputEncoding, NormalizedEncoding
+from .gate import DetachableGate, DetachableSquaredReLU, GatedActivation
 from .logit import LogitLayer, default_logit_bias
 from .norms import (
+    BatchNormActUncentered2d,
     BatchNormUncentered2d,
     DetachableGroupNorm2d,
     DetachableLayerNorm,
@@ -20,6 +21,10 @@ from .pos_embed import sincos_pos_embed
 from .sync_norm import SyncBatchNormUncentered2d, convert_sync_batchnorm
 
 __all__ = [
+    "BatchNormActUncentered2d",
+    "DetachableSquaredReLU",
+    "GatedActivation",
+    "NormalizedEncoding",
     "BatchNormUncentered2d",
     "BcosAttention",
     "BcosConv2d",

@@ -41,8 +41,9 @@ class DetachableSoftmax(DetachableModule):
 class BcosAttention(DetachableModule):
     """Multi-head self-attention in timm's layout (`qkv`, `proj`).
 
-    `qkv` is a plain bias-free linear layer: q and k only shape the (detached)
-    attention matrix and v enters linearly. `proj` is a B-cos linear layer.
+    `qkv` is a plain linear layer, bias-free unless asked: q and k only shape the (detached)
+    attention matrix and v enters linearly (a v bias is an input-independent term). `proj` is a
+    B-cos linear layer.
     Input and output: [N, tokens, dim].
     """
 
@@ -53,6 +54,9 @@ class BcosAttention(DetachableModule):
         head_dim: int | None = None,
         b: float = 2.0,
         max_out: int = 1,
+        qkv_bias: bool = False,
+        proj_bias: bool = False,
+        weight_norm: bool = True,
     ) -> None:
         super().__init__()
         if head_dim is None:
@@ -63,8 +67,8 @@ class BcosAttention(DetachableModule):
         self.head_dim = head_dim
         self.scale = head_dim ** -0.5
         inner = head_dim * num_heads
-        self.qkv = nn.Linear(dim, 3 * inner, bias=False)
-        self.proj = BcosLinear(inner, dim, b=b, max_out=max_out)
+        self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
+        self.proj = BcosLinear(inner, dim, b=b, max_out=max_out, weight_norm=weight_norm, bias=proj_bias)
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:

@@ -11,7 +11,7 @@ from torch.nn.modules.utils import _pair
 from . import kernels
 from ._checks import bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
-from .encoding import InputEncoding
+from .encoding import InputEncoding, NormalizedEncoding
 from .functional import bcos_scale, max_out, unit_norm_rows, weight_norm_gains
 
 # Added to the squared patch norm before the square root, as in the reference.
@@ -37,7 +37,11 @@ class BcosConv2d(DetachableModule):
 
     With `encode_input=True` the layer is a model's stem: it takes plain
     images with in_channels // 2 channels and applies `InputEncoding` first
-    (a parameter-free child, so state-dict keys do not change).
+    (a parameter-free child, so state-dict keys do not change); `input_norm=(mean, std)`
+    then normalises the encoded image as a B-cosified stem does (`NormalizedEncoding`).
+
+    `weight_norm=False` keeps the weights' own scale (B-cosification: at B=1 the layer is the
+    conventional conv it was made from); `bias=True` adds a bias before the |cos| scaling.
     """
 
     def __init__(
@@ -54,6 +58,9 @@ class BcosConv2d(DetachableModule):
         scale: float | None = None,
         padding_mode: str = "zeros",
         encode_input: bool = False,
+        input_norm: tuple | None = None,
+        weight_norm: bool = True,
+        bias: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -86,7 +93,13 @@ class BcosConv2d(DetachableModule):
                 device=device, dtype=dtype,
             )
         )
+        self.weight_norm = weight_norm
+        self.bias = (nn.Parameter(torch.zeros(out_channels * max_out, device=device, dtype=dtype))
+                     if bias else None)
         self.input_encoding = InputEncoding(in_channels // 2) if encode_input else None
+        if input_norm is not None and not encode_input:
+            raise ValueError("input_norm normalises the encoded image: it needs encode_input=True")
+        self.input_norm = NormalizedEncoding(*input_norm) if input_norm is not None else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -113,7 +126,8 @@ class BcosConv2d(DetachableModule):
     def _fused_training_step(self, x: Tensor) -> Tensor | None:
         """Weight norm, conv, patch norm and scale as one fused autograd node (CUDA + Triton, not
         explanation mode, no MaxOut), or None for the separate ops below."""
-        if self.b == 1 or self.max_out != 1 or self.detach or not kernels.use_fused(x):
+        if (self.b == 1 or self.max_out != 1 or self.detach or not self.weight_norm or self.bias is not None
+                or not kernels.use_fused(x)):
             return None
         gains = weight_norm_gains(self.weight)
         if gains is None:  # in graphs and for a non-contiguous (channels_last) weight: the separate ops
@@ -124,12 +138,14 @@ class BcosConv2d(DetachableModule):
     def forward(self, x: Tensor) -> Tensor:
         if self.input_encoding is not None:
             x = self.input_encoding(x)
+            if self.input_norm is not None:
+                x = self.input_norm(x)
         check_input(x, layer=type(self).__name__, ndim=4, channels=self.in_channels, channel_dim=1)
         out = self._fused_training_step(x)
         if out is not None:
             return out / self.scale if self.scale is not None else out
-        w = unit_norm_rows(self.weight)
-        out = F.conv2d(x, w, None, self.stride, self.padding, self.dilation, self.groups)
+        w = unit_norm_rows(self.weight) if self.weight_norm else self.weight
+        out = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
         out = max_out(out, self.max_out, dim=1)
         if self.b != 1:
             norms = self._patch_norms(x)
@@ -152,4 +168,8 @@ class BcosConv2d(DetachableModule):
             s += f", dilation={self.dilation}"
         if self.groups != 1:
             s += f", groups={self.groups}"
+        if not self.weight_norm:
+            s += ", weight_norm=False"
+        if self.bias is not None:
+            s += ", bias=True"
         return s + bcos_repr(self.max_out, self.scale)

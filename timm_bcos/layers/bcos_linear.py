@@ -28,6 +28,8 @@ class BcosLinear(DetachableModule):
         b: float = 2.0,
         max_out: int = 1,
         scale: float | None = None,
+        weight_norm: bool = True,
+        bias: bool = False,
         device=None,
         dtype=None,
     ) -> None:
@@ -41,6 +43,8 @@ class BcosLinear(DetachableModule):
         self.weight = nn.Parameter(
             torch.empty(out_features * max_out, in_features, device=device, dtype=dtype)
         )
+        self.weight_norm = weight_norm  # False: the weights keep their scale (B-cosification)
+        self.bias = nn.Parameter(torch.zeros(out_features * max_out, device=device, dtype=dtype)) if bias else None
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -48,7 +52,7 @@ class BcosLinear(DetachableModule):
 
     def forward(self, x: Tensor) -> Tensor:
         check_input(x, layer=type(self).__name__, ndim=None, channels=self.in_features, channel_dim=-1)
-        out = F.linear(x, unit_norm_rows(self.weight))
+        out = F.linear(x, unit_norm_rows(self.weight) if self.weight_norm else self.weight, self.bias)
         out = max_out(out, self.max_out, dim=-1)
         if self.b != 1:
             norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + VECTOR_NORM_EPS
@@ -58,5 +62,9 @@ class BcosLinear(DetachableModule):
         return out
 
     def extra_repr(self) -> str:
-        return (f"in_features={self.in_features}, out_features={self.out_features}, b={self.b:g}"
-                + bcos_repr(self.max_out, self.scale))
+        s = f"in_features={self.in_features}, out_features={self.out_features}, b={self.b:g}"
+        if not self.weight_norm:
+            s += ", weight_norm=False"
+        if self.bias is not None:
+            s += ", bias=True"
+        return s + bcos_repr(self.max_out, self.scale)

@@ -31,3 +31,34 @@ class InputEncoding(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_chans={self.in_chans}"
+
+
+class NormalizedEncoding(nn.Module):
+    """Mean/std normalisation of an encoded image [x, 1 - x], written as the linear map it is.
+
+    B-cosified models keep their pretrained weights, which expect (x - mean) / std. On the
+    encoding the constant is not needed: x + (1 - x) = 1, so (x - m) / s = ((1 - m) x - m (1 - x)) / s,
+    and the inverse channels normalised with mean 1 - m are its negation. The output [n, -n] is
+    linear in the encoded input, so explanations stay complete (Eq. 13) with respect to it.
+    """
+
+    def __init__(self, mean, std) -> None:
+        super().__init__()
+        mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
+        if mean.shape != std.shape or mean.dim() != 1 or not bool((std > 0).all()):
+            raise ValueError(f"mean and std must be equal-length sequences with std > 0, got {mean} and {std}")
+        # buffers rebuilt from the recipe: not in the state dict
+        self.register_buffer("mean", mean.float()[:, None, None], persistent=False)
+        self.register_buffer("std", std.float()[:, None, None], persistent=False)
+
+    def forward(self, e: Tensor) -> Tensor:
+        c = self.mean.shape[0]
+        if e.dim() != 4 or e.shape[1] != 2 * c:
+            raise ValueError(f"expected an encoded image [N, {2 * c}, H, W], got shape {tuple(e.shape)}")
+        m, s = self.mean.to(e.dtype), self.std.to(e.dtype)
+        n = ((1 - m) * e[:, :c] - m * e[:, c:]) / s
+        return torch.cat([n, -n], dim=1)
+
+    def extra_repr(self) -> str:
+        return f"mean={tuple(round(v, 4) for v in self.mean.flatten().tolist())}, " \
+               f"std={tuple(round(v, 4) for v in self.std.flatten().tolist())}"

@@ -166,6 +166,18 @@ class BatchNormUncentered2d(nn.BatchNorm2d, DetachableModule):
                 self.running_var.lerp_(var.detach().to(self.running_var.dtype), momentum)
 
 
+class BatchNormActUncentered2d(BatchNormUncentered2d):
+    """An uncentered batch norm followed by an activation (what timm's BatchNormAct2d becomes
+    when a recipe keeps activations); the state-dict keys are the norm's own plus `act.*`."""
+
+    def __init__(self, num_features: int, act: nn.Module, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.act = act
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.act(super().forward(x))
+
+
 class GroupNormUncentered2d(nn.GroupNorm, DetachableModule):
     """Group norm without mean subtraction; the group variance is detached in explanation mode."""
 
