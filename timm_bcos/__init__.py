@@ -1,8 +1,9 @@
 """timm_bcos: B-cos networks as timm models. Importing it registers the bcos_* entrypoints."""
 from . import models  # noqa: F401  (registers the entrypoints with timm)
-from .convert import ConversionError, HeadSpec, convert
+from .convert import ConversionError, HeadSpec, NotDynamicLinearError, convert, verify
 from .layers import explanation_mode
 from .recipes import RECIPES, Recipe
 from .version import __version__
 
-__all__ = ["ConversionError", "HeadSpec", "RECIPES", "Recipe", "__version__", "convert", "explanation_mode"]
+__all__ = ["ConversionError", "HeadSpec", "NotDynamicLinearError", "RECIPES", "Recipe", "__version__", "convert",
+           "explanation_mode", "verify"]

@@ -52,6 +52,18 @@ def _with_input_norm(r: Recipe, model: nn.Module) -> Recipe:
     return r.with_overrides(input_mean=tuple(mean), input_std=tuple(std))
 
 
+def _refuse_uncertified(ctx: Context) -> None:
+    if not ctx.uncertified:
+        return
+    types = {t: p for p, t in reversed(ctx.uncertified)}
+    listed = "\n".join(f"  {t.__module__}.{t.__qualname__} (at '{p}')" for t, p in types.items())
+    raise ConversionError(
+        "composite modules without a B-cos rule; their own forward may compute something that is not "
+        f"dynamic linear:\n{listed}\nIf a forward only combines its children linearly (sums, concatenations, "
+        "reshapes, detached gates), pass rules={Type: recurse, ...} (from timm_bcos.convert import recurse) to convert() and certify "
+        "the result with timm_bcos.verify(model, images)")
+
+
 def convert(
     model: nn.Module,
     recipe: str | Recipe = "v2",
@@ -85,6 +97,7 @@ def convert(
     r = _with_input_norm(r, model)
     ctx = replace(_context(model, r, spec, carry_weights), rules=table)
     convert_modules(model, ctx, table)
+    _refuse_uncertified(ctx)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", 0)
     record_origin(model, r, spec, family.head)  # so that a saved config rebuilds it

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe
+from .composites import certified_composites
 
 
 class ConversionError(TypeError):
@@ -38,6 +39,7 @@ class Context:
     first_conv_in: int = 3                  # input channels of the first conv
     encoded_upstream: dict = field(default_factory=dict)  # conv path -> pixel blocks of an encoded space-to-depth
     rules: Any = None  # the RuleTable of this conversion, for rules that convert a child themselves
+    uncertified: list = field(default_factory=list)  # (path, type) of composites walked into without a rule
 
 
 KEEP = object()     # sentinel: leave the module as it is
@@ -66,17 +68,23 @@ class RuleTable:
         return RuleTable({**self.types, **(rules or {})}, self.markers) if rules else self
 
     def find(self, module: nn.Module) -> Rule | None:
-        rule = find_rule(module, self.types)
+        rule, owner = _find_rule_and_class(module, self.types)
+        if rule is recurse and type(module).forward is not owner.forward:
+            return None  # a container subclass with a forward of its own is a composite like any other
         if rule is None:
             rule = next((r for attr, r in self.markers.items() if hasattr(module, attr)), None)
         return rule
 
 
 def find_rule(module: nn.Module, rules: Mapping[type, Rule]) -> Rule | None:
+    return _find_rule_and_class(module, rules)[0]
+
+
+def _find_rule_and_class(module: nn.Module, rules: Mapping[type, Rule]) -> tuple[Rule | None, type | None]:
     for cls in type(module).__mro__:
         if cls in rules:
-            return rules[cls]
-    return None
+            return rules[cls], cls
+    return None, None
 
 
 def import_class(dotted: str) -> type:
@@ -117,6 +125,8 @@ def convert_modules(module: nn.Module, ctx: Context, rules: RuleTable, prefix: s
                     f"no B-cos rule for {type(child).__module__}.{type(child).__qualname__} at '{path}'; "
                     "pass rules={Type: rule} to convert() to add one"
                 )
+            if type(child) not in certified_composites():
+                ctx.uncertified.append((path, type(child)))  # convert() refuses them once the walk is done
             rule = recurse
         with _on_device_of(child):  # a replacement lives where the module it replaces lived (meta included)
             new = rule(child, path, ctx)

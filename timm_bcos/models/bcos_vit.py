@@ -20,6 +20,7 @@ from timm.layers import PatchEmbed
 from timm.models import VisionTransformer, generate_default_cfgs, register_model
 from torch import nn
 
+from ..convert import register_composite
 from ..layers import sincos_pos_embed
 from ._builder import bcos_cfg, build_bcos, model_cfgs
 
@@ -42,6 +43,9 @@ class ConvStemPatchEmbed(PatchEmbed):
             cin = encoded = c
         layers.append(nn.Conv2d(cin, embed_dim, 1, bias=False, **dd))
         self.proj = nn.Sequential(*layers)
+
+
+register_composite(ConvStemPatchEmbed)  # a conv stack, then timm's PatchEmbed flattening
 
 
 class SimpleVisionTransformer(VisionTransformer):

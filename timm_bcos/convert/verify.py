@@ -1,0 +1,163 @@
+"""`verify(model, x)`: certify that a converted model is dynamic linear, module by module.
+
+In explanation mode every module of a B-cos model computes y = W(x) x with W(x) detached
+(DESIGN.md, contract 1), so its output equals its explanation-mode Jacobian times its input:
+y = J(x) x (Euler's identity for degree-1 maps). Completeness of the whole model does not
+certify this (an undetached degree-0 factor, or a squared ReLU next to a halved weight, can
+pass it); this check does, per module, and names the module that breaks it.
+
+Every module called with one tensor (plus non-tensor keyword arguments) and returning one
+tensor is checked, in float64, on the inputs it sees in a forward pass of `x`. A module
+that reads the raw image is checked with respect to the encoded image [x, 1-x] (the
+encoding itself is affine, and explanations start after it). Modules holding an
+input-independent term (the logit bias, class tokens, position embeddings, biases a recipe
+keeps: `model.bcos.fixed_terms`) are y = J(x) x + c by design and are listed as skipped.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor, nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+from ..layers import InputEncoding, LogitLayer, explanation_mode
+from .walker import ConversionError
+
+
+class NotDynamicLinearError(ConversionError):
+    """A converted module whose explanation-mode output is not J(x) x."""
+
+
+@dataclass
+class VerifyReport:
+    checked: list[str] = field(default_factory=list)
+    failures: list[tuple[str, str, float]] = field(default_factory=list)  # (path, type, relative error)
+    skipped: dict[str, str] = field(default_factory=dict)                  # path -> why
+
+    @property
+    def ok(self) -> bool:
+        return not self.failures
+
+    def message(self) -> str:
+        lines = [f"  {path or '<model>'} ({kind}): |y - J(x) x| / |y| = {err:.3g}" for path, kind, err in self.failures]
+        return ("not dynamic linear in explanation mode (y != J(x) x), so explanations of this model are "
+                "not faithful:\n" + "\n".join(lines))
+
+
+def verify(model: nn.Module, x: Tensor, *, rtol: float = 1e-8, raise_on_failure: bool = True) -> VerifyReport:
+    """Check y = J(x) x for every module of `model` (a converted B-cos model) on the input `x`.
+
+    Runs on a float64 copy in eval mode, so `model` is left as it is. Raises
+    `NotDynamicLinearError` naming every failing module (path and type) unless
+    `raise_on_failure=False`; returns the report (checked, failures, skipped).
+    """
+    model64 = copy.deepcopy(model).double().eval()
+    x = x.detach().double()
+    calls = _record_calls(model64, x)
+    fixed = _fixed_owners(model64)
+    report = VerifyReport()
+    for path, (module, inp, kwargs, out) in calls.items():
+        why = _skip_reason(path, module, inp, out, fixed)
+        if why:
+            report.skipped[path] = why
+            continue
+        err = _euler_error(module, inp, kwargs)
+        if err is None:
+            report.skipped[path] = "detached in explanation mode (a gate; its parent's product is checked)"
+            continue
+        report.checked.append(path)
+        if not err <= rtol:  # NaN fails too
+            report.failures.append((path, f"{type(module).__module__}.{type(module).__qualname__}", err))
+    if report.failures and raise_on_failure:
+        raise NotDynamicLinearError(report.message())
+    return report
+
+
+def _record_calls(model: nn.Module, x: Tensor) -> dict:
+    """path -> (module, input, kwargs, output) of each module's first call in a forward of x."""
+    calls: dict = {}
+    hooks = []
+
+    def pre(path):
+        def hook(module, args, kwargs):
+            if path not in calls:
+                first = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
+                calls[path] = [module, None if first is None else first.detach().clone(), dict(kwargs), None]
+        return hook
+
+    def post(path):
+        def hook(module, args, kwargs, output):
+            if calls[path][3] is None:
+                calls[path][3] = output.detach() if isinstance(output, Tensor) else output
+        return hook
+
+    for path, module in model.named_modules():
+        hooks.append(module.register_forward_pre_hook(pre(path), with_kwargs=True))
+        hooks.append(module.register_forward_hook(post(path), with_kwargs=True))
+    try:
+        with torch.no_grad(), explanation_mode(model):
+            model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return calls
+
+
+def _fixed_owners(model: nn.Module) -> set[str]:
+    """Paths of the modules that hold (or are) an input-independent term, and of their ancestors."""
+    terms = list(getattr(getattr(model, "bcos", None), "fixed_terms", ()))
+    terms += [p for p, m in model.named_modules() if isinstance(m, LogitLayer)]
+    owners = {""}  # the model itself holds the logit bias
+    for term in terms:
+        parts = term.split(".")
+        owners.update(".".join(parts[:i]) for i in range(len(parts) + 1))
+    return owners
+
+
+def _skip_reason(path, module, inp, out, fixed) -> str | None:
+    if path in fixed:
+        return "holds an input-independent term (y = J(x) x + c)"
+    if isinstance(module, InputEncoding):
+        return "the input encoding [x, 1-x] (explanations start after it)"
+    if inp is None or not isinstance(out, Tensor):
+        return "not one tensor in and one tensor out"
+    if not (inp.is_floating_point() and out.is_floating_point()):
+        return "not a floating-point map"
+    return None
+
+
+def _euler_error(module: nn.Module, inp: Tensor, kwargs: dict) -> float | None:
+    """|y - J(x) x| / max(|y|, |J(x) x|), with x the module's input, or the encoded image for a
+    module that encodes it; J(x) x by the double-backward trick (J^T v is linear in v). None for
+    an output detached as a whole."""
+    leaves: list[Tensor] = []
+
+    def as_leaf(mod, args, output):
+        leaf = output.detach().requires_grad_(True)
+        leaves.append(leaf)
+        return leaf
+
+    hooks = [m.register_forward_hook(as_leaf) for m in module.modules() if isinstance(m, InputEncoding)]
+    try:  # the math attention kernel: the fused ones are not twice differentiable
+        with torch.enable_grad(), explanation_mode(module), sdpa_kernel(SDPBackend.MATH):
+            xin = inp.clone().requires_grad_(True)
+            y = module(xin, **kwargs)
+    finally:
+        for h in hooks:
+            h.remove()
+    variables = leaves or [xin]
+    if not y.requires_grad:  # detached as a whole: a gate's factor, checked with the product its parent forms
+        return None
+    with torch.enable_grad():
+        v = torch.zeros_like(y, requires_grad=True)
+        grads = torch.autograd.grad(y, variables, v, create_graph=True, allow_unused=True)
+        used = [(g, t) for g, t in zip(grads, variables) if g is not None]
+        jx = torch.zeros_like(y)
+        if used:
+            dot = sum((g * t.detach()).sum() for g, t in used)
+            if dot.requires_grad:
+                jx = torch.autograd.grad(dot, v)[0]
+    scale = max(y.detach().norm().item(), jx.norm().item())
+    return 0.0 if scale < 1e-300 else (y.detach() - jx).norm().item() / scale
