@@ -44,21 +44,21 @@ class NormalizedEncoding(nn.Module):
 
     def __init__(self, mean, std) -> None:
         super().__init__()
-        mean, std = torch.as_tensor(mean, dtype=torch.float64), torch.as_tensor(std, dtype=torch.float64)
-        if mean.shape != std.shape or mean.dim() != 1 or not bool((std > 0).all()):
+        mean, std = tuple(float(v) for v in mean), tuple(float(v) for v in std)
+        if len(mean) != len(std) or not all(v > 0 for v in std):
             raise ValueError(f"mean and std must be equal-length sequences with std > 0, got {mean} and {std}")
-        # buffers rebuilt from the recipe: not in the state dict
-        self.register_buffer("mean", mean.float()[:, None, None], persistent=False)
-        self.register_buffer("std", std.float()[:, None, None], persistent=False)
+        # plain floats, made tensors in the input's dtype: a float32 buffer would round 0.485 for
+        # a float64 model (and the recipe rebuilds them, so they stay out of the state dict)
+        self.mean, self.std = mean, std
 
     def forward(self, e: Tensor) -> Tensor:
-        c = self.mean.shape[0]
+        c = len(self.mean)
         if e.dim() != 4 or e.shape[1] != 2 * c:
             raise ValueError(f"expected an encoded image [N, {2 * c}, H, W], got shape {tuple(e.shape)}")
-        m, s = self.mean.to(e.dtype), self.std.to(e.dtype)
+        m = torch.tensor(self.mean, dtype=e.dtype, device=e.device)[:, None, None]
+        s = torch.tensor(self.std, dtype=e.dtype, device=e.device)[:, None, None]
         n = ((1 - m) * e[:, :c] - m * e[:, c:]) / s
         return torch.cat([n, -n], dim=1)
 
     def extra_repr(self) -> str:
-        return f"mean={tuple(round(v, 4) for v in self.mean.flatten().tolist())}, " \
-               f"std={tuple(round(v, 4) for v in self.std.flatten().tolist())}"
+        return f"mean={self.mean}, std={self.std}"

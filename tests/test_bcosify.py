@@ -1,0 +1,193 @@
+"""B-cosification (Arya, Rao, Boehle, Schiele, NeurIPS 2024) as the `bcosify` recipe.
+
+The paper's premise, exactly: a conventional model is a B-cos model with B=1 and its biases, so
+`convert(m, "bcosify", carry_weights=True, b=1, <biases kept>)` computes m (on the images m's
+transform would normalise), float64, relative 1e-10, for every family of test_families.py it can
+hold for. With B=2 and no biases the converted family is complete and passes `verify`.
+"""
+import pytest
+import timm
+import torch
+from torch import nn
+
+from helpers import calibrate_bn, rel_err
+from test_families import COMPLETE, WITH_FIXED_SHARE
+from timm_bcos import ConversionError, NotDynamicLinearError, convert, verify
+from timm_bcos.convert import recurse
+from timm_bcos.layers import BatchNormActUncentered2d, BcosConv2d, BcosLinear, GatedActivation, NormalizedEncoding
+
+FAMILIES = {**COMPLETE, **{k: v[:3] for k, v in WITH_FIXED_SHARE.items()}}
+# where the premise cannot hold, and why (each a choice of the generic rules, not of the recipe)
+PREMISE_EXCEPTIONS = {
+    "mobilenetv2": "ReLU6 is not dynamic linear (min(relu(x), 6)): every recipe removes it",
+    "rexnet": "ReLU6, as mobilenetv2",
+    "convnextv2": "GlobalResponseNorm's bias is always dropped",
+    "hgnet": "LearnableAffineBlock's bias is always dropped",
+    "nfnet": "ScaledStdConv2d standardises its weights in forward; the rule carries the raw weights",
+    "mobilevitv2": "its linear attention's ReLU on v is dropped",
+    "efficientvit": "timm computes LiteMLA in float32, so the float64 reference is off by ~1e-7",
+    "beit": "the q/v biases are dropped (attention_qkv_bias_rule)",
+    "eva02": "the q/v biases are dropped (attention_qkv_bias_rule)",
+    "tresnet": "a space-to-depth stem with a normalised input is refused (not supported yet)",
+}
+# the premise's recipe fields: B=1 with every bias, MaxPool kept, no logit bias
+PREMISE = dict(b=1.0, linear_bias=True, norm_bias=True, max_pool_to_avg=False, logit_bias=0.0)
+
+
+def _conventional(name, kwargs, size):
+    """A conventional model in eval mode with random norm biases and running statistics of 16
+    normalised images (well conditioned: the logits do not cancel), and 2 images in [0, 1]."""
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **kwargs).double()
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    with torch.no_grad():
+        for p in model.parameters():  # zero or layer-scale inits would hide a branch
+            if p.abs().max() <= 1e-4:
+                p.uniform_(0.5, 1.5)
+        for m in norms:
+            m.bias.normal_(0.0, 0.1)
+            m.reset_running_stats()
+            m.momentum = None
+        model.train()(_normalised(model, torch.rand(16, 3, size, size, dtype=torch.float64)))
+    return model.eval(), torch.rand(2, 3, size, size, dtype=torch.float64)
+
+
+def _normalised(model, x):
+    cfg = model.pretrained_cfg
+    mean, std = (torch.tensor(cfg[k], dtype=torch.float64)[:, None, None] for k in ("mean", "std"))
+    return (x - mean) / std
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f not in PREMISE_EXCEPTIONS])
+def test_bcosify_at_b1_with_biases_is_the_conventional_model(family):
+    model, x = _conventional(*FAMILIES[family])
+    with torch.no_grad():
+        expected = model(_normalised(model, x))
+        bcos = convert(model, "bcosify", carry_weights=True, **PREMISE).eval()
+        assert rel_err(bcos(x), expected) <= 1e-10
+
+
+@pytest.mark.parametrize("family", [f for f in FAMILIES if f != "tresnet"])
+def test_bcosified_family_is_complete_and_dynamic_linear(family):
+    name, kwargs, size = FAMILIES[family]
+    model, x = _conventional(name, kwargs, size)
+    bcos = convert(model, "bcosify", carry_weights=True).eval()
+    with torch.no_grad():  # B=2 with random weights of their own scale: a norm-free stack (VGG) underflows
+        for m in bcos.modules():
+            if isinstance(m, (BcosConv2d, BcosLinear)):
+                m.weight.div_(m.weight.flatten(1).norm(dim=1).view(-1, *[1] * (m.weight.dim() - 1)))
+    calibrate_bn(bcos, x)
+    expl = bcos.explain(x, target=torch.tensor([0, 3]))
+    total = expl.contributions.sum((2, 3)) + expl.fixed_share
+    assert (expl.explained.abs() > 0).all() and rel_err(total, expl.explained) <= 1e-9
+    report = verify(bcos, x[:1])
+    assert len(report.checked) >= 5 and not report.failures
+
+
+def test_the_recipe_follows_the_paper():
+    """Sec. 3.2 of the B-cosification paper, field by field (the README's table names them)."""
+    model = convert(timm.create_model("resnet18", num_classes=5), "bcosify", carry_weights=True)
+    r = model.bcos.recipe
+    assert (r.b, r.max_out, r.weight_norm, r.linear_bias, r.norm_bias) == (2.0, 1, False, False, False)
+    assert (r.activations, r.stem_init, r.normalize_input, r.max_pool_to_avg) == ("bcosify", "half_negated", True, True)
+    assert r.input_mean == (0.485, 0.456, 0.406) and r.input_std == (0.229, 0.224, 0.225)  # resnet18's cfg
+    assert isinstance(model.act1, nn.ReLU) and isinstance(model.maxpool, nn.AvgPool2d)
+    assert isinstance(model.conv1.input_norm, NormalizedEncoding) and model.conv1.weight_norm is False
+    assert all(getattr(m, "bias", None) is None for m in model.modules() if not isinstance(m, nn.Identity)
+               and hasattr(m, "bias") and not hasattr(m, "logit_bias"))
+    assert model.bcos.fixed_terms == ()
+    assert model.fc.kernel_size == (1, 1)  # the classifier as a 1x1 B-cos conv before pooling
+
+
+def test_first_conv_starts_as_half_negated_weights():
+    conventional = timm.create_model("resnet18", num_classes=5)
+    w = conventional.conv1.weight.detach().clone()
+    model = convert(conventional, "bcosify", carry_weights=True)
+    assert torch.equal(model.conv1.weight.detach(), torch.cat([w, -w], 1) / 2)
+
+
+def test_normalised_encoding_is_linear_and_equals_the_normalised_pair():
+    norm = NormalizedEncoding((0.4, 0.5, 0.6), (0.2, 0.25, 0.3)).double()
+    x = torch.rand(2, 3, 5, 5, dtype=torch.float64)
+    e = torch.cat([x, 1 - x], 1)
+    mean = torch.tensor([0.4, 0.5, 0.6, 0.6, 0.5, 0.4], dtype=torch.float64)[:, None, None]
+    std = torch.tensor([0.2, 0.25, 0.3, 0.2, 0.25, 0.3], dtype=torch.float64)[:, None, None]
+    assert torch.allclose(norm(e), (e - mean) / std, rtol=0, atol=1e-14)
+    assert torch.allclose(norm(3 * e), 3 * norm(e), rtol=0, atol=1e-13)  # linear: no constant term
+
+
+def test_a_normalising_recipe_needs_a_mean_and_std():
+    model = nn.Sequential(nn.Conv2d(3, 4, 3))
+    with pytest.raises(ConversionError, match="input_mean"):
+        convert(model, "bcosify", head=None)
+
+
+def test_batch_norm_act_keeps_its_activation_and_gates_smooth_ones():
+    densenet = convert(timm.create_model("densenet121", num_classes=5), "bcosify")
+    norm = densenet.features.denseblock1.denselayer1.norm1
+    assert isinstance(norm, BatchNormActUncentered2d) and isinstance(norm.act, nn.ReLU) and norm.bias is None
+    effnet = convert(timm.create_model("test_efficientnet", num_classes=5), "bcosify")
+    assert isinstance(effnet.bn1.act, GatedActivation) and effnet.bn1.act.kind == "silu"
+    v2 = convert(timm.create_model("densenet121", num_classes=5), "v2")  # the old recipe removes them
+    assert type(v2.features.denseblock1.denselayer1.norm1).__name__ == "BatchNormUncentered2d"
+
+
+def _metaformer(name):
+    model = timm.create_model(name, num_classes=5)
+    for stage in model.stages:  # one block per stage: every block type, a quarter of the time
+        stage.blocks = stage.blocks[:1]
+    return model
+
+
+@pytest.mark.parametrize("name", ["caformer_s18", "convformer_s18"])
+def test_star_relu_converts_and_is_certified(name):
+    """StarReLU (s relu(x)^2 + b) holds an nn.ReLU child: walking into it removed the ReLU and left
+    a quadratic (relative completeness error ~1). Its rule detaches one relu factor."""
+    torch.manual_seed(0)
+    model = convert(_metaformer(name), "v2").double()
+    x = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    calibrate_bn(model, x)
+    assert len(verify(model, x).checked) > 50
+    expl = model.explain(x, target=torch.tensor([1]))
+    assert rel_err(expl.contributions.sum((2, 3)), expl.explained) <= 1e-9
+
+
+def test_verify_names_a_module_that_is_not_dynamic_linear():
+    """StarReLU walked into (as before its rule): verify fails and names each such module."""
+    from timm.models.metaformer import StarReLU
+
+    torch.manual_seed(0)
+    model = convert(_metaformer("caformer_s18"), "v2", rules={StarReLU: recurse}).double()
+    x = torch.rand(1, 3, 64, 64, dtype=torch.float64)
+    calibrate_bn(model, x)
+    with pytest.raises(NotDynamicLinearError, match=r"stages\.0\.blocks\.0\.mlp\.act \(timm\.models\.metaformer"
+                                                    r"\.StarReLU\)"):
+        verify(model, x)
+
+
+class _Squares(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(4, 4, 1)
+
+    def forward(self, x):
+        return self.conv(x) ** 2
+
+
+def test_a_composite_without_a_rule_is_refused_by_name():
+    model = timm.create_model("test_resnet", num_classes=5)
+    model.layer1[0].act1 = nn.Sequential(_Squares())  # hide it inside a plain container
+    model.layer1[0].act1[0].conv = nn.Conv2d(model.layer1[0].conv1.out_channels, model.layer1[0].conv1.out_channels, 1)
+    with pytest.raises(ConversionError, match=r"test_bcosify\._Squares \(at 'layer1\.0\.act1\.0'\)"):
+        convert(model, "v2")
+
+
+def test_a_container_subclass_with_its_own_forward_is_a_composite():
+    class Doubling(nn.Sequential):
+        def forward(self, x):
+            return super().forward(x) * super().forward(x)
+
+    model = timm.create_model("test_resnet", num_classes=5)
+    model.layer1[0].act1 = Doubling(nn.ReLU())
+    with pytest.raises(ConversionError, match="Doubling"):
+        convert(model, "v2")
