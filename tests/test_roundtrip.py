@@ -34,7 +34,7 @@ SMALL_REGISTERED = {
 CONVERTED = {
     "test_resnet": dict(recipe="v2"), "test_efficientnet": dict(recipe="v2", b=2.5),
     "test_convnext": dict(recipe="v2_bnu"), "test_vit": dict(recipe="v2"),
-    "mobilenetv3_small_050": dict(recipe="v1"), "cifar_convnet": dict(recipe="v2", width=0.125),
+    "mobilenetv3_small_050": dict(recipe="v1"), "cifar_convnet": dict(recipe="bcosify", width=0.125),
 }
 
 
@@ -159,7 +159,7 @@ def test_train_bcosify_from_end_to_end(tmp_path):
     exported = load_file(out / "export" / "model.safetensors")
     assert all(torch.equal(loaded.state_dict()[k], v) for k, v in exported.items())
     # trained: the B-cos weights moved away from the carried conventional ones
-    carried = timm_bcos.convert(conventional, "v2", carry_weights=True).state_dict()
+    carried = timm_bcos.convert(conventional, "bcosify", carry_weights=True).state_dict()
     assert not torch.equal(carried["features.1.0.weight"], exported["features.1.0.weight"])
     expl = loaded.double().explain(torch.rand(2, 3, 32, 32, dtype=torch.float64))
     assert torch.allclose(expl.contributions.sum((-2, -1)), expl.explained, rtol=1e-9, atol=1e-12)

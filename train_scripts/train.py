@@ -52,7 +52,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    help="start from these weights (.safetensors, or a .pth state dict)")
     g.add_argument("--bcosify-from", help="start a B-cos model from this conventional timm model's "
                    "pretrained weights (timm_bcos.convert with carry_weights=True)")
-    g.add_argument("--recipe", default="v2", help="B-cos recipe for --bcosify-from (v2, v2_bnu, v1)")
+    g.add_argument("--recipe", default="bcosify", help="B-cos recipe for --bcosify-from: bcosify (the "
+                   "B-cosification paper's, default), v2, v2_bnu or v1")
     g.add_argument("--num-classes", type=int, help="default: the number of classes in the data set")
     g.add_argument("--drop-path", type=float, help="stochastic depth rate (the model's drop_path_rate)")
     g.add_argument("--img-size", type=int, help="input image size (default: the model's cfg); models with "

@@ -1,0 +1,72 @@
+#!/usr/bin/env bash
+# B-cosification on CIFAR-10 (reports/bcosification.md): train the conventional counterpart of the
+# shipped network, B-cosify it (recipe "bcosify") and fine-tune it, the old recipe ("v2") as an
+# ablation, then the grid pointing game of each model's own explanations after 1 epoch and at the end.
+#
+#   bash train_scripts/bcosify_cifar10.sh OUT [DATASET]
+# Knobs (environment): CONV_EPOCHS (20), FT_EPOCHS (10), SUBSET (train split, "train"), VAL ("test"),
+# WORKERS (4), GRIDS ("100 30"), EXTRA (more train.py flags, e.g. "--cpu").
+# Each stage is skipped when its export exists, so a rerun continues after the last finished stage.
+set -euo pipefail
+OUT=${1:?usage: bcosify_cifar10.sh OUT [DATASET]}
+DATA=${2:-../shared/datasets/cifar10}
+CONV_EPOCHS=${CONV_EPOCHS:-20}
+FT_EPOCHS=${FT_EPOCHS:-10}
+SUBSET=${SUBSET:-train}
+VAL=${VAL:-test}
+WORKERS=${WORKERS:-4}
+GRIDS=${GRIDS:-100 30}
+EXTRA=${EXTRA:-}
+HERE=$(cd "$(dirname "$0")" && pwd)
+mkdir -p "$OUT"
+common=(--dataset "$DATA" --train-split "$SUBSET" --val-split "$VAL" --crop pad --batch-size 64 --workers "$WORKERS"
+        --opt adam --weight-decay 0 --sched cosine --export last --no-progress --no-tensorboard $EXTRA)
+
+# 1. the conventional network (conv + BN + ReLU, half width, softmax CE), as reports/cifar10.md trains it
+if [ ! -f "$OUT/conventional/export/model.safetensors" ]; then
+  python "$HERE/train.py" "${common[@]}" --model cifar_convnet --model-kwargs '{"width": 0.5}' --loss ce \
+    --lr 1e-3 --epochs "$CONV_EPOCHS" --warmup-epochs 1 --warmup-lr 1e-4 --output "$OUT/conventional" \
+    > "$OUT/conventional.log" 2>&1
+fi
+
+# 2. B-cosify it and fine-tune (BCE, Eq. 16 of the B-cos paper), with a checkpoint after every epoch
+finetune() {  # name recipe lr
+  local steps
+  steps=$(python -c "import math,sys; print(math.ceil(int(sys.argv[1]) / 64))" "$(python - "$DATA" "$SUBSET" <<'EOF'
+import sys, datasets
+print(datasets.load_dataset(sys.argv[1], split=sys.argv[2]).num_rows)
+EOF
+)")
+  if [ ! -f "$OUT/$1/export/model.safetensors" ]; then
+    python "$HERE/train.py" "${common[@]}" --bcosify-from "local-dir:$OUT/conventional/export" --recipe "$2" \
+      --model bcos_converted --loss bce --lr "$3" --epochs "$FT_EPOCHS" --checkpoint-every "$steps" \
+      --keep-checkpoints 100 --output "$OUT/$1" > "$OUT/$1.log" 2>&1
+  fi
+  python - "$OUT/$1" "$steps" <<'EOF'  # the weights after epoch 1, as a loadable folder beside the export
+import sys
+from pathlib import Path
+import timm, timm_bcos
+from timm_bcos.cli import load_weights_file
+from timm_bcos.hub import save_pretrained
+run, steps = Path(sys.argv[1]), int(sys.argv[2])
+ckpt = next(p for p in (run / "checkpoints").iterdir() if p.name.rsplit("_", 1)[-1].isdigit()
+            and int(p.name.rsplit("_", 1)[-1]) == steps)
+model = timm.create_model(f"local-dir:{run / 'export'}", pretrained=True)
+model.load_state_dict(load_weights_file(next(ckpt.glob("model*.safetensors"))))
+save_pretrained(model, run / "epoch1")
+EOF
+}
+finetune bcosify bcosify 1e-3 &
+finetune bcosify_lr1e-4 bcosify 1e-4 &
+finetune ablation_v2 v2 1e-3 &
+wait
+
+# 3. the grid pointing game of each model's own explanations (2x2 and 3x3), after 1 epoch and at the end
+models=(bcos_cifar10_w050_bnu)
+names=("from scratch (shipped, 30 epochs)")
+for run in bcosify bcosify_lr1e-4 ablation_v2; do
+  models+=("local-dir:$OUT/$run/epoch1" "local-dir:$OUT/$run/export")
+  names+=("$run, epoch 1" "$run, epoch $FT_EPOCHS")
+done
+python "$HERE/evaluate.py" --dataset "$DATA" --split "$VAL" --models "${models[@]}" --names "${names[@]}" --pretrained \
+  --grid 2 3 --num-grids $GRIDS --methods own --workers "$WORKERS" --out "$OUT/eval" > "$OUT/eval.log" 2>&1
