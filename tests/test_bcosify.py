@@ -191,3 +191,20 @@ def test_a_container_subclass_with_its_own_forward_is_a_composite():
     model.layer1[0].act1 = Doubling(nn.ReLU())
     with pytest.raises(ConversionError, match="Doubling"):
         convert(model, "v2")
+
+
+def test_every_certified_composite_is_verified_by_a_family_test():
+    """convert/composites.py certifies blocks by name; each must occur in a family that
+    test_families.py / this file run `verify` on (on the meta device here: types only)."""
+    from timm_bcos.convert.composites import CERTIFIED, certified_composites
+
+    seen = set()
+    for name, kwargs, _ in FAMILIES.values():
+        with torch.device("meta"):
+            seen |= {type(m) for m in timm.create_model(name, num_classes=5, **kwargs).modules()}
+    with torch.device("meta"):  # the metaformer test above
+        seen |= {type(m) for m in _metaformer("caformer_s18").modules()}
+    names = {f"{m}.{n}" for m, ns in CERTIFIED.items() for n in ns}
+    unverified = sorted(f"{c.__module__}.{c.__qualname__}" for c in certified_composites() - seen
+                        if f"{c.__module__}.{c.__qualname__}" in names)
+    assert not unverified, f"certified but never verified: {unverified}"

@@ -6,7 +6,7 @@ import timm
 import torch
 
 from helpers import calibrate_bn, rel_err
-from timm_bcos import ConversionError, convert
+from timm_bcos import ConversionError, convert, verify
 
 # family -> (timm model, kwargs that only shrink it, input size, fixed terms expected)
 COMPLETE = {
@@ -66,6 +66,7 @@ def _explain(name, kwargs, size):
     expl = model.explain(x, target=torch.tensor([0, 3]))
     assert (expl.explained.abs() > 0).all()
     assert expl.weights.shape[2:] == (6, size, size)  # per pixel of the encoded image
+    assert len(verify(model, x[:1]).checked) >= 5  # every module y = J(x) x (raises naming the first that is not)
     return model, expl
 
 

@@ -5,7 +5,8 @@
 #
 #   bash train_scripts/bcosify_cifar10.sh OUT [DATASET]
 # Knobs (environment): CONV_EPOCHS (20), FT_EPOCHS (10), SUBSET (train split, "train"), VAL ("test"),
-# WORKERS (4), GRIDS ("100 30"), EXTRA (more train.py flags, e.g. "--cpu").
+# WORKERS (4), GRIDS ("100 30"), EXTRA (more train.py flags, e.g. "--cpu"),
+# RUNS (fine-tunes as name:recipe:lr, default "bcosify:bcosify:1e-3 bcosify_lr1e-4:bcosify:1e-4 ablation_v2:v2:1e-3").
 # Each stage is skipped when its export exists, so a rerun continues after the last finished stage.
 set -euo pipefail
 OUT=${1:?usage: bcosify_cifar10.sh OUT [DATASET]}
@@ -17,6 +18,7 @@ VAL=${VAL:-test}
 WORKERS=${WORKERS:-4}
 GRIDS=${GRIDS:-100 30}
 EXTRA=${EXTRA:-}
+RUNS=${RUNS:-bcosify:bcosify:1e-3 bcosify_lr1e-4:bcosify:1e-4 ablation_v2:v2:1e-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 common=(--dataset "$DATA" --train-split "$SUBSET" --val-split "$VAL" --crop pad --batch-size 64 --workers "$WORKERS"
@@ -56,15 +58,17 @@ model.load_state_dict(load_weights_file(next(ckpt.glob("model*.safetensors"))))
 save_pretrained(model, run / "epoch1")
 EOF
 }
-finetune bcosify bcosify 1e-3 &
-finetune bcosify_lr1e-4 bcosify 1e-4 &
-finetune ablation_v2 v2 1e-3 &
+for spec in $RUNS; do
+  IFS=: read -r name recipe lr <<< "$spec"
+  finetune "$name" "$recipe" "$lr" &
+done
 wait
 
 # 3. the grid pointing game of each model's own explanations (2x2 and 3x3), after 1 epoch and at the end
 models=(bcos_cifar10_w050_bnu)
 names=("from scratch (shipped, 30 epochs)")
-for run in bcosify bcosify_lr1e-4 ablation_v2; do
+for spec in $RUNS; do
+  run=${spec%%:*}
   models+=("local-dir:$OUT/$run/epoch1" "local-dir:$OUT/$run/export")
   names+=("$run, epoch 1" "$run, epoch $FT_EPOCHS")
 done
