@@ -33,6 +33,10 @@ with 6-channel ImageNet mean/std inside, `bcosifynormalize`), the file holds:
                               (equal to its own `model.explain(x6[i:i+1], idx)["dynamic_linear_weights"]`,
                               checked here)
   expl.contrib_x6, expl.contrib_z  (grad * input).sum(channels) [N,H,W]
+  expl.grad_x6_linear_norm, expl.contrib_x6_linear_norm  the same w.r.t. x6 with the normalisation written as
+                     the linear map it is on valid encodings (m_c = m_c (x_c + (1 - x_c))), from grad_z: these
+                     contributions are complete (sum = logit - logit bias, CNNs), the reference's expl.contrib_x6
+                     are not (its (x6 - m) / s is affine channel by channel)
   plain.grad_x6      the same gradient outside explanation mode (the training-time gradient)
 
 and metadata["bcosification"], a json string: the config that matters (b, max_out, logit bias and
@@ -399,6 +403,16 @@ def main(argv=None) -> int:
 
     contrib_x6 = (x6 * grad_x6).sum(1)
     contrib_z = (z * grad_z).sum(1)
+    # On valid encodings (second half = 1 - first half) the normalisation is a linear map of x6:
+    # z_c = ((1-m_c) x_c - m_c (1-x_c)) / s_c = -z_{c+3}. The gradient through that map (not the reference's,
+    # which differentiates (x6 - m) / s channel by channel) gives complete contributions w.r.t. x6.
+    m6 = torch.tensor(model.bcosifynormalize.mean, dtype=torch.float64)[None, :3, None, None]
+    s6 = torch.tensor(model.bcosifynormalize.std, dtype=torch.float64)[None, :3, None, None]
+    assert torch.allclose(torch.tensor(model.bcosifynormalize.mean[3:]), 1 - torch.tensor(model.bcosifynormalize.mean[:3]))
+    assert torch.allclose(torch.tensor(model.bcosifynormalize.std[3:]), torch.tensor(model.bcosifynormalize.std[:3]))
+    d = grad_z[:, :3] - grad_z[:, 3:]
+    grad_x6_lin = torch.cat([(1 - m6) / s6 * d, -m6 / s6 * d], 1)
+    contrib_x6_lin = (x6 * grad_x6_lin).sum(1)
     logit_layer = model.logit_layer
     bias = float(logit_layer.logit_bias or 0.0)
     temp = logit_layer.logit_temperature
@@ -414,6 +428,7 @@ def main(argv=None) -> int:
         "sum_contrib_x6": [float(v) for v in contrib_x6.flatten(1).sum(1)],
         "rel_err_z": rel(contrib_z.flatten(1).sum(1), pre),
         "rel_err_x6": rel(contrib_x6.flatten(1).sum(1), pre),
+        "rel_err_x6_linear_norm": rel(contrib_x6_lin.flatten(1).sum(1), pre),
         "rel_err_z_without_pos_embedding": no_pe,
     }
 
@@ -464,6 +479,7 @@ def main(argv=None) -> int:
         "logits": logits, "target": target,
         "expl.grad_x6": grad_x6, "expl.grad_z": grad_z.contiguous(),
         "expl.contrib_x6": contrib_x6, "expl.contrib_z": contrib_z.contiguous(),
+        "expl.grad_x6_linear_norm": grad_x6_lin.contiguous(), "expl.contrib_x6_linear_norm": contrib_x6_lin.contiguous(),
         "plain.grad_x6": grad_plain,
     })
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -471,7 +487,8 @@ def main(argv=None) -> int:
     total = time.perf_counter() - t0
     print(json.dumps({"out": str(args.out), "experiment": name, "build_s": round(t_build, 2),
                       "total_s": round(total, 2), "target": meta["target"],
-                      "rel_err_z": completeness["rel_err_z"], "rel_err_x6": completeness["rel_err_x6"], "rel_err_z_no_pe": no_pe,
+                      "rel_err_z": completeness["rel_err_z"], "rel_err_x6": completeness["rel_err_x6"],
+                      "rel_err_x6_linear_norm": completeness["rel_err_x6_linear_norm"], "rel_err_z_no_pe": no_pe,
                       "explain_check_rel_err": explain_err, "replaced": replaced}))
     return 0
 
