@@ -3,19 +3,26 @@
 One upload runs one forward pass and explains the top-k classes at once (`analyse`); clicking
 another class or moving a display slider only re-renders the cached explanation. Every
 callback turns bad input into a message on the page and leaves the server serving.
+
+The callbacks return pictures as arrays; the page serves them as files, each request's in a
+folder of its own (`with_picture_files`, `png_grid`; see "Answer files" below for why).
 """
 from __future__ import annotations
 
+import functools
 import os
 import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
 
 import gradio as gr  # noqa: E402
+import numpy as np  # noqa: E402
+from gradio.utils import get_upload_folder  # noqa: E402
+from PIL import Image  # noqa: E402
 
 from . import views  # noqa: E402
 from .engine import Explorer  # noqa: E402
@@ -113,17 +120,80 @@ def png_grid(explorer: Explorer, state, smooth):
     if not state or state.get("current") is None:
         return gr.update(value=None, visible=False)
     expl = state["current"][0]
-    folder = Path(tempfile.mkdtemp(dir=_grid_folder()))
-    path = save_explanation_grid(folder / "explanation.png", state["x"], expl,
+    path = save_explanation_grid(_request_folder() / "explanation.png", state["x"], expl,
                                  class_names=explorer.class_names, smooth=int(smooth))
     return gr.update(value=str(path), visible=True)
 
 
-def _grid_folder(max_age_s: float = 3600.0) -> Path:
-    """One folder per process for the grids; grids older than `max_age_s` are removed as new ones come."""
-    root = Path(tempfile.gettempdir()) / f"timm_bcos_app_{os.getpid()}"
-    root.mkdir(exist_ok=True)
-    for old in root.iterdir():
-        if time.time() - old.stat().st_mtime > max_age_s:
-            shutil.rmtree(old, ignore_errors=True)
+# ----------------------------------------------------------------------------- answer files
+# Every answer's files (pictures, PNG grid) are written here, into a new folder of the request's
+# own inside Gradio's cache, complete before the callback returns and never written again; Gradio
+# serves files in its cache as they are. Why not let Gradio save the returned arrays: it names a
+# saved picture by its content and rewrites that file in place whenever a request returns the same
+# picture again, so while one client downloads its answer a concurrent request for the same image
+# truncates and rewrites the file under it (a short or broken image; h11's "Too little data for
+# declared Content-Length" in the server log). And a name shared between requests (one folder, a
+# fixed file name) would let one request's answer be replaced by another's before it is fetched:
+# benchmarks/app_load.py checks every answer's pictures against its own input under 32 clients.
+#
+# Bounded: folders go into one bucket per minute; a bucket whose newest entry is older than
+# ANSWER_MAX_AGE_S (Gradio's own delete_cache age, layout.py) is removed when a later request comes,
+# so each request looks at a few dozen buckets, not at every old answer. A bucket's mtime is the
+# creation time of its newest folder, so nothing removed can belong to an answer younger than that
+# age: an answer still in flight (callback returned, files not yet fetched) keeps its files.
+ANSWER_MAX_AGE_S = 3600.0
+ANSWERS = "timm_bcos_answers"  # the folder inside Gradio's cache (GRADIO_TEMP_DIR, default /tmp/gradio)
+
+
+def _answers_folder(max_age_s: float = ANSWER_MAX_AGE_S) -> Path:
+    """The folder of all answers' files (shared by processes); entries older than `max_age_s` are removed."""
+    root = Path(get_upload_folder()) / ANSWERS
+    root.mkdir(parents=True, exist_ok=True)
+    now = time.time()
+    for entry in os.scandir(root):
+        try:
+            old = now - entry.stat(follow_symlinks=False).st_mtime > max_age_s
+            if old and entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path, ignore_errors=True)
+            elif old:
+                os.unlink(entry.path)
+        except FileNotFoundError:
+            continue  # removed meanwhile by a concurrent request: nothing to do
     return root
+
+
+_grid_folder = _answers_folder  # its earlier name (tests/test_app.py)
+
+
+def _request_folder() -> Path:
+    """A new empty folder, this request's alone, in the current minute's bucket."""
+    root = _answers_folder()
+    bucket = root / time.strftime("%Y%m%d-%H%M", time.gmtime())
+    for _ in range(3):
+        bucket.mkdir(exist_ok=True)
+        try:
+            return Path(tempfile.mkdtemp(dir=bucket))  # a unique name: no other request ever writes here
+        except FileNotFoundError:  # the bucket was just removed (a clock step back): make it again
+            continue
+    return Path(tempfile.mkdtemp(dir=root))
+
+
+def with_picture_files(fn: Callable[..., Any], names: Sequence[str | None]) -> Callable[..., Any]:
+    """`fn` for the page: each picture (an array) among its outputs becomes a PNG file of this request's
+    own folder, named by `names` (the output's position); other outputs pass through unchanged."""
+    @functools.wraps(fn)
+    def served(*args):
+        outputs = fn(*args)
+        if not any(isinstance(v, np.ndarray) for v in outputs):
+            return outputs
+        folder = _request_folder()
+        files = []
+        for i, value in enumerate(outputs):
+            if isinstance(value, np.ndarray):
+                path = folder / f"{names[i] or f'picture_{i}'}.png"
+                Image.fromarray(value).save(path, format="PNG")
+                value = str(path)
+            files.append(value)
+        return tuple(files)
+
+    return served

@@ -1,7 +1,10 @@
 """The explorer's Gradio layout and its launch on a local address."""
 from __future__ import annotations
 
+import ctypes
 import os
+import threading
+import time
 from functools import partial
 
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is imported: no telemetry
@@ -13,6 +16,13 @@ from . import callbacks as cb  # noqa: E402
 from .engine import Explorer  # noqa: E402
 
 MAX_UPLOAD = "100mb"  # larger uploads are refused by Gradio before they reach the model
+# Bounds under load: each event's callback runs one request at a time (the model is shared: engine.py
+# locks it; the 2-core CPU gains nothing from more), at most MAX_QUEUE requests wait (more are refused
+# with "Queue is full"), and at most MAX_SESSIONS sessions keep their state (the explained image: weights
+# and contributions of the top 5, ~0.2 MB at 32x32, ~9 MB at 224x224); the least recently used goes first.
+MAX_QUEUE = 64
+MAX_SESSIONS = 256
+TRIM_EVERY_S = 10.0  # see _bound_the_heap
 INTRO = ("Upload, paste or photograph an image, or pick a sample. The model explains its top classes with "
          "its own dynamic linear map W(x) (B-cos networks, Böhle et al., CVPR 2022): the colour image shows "
          "the aligned weights where the contribution is positive, the map beside it the signed contributions, "
@@ -67,7 +77,8 @@ def _results() -> dict:
 def build_app(explorer: Explorer) -> gr.Blocks:
     """The page; its API endpoint `/analyse` takes an image and returns everything the page shows."""
     # delete_cache: uploads and result pictures older than an hour go, hourly
-    with gr.Blocks(title="B-cos explorer", analytics_enabled=False, delete_cache=(3600, 3600)) as app:
+    age = int(cb.ANSWER_MAX_AGE_S)
+    with gr.Blocks(title="B-cos explorer", analytics_enabled=False, delete_cache=(3600, age)) as app:
         gr.Markdown(f"## B-cos explorer: {explorer.name}\n{INTRO}")
         state = gr.State(dict(cb.EMPTY))
         with gr.Row():
@@ -78,28 +89,69 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         pics = [r["explanation"], r["contributions"], r["numbers"]]
         display = [c["smooth"], c["percentile"]]
         analysis = [r["message"], r["seen"], r["scores"], r["target"], *pics, state]
-        analyse = partial(cb.analyse, explorer)
+        # every picture is served from a file of its request's own (callbacks.py, "Answer files")
+        analyse = cb.with_picture_files(partial(cb.analyse, explorer), _names(analysis))
         inputs = [c["image"], c["topk"], *display]
         # preprocess=False: the callback reads the uploaded file itself, so any file gets a clear message
         c["image"].change(analyse, inputs, analysis, api_name="analyse", preprocess=False)
         c["topk"].release(analyse, inputs, analysis, api_name="analyse_topk", preprocess=False,
                           api_visibility="private")
-        r["target"].input(partial(cb.pick_class, explorer), [r["target"], state, *display], [*pics, state],
-                          api_name="pick_class")
+        r["target"].input(cb.with_picture_files(partial(cb.pick_class, explorer), _names([*pics, state])),
+                          [r["target"], state, *display], [*pics, state], api_name="pick_class")
         for i, s in enumerate(display):
-            s.release(partial(cb.rerender, explorer), [state, *display], pics, api_name=f"rerender_{i}",
-                      api_visibility="private")
-        c["delta"].click(partial(cb.explain_delta, explorer), [state, c["a"], c["b"], *display],
-                         [r["message"], *pics, state], api_name="delta")
-        c["neuron"].click(partial(cb.explain_neuron, explorer), [state, c["layer"], c["channel"], *display],
-                          [r["message"], *pics, state], api_name="neuron")
+            s.release(cb.with_picture_files(partial(cb.rerender, explorer), _names(pics)), [state, *display], pics,
+                      api_name=f"rerender_{i}", api_visibility="private")
+        mode = [r["message"], *pics, state]
+        c["delta"].click(cb.with_picture_files(partial(cb.explain_delta, explorer), _names(mode)),
+                         [state, c["a"], c["b"], *display], mode, api_name="delta")
+        c["neuron"].click(cb.with_picture_files(partial(cb.explain_neuron, explorer), _names(mode)),
+                          [state, c["layer"], c["channel"], *display], mode, api_name="neuron")
         r["grid"].click(partial(cb.png_grid, explorer), [state, c["smooth"]], r["file"], api_name="grid")
     return app
+
+
+def _names(outputs: list) -> list[str | None]:
+    """File names of the pictures among `outputs`: their element ids ("seen", "explanation", ...)."""
+    return [o.elem_id if isinstance(o, gr.Image) else None for o in outputs]
+
+
+_heap_bounded = threading.Event()
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+
+
+def _bound_the_heap(arenas: int = 2, every_s: float = TRIM_EVERY_S) -> None:
+    """Keep the server's resident size at what it uses (glibc only; elsewhere nothing is done).
+
+    Gradio answers on up to 40 worker threads; glibc gives threads heaps of their own (up to 8 per
+    core) and keeps what they free for reuse. Under load (benchmarks/app_load.py, 8 clients) the
+    resident size climbed 10.5% in 60 s and was still climbing, with no objects kept: while it grew
+    31 MB tracemalloc saw <1 MB more Python objects, and malloc_trim gave ~100 MB back. With at most
+    `arenas` heaps (set before the worker threads exist) and freed memory handed back every
+    `every_s` seconds it grows 5-6% in the first ~45 s of load and then stays flat (90 s measured).
+    """
+    if _heap_bounded.is_set():
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        trim, mallopt = libc.malloc_trim, libc.mallopt
+    except (OSError, AttributeError):
+        return
+    _heap_bounded.set()
+    mallopt(M_ARENA_MAX, arenas)
+
+    def loop() -> None:
+        while True:
+            time.sleep(every_s)
+            trim(0)
+
+    threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
 
 
 def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, **kwargs):
     """Serve the page on host:port (local only by default); requests queue and are answered in turn."""
     app = build_app(explorer)
-    app.queue(default_concurrency_limit=1)
+    _bound_the_heap()
+    app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
+    kwargs.setdefault("state_session_capacity", MAX_SESSIONS)
     return app.launch(server_name=host, server_port=port, allowed_paths=[str(SAMPLES)],
                       max_file_size=MAX_UPLOAD, footer_links=["api"], **kwargs)
