@@ -198,8 +198,10 @@ def test_every_certified_composite_is_verified_by_a_family_test():
     test_families.py / this file run `verify` on (on the meta device here: types only)."""
     from timm_bcos.convert.composites import CERTIFIED, certified_composites
 
+    from test_convert import FAMILIES as CONVERTED
+
     seen = set()
-    for name, kwargs, _ in FAMILIES.values():
+    for name, kwargs, _ in [*FAMILIES.values(), *CONVERTED.values()]:
         with torch.device("meta"):
             seen |= {type(m) for m in timm.create_model(name, num_classes=5, **kwargs).modules()}
     with torch.device("meta"):  # the metaformer test above

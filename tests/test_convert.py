@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from helpers import calibrate_bn, model_contributions, rel_err
-from timm_bcos import ConversionError, convert
+from timm_bcos import ConversionError, convert, verify
 from timm_bcos import layers as L
 
 # family -> (timm model, kwargs, input size); the README's table mirrors this list
@@ -59,6 +59,7 @@ def test_family_converts_and_is_dynamic_linear(family):
     contrib, pre, _ = model_contributions(model, x, torch.tensor([0, 3]))
     assert (pre != 0).all()
     assert rel_err(contrib, pre) <= 1e-4
+    verify(model, x)  # also certifies the composites these models use (test_bcosify.py counts them)
 
 
 def test_vit_position_embedding_and_class_token_are_input_independent_terms():

@@ -31,7 +31,7 @@ CERTIFIED = {
     "timm.models.convnext": ("ConvNeXtBlock", "ConvNeXtStage",),
     "timm.models.cspnet": ("BottleneckBlock", "CrossStage", "DarkBlock",),
     "timm.models.densenet": ("DenseBlock", "DenseLayer",),
-    "timm.models.dla": ("DlaBottleneck", "DlaRoot", "DlaTree",),
+    "timm.models.dla": ("DlaBasic", "DlaBottleneck", "DlaRoot", "DlaTree",),
     "timm.models.dpn": ("BnAct", "BnActConv2d", "DualPathBlock",),
     "timm.models.edgenext": ("ConvBlock", "EdgeNeXtStage", "SplitTransposeBlock",),
     "timm.models.efficientformer": (
@@ -98,6 +98,15 @@ def certified_composites() -> set[type]:
                 continue
             _CLASSES.update(getattr(mod, n) for n in names if hasattr(mod, n))
     return _CLASSES
+
+
+def is_certified(module) -> bool:
+    """A certified composite, or a timm model nested in another module: its forward is
+    forward_features + forward_head, trusted as the root model's is (the walk starts below
+    the root), and its blocks are held to the same rules."""
+    if type(module) in certified_composites():
+        return True
+    return hasattr(module, "pretrained_cfg") and callable(getattr(module, "forward_head", None))
 
 
 def register_composite(*classes: type) -> None:

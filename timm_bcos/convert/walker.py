@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from ..recipes import Recipe
-from .composites import certified_composites
+from .composites import is_certified
 
 
 class ConversionError(TypeError):
@@ -125,7 +125,7 @@ def convert_modules(module: nn.Module, ctx: Context, rules: RuleTable, prefix: s
                     f"no B-cos rule for {type(child).__module__}.{type(child).__qualname__} at '{path}'; "
                     "pass rules={Type: rule} to convert() to add one"
                 )
-            if type(child) not in certified_composites():
+            if not is_certified(child):
                 ctx.uncertified.append((path, type(child)))  # convert() refuses them once the walk is done
             rule = recurse
         with _on_device_of(child):  # a replacement lives where the module it replaces lived (meta included)
