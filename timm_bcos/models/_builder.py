@@ -41,11 +41,12 @@ def bcos_cfg(url: str = "", **kwargs: Any) -> dict[str, Any]:
     }
 
 
-def model_cfgs(models: list[str], make_cfg: Callable[..., dict]) -> dict[str, dict]:
+def model_cfgs(models: list[str], make_cfg: Callable[..., dict],
+               releases: Callable[[str, Callable[..., dict]], dict[str, dict]] = released_cfgs) -> dict[str, dict]:
     """For each model: its released weights' tags first (the default for pretrained=True), then `.untrained`."""
     cfgs: dict[str, dict] = {}
     for name in models:
-        cfgs.update(released_cfgs(name, make_cfg))
+        cfgs.update(releases(name, make_cfg))
         cfgs[f"{name}.untrained"] = make_cfg()
     return cfgs
 
@@ -74,8 +75,9 @@ def _pretrained_weights(variant: str, kwargs: dict[str, Any]) -> Iterator[None]:
     then reads the cached copy), and any failure names where the weights came from."""
     source = _weights_source(variant, kwargs)
     if source is None:
+        notes = " ".join(resolve_pretrained_cfg(variant).notes or ())
         raise RuntimeError(f"could not load pretrained weights for {variant} from nowhere: "
-                           "this tag has no weights (see timm.list_pretrained('bcos_*'))")
+                           f"this tag has no weights (see timm.list_pretrained('bcos_*')). {notes}".rstrip())
     key, where = source
     try:
         if key == "url" and any(where == r.url for r in RELEASES):

@@ -3,6 +3,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.densenet import DenseNet
 
 from ..convert import HeadSpec, register_family
+from ..weights.bcosification import bcosified_cfgs, bcosified_filter_fn
 from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 register_family(DenseNet, head=HeadSpec(classifier="classifier", pool="global_pool"))
@@ -18,7 +19,7 @@ default_cfgs = generate_default_cfgs(model_cfgs([
     "bcos_densenet169",
     "bcos_densenet201",
     "bcos_densenet121_v1",
-], _cfg))
+], _cfg) | model_cfgs(["bcos_densenet121_bcosified"], _cfg, bcosified_cfgs))
 
 
 def _create(variant: str, conventional: str, pretrained: bool, recipe: str = "v2", **kwargs):
@@ -54,3 +55,11 @@ def bcos_densenet201(pretrained=False, **kwargs):
 def bcos_densenet121_v1(pretrained=False, **kwargs):
     """The paper's B-cos DenseNet-121 (Tab. 2): MaxOut 2, no norms, activations or max pooling."""
     return _create("bcos_densenet121_v1", "densenet121", pretrained, recipe="v1", **kwargs)
+
+
+@register_model
+def bcos_densenet121_bcosified(pretrained=False, **kwargs):
+    """DenseNet-121 B-cosified as Arya et al. (2024) release it: recipe "bcosify" (ReLU kept,
+    normalised [x, 1-x] input, no weight norm); tag bcosify_in1k takes the release checkpoint (file=...)."""
+    return _create("bcos_densenet121_bcosified", "densenet121", pretrained, recipe="bcosify",
+                   pretrained_filter_fn=bcosified_filter_fn, **kwargs)

@@ -8,6 +8,7 @@ from timm.models import generate_default_cfgs, register_model
 from timm.models.resnet import ResNet
 
 from ..convert import HeadSpec, register_family
+from ..weights.bcosification import bcosified_cfgs, bcosified_filter_fn
 from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 register_family(ResNet, head=HeadSpec(classifier="fc", pool="global_pool"))
@@ -25,7 +26,7 @@ default_cfgs = generate_default_cfgs(model_cfgs([
     "bcos_resnet152",
     "bcos_resnext50_32x4d",
     "bcos_resnet34_v1",
-], _cfg))
+], _cfg) | model_cfgs(["bcos_resnet18_bcosified", "bcos_resnet50_bcosified"], _cfg, bcosified_cfgs))
 
 
 def _create(variant: str, conventional: str, pretrained: bool, recipe: str = "v2", **kwargs):
@@ -72,3 +73,19 @@ def bcos_resnext50_32x4d(pretrained=False, **kwargs):
 def bcos_resnet34_v1(pretrained=False, **kwargs):
     """The paper's B-cos ResNet-34 (Tab. 2): MaxOut 2, no norms, activations or max pooling."""
     return _create("bcos_resnet34_v1", "resnet34", pretrained, recipe="v1", **kwargs)
+
+
+@register_model
+def bcos_resnet18_bcosified(pretrained=False, **kwargs):
+    """ResNet-18 B-cosified as Arya et al. (2024) release it: recipe "bcosify" (ReLU kept, normalised
+    [x, 1-x] input, no weight norm); tag bcosify_in1k takes the release checkpoint (file=...)."""
+    return _create("bcos_resnet18_bcosified", "resnet18", pretrained, recipe="bcosify",
+                   pretrained_filter_fn=bcosified_filter_fn, **kwargs)
+
+
+@register_model
+def bcos_resnet50_bcosified(pretrained=False, **kwargs):
+    """ResNet-50 B-cosified as Arya et al. (2024) release it (from torchvision's V2 weights: tag
+    bcosify_in1k; from V1: bcosify_tv_in1k)."""
+    return _create("bcos_resnet50_bcosified", "resnet50", pretrained, recipe="bcosify",
+                   pretrained_filter_fn=bcosified_filter_fn, **kwargs)

@@ -1,0 +1,99 @@
+"""The released B-cosified CNNs (Arya et al., NeurIPS 2024) against the reference code itself.
+
+The reference (../shared/oracles/bcosification) shadows the `bcos` package, so its models are built
+in a subprocess (tests/oracles/bcosification_dump.py) with seeded random weights in place of the
+release's and dumped in float64: the conventional source weights, the B-cosified state dict, an
+input, logits and the explanation of each sample's top class.
+
+- a release checkpoint (Lightning last.ckpt layout) loads into `bcos_*_bcosified.<tag>` through
+  timm's own pretrained path and gives the reference's logits and explanations;
+- our `bcosify` recipe, applied to the same conventional weights, gives the reference's B-cosified
+  model (before any fine-tuning).
+"""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+from safetensors.torch import load_file
+
+import timm_bcos  # noqa: F401
+from helpers import rel_err
+from timm_bcos import convert
+from timm_bcos.weights.bcosification import BCOSIFIED_RELEASES, convert_bcosified_state_dict
+
+REPO = Path(__file__).resolve().parents[1]
+ORACLE = Path(os.environ.get("BCOSIFICATION_ORACLE", REPO.parent / "shared" / "oracles" / "bcosification"))
+pytestmark = pytest.mark.skipif(not ORACLE.is_dir(), reason=f"needs the B-cosification reference at {ORACLE}")
+
+# experiment -> input size (small: float64 on 2 cores); resnet_50 and resnet_50_V1 share an architecture
+CASES = {"resnet_18": 64, "resnet_50_V1": 32, "densenet_121": 32}
+RELEASE = {r.experiment: r for r in BCOSIFIED_RELEASES}
+# the conventional timm model that each experiment B-cosifies (torchvision's keys are timm's here)
+SOURCE = {"resnet_18": "resnet18", "resnet_50_V1": "resnet50", "densenet_121": "densenet121"}
+
+
+@pytest.fixture(scope="module", params=list(CASES))
+def dump(request, tmp_path_factory):
+    experiment = request.param
+    out = tmp_path_factory.mktemp(experiment) / "dump.safetensors"
+    subprocess.run([sys.executable, str(REPO / "tests" / "oracles" / "bcosification_dump.py"), experiment, str(out),
+                    "--oracle", str(ORACLE), "--size", str(CASES[experiment]), "--batch", "2"],
+                   check=True, capture_output=True, cwd=REPO)
+    tensors = load_file(str(out))
+    group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+    return experiment, tensors, group("state_dict."), group("source.")
+
+
+def _assert_matches_reference(model, tensors):
+    model = model.double().eval()
+    x, target = tensors["input.x"], tensors["target"]
+    bias = model.logit_layer.logit_bias
+    with torch.no_grad():
+        logits = model(x)
+    # logits without the bias: with it, float64 cannot tell two random-init models apart
+    assert rel_err(logits - bias, tensors["logits"] - bias) <= 1e-9
+    expl = model.explain(x, target=target)
+    # W(x) over [x, 1-x], the reference's normalisation written as the linear map it is on encodings
+    assert rel_err(expl.weights[:, 0], tensors["expl.grad_x6_linear_norm"]) <= 1e-8
+    assert rel_err(expl.contributions[:, 0], tensors["expl.contrib_x6_linear_norm"]) <= 1e-8
+
+
+def test_release_checkpoint_loads_through_timm_and_equals_the_reference(dump, tmp_path):
+    experiment, tensors, state, _ = dump
+    release = RELEASE[experiment]
+    ckpt = tmp_path / "last.ckpt"  # the release layout: Lightning's {"state_dict": {"model.model.<key>": ...}}
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}, "epoch": 89}, ckpt)
+    loaded = timm.create_model(f"{release.model}.{release.tag}", pretrained=True,
+                               pretrained_cfg_overlay=dict(file=str(ckpt)))
+    expected = convert_bcosified_state_dict(state)
+    assert set(loaded.state_dict()) == set(expected)
+    assert all(torch.equal(v, expected[k].to(v.dtype)) for k, v in loaded.state_dict().items())
+    # in float64 (timm builds in float32, which rounds the reference's float64 norm statistics)
+    model = timm.create_model(release.model).double()
+    model.load_state_dict(expected)  # strict
+    _assert_matches_reference(model, tensors)
+
+
+def test_bcosify_recipe_equals_the_reference_bcosification(dump):
+    """Same conventional weights in, the same B-cosified model out (stem [W, -W]/2 on the normalised
+    six channels, biases dropped, uncentered norms, ReLU kept, AvgPool, 1x1 head, logit bias)."""
+    experiment, tensors, state, source = dump
+    conventional = timm.create_model(SOURCE[experiment], num_classes=1000).double()
+    conventional.load_state_dict(source)
+    ours = convert(conventional, "bcosify", carry_weights=True).double()
+    expected = convert_bcosified_state_dict(state)
+    got = ours.state_dict()
+    assert set(got) == set(expected)
+    # an uncentered norm never reads its running mean (the reference keeps the conventional one, we zero it)
+    compared = [k for k in got if expected[k].is_floating_point() and not k.endswith("running_mean")]
+    assert max(rel_err(got[k], expected[k]) for k in compared) <= 1e-12
+    _assert_matches_reference(ours, tensors)
+
+
+def test_a_checkpoint_of_something_else_is_refused_clearly():
+    with pytest.raises(ValueError, match="not a B-cosification checkpoint.*linear.weight"):
+        convert_bcosified_state_dict({"state_dict": {"model.conv1.weight": torch.zeros(1)}})
