@@ -29,37 +29,49 @@ REPO = Path(__file__).resolve().parents[1]
 ORACLE = Path(os.environ.get("BCOSIFICATION_ORACLE", REPO.parent / "shared" / "oracles" / "bcosification"))
 pytestmark = pytest.mark.skipif(not ORACLE.is_dir(), reason=f"needs the B-cosification reference at {ORACLE}")
 
-# experiment -> input size (small: float64 on 2 cores); resnet_50 and resnet_50_V1 share an architecture
-CASES = {"resnet_18": 64, "resnet_50_V1": 32, "densenet_121": 32}
+VIT = "bcosifyv2_bcos_simple_vit_ti_patch16_224_0.001_gapReorder"
+VITC = "bcosifyv2_bcos_vitc_ti_patch1_14_0.001_gapReorder"
+# experiment -> input size (small: float64 on 2 cores); resnet_50 and resnet_50_V1 share an architecture,
+# and so do the ViT sizes (ti stands for s, b, l)
+CASES = {"resnet_18": 64, "resnet_50_V1": 32, "densenet_121": 32, VIT: 224, VITC: 224}
+# relative error allowed: the CNNs agree to rounding; in the random-init ViTs, rounding differences
+# (softmax attention, 11-12 blocks at B=2) grow to ~1e-8, as in tests/test_bcos_v2_parity.py
+TOLERANCE = {VIT: 1e-6, VITC: 1e-6}
 RELEASE = {r.experiment: r for r in BCOSIFIED_RELEASES}
 # the conventional timm model that each experiment B-cosifies (torchvision's keys are timm's here)
 SOURCE = {"resnet_18": "resnet18", "resnet_50_V1": "resnet50", "densenet_121": "densenet121"}
 
 
+_DUMPS: dict = {}  # experiment -> dump, shared by the tests of this worker (each dump costs 5-25 s)
+
+
 @pytest.fixture(scope="module", params=list(CASES))
 def dump(request, tmp_path_factory):
     experiment = request.param
-    out = tmp_path_factory.mktemp(experiment) / "dump.safetensors"
-    subprocess.run([sys.executable, str(REPO / "tests" / "oracles" / "bcosification_dump.py"), experiment, str(out),
-                    "--oracle", str(ORACLE), "--size", str(CASES[experiment]), "--batch", "2"],
-                   check=True, capture_output=True, cwd=REPO)
-    tensors = load_file(str(out))
-    group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
-    return experiment, tensors, group("state_dict."), group("source.")
+    if experiment not in _DUMPS:
+        out = tmp_path_factory.mktemp("bcosification") / "dump.safetensors"
+        batch = 1 if experiment in (VIT, VITC) else 2
+        subprocess.run([sys.executable, str(REPO / "tests" / "oracles" / "bcosification_dump.py"), experiment,
+                        str(out), "--oracle", str(ORACLE), "--size", str(CASES[experiment]), "--batch", str(batch)],
+                       check=True, capture_output=True, cwd=REPO)
+        tensors = load_file(str(out))
+        group = lambda prefix: {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}  # noqa: E731
+        _DUMPS[experiment] = experiment, tensors, group("state_dict."), group("source.")
+    return _DUMPS[experiment]
 
 
-def _assert_matches_reference(model, tensors):
+def _assert_matches_reference(model, tensors, tol=1e-9):
     model = model.double().eval()
     x, target = tensors["input.x"], tensors["target"]
     bias = model.logit_layer.logit_bias
     with torch.no_grad():
         logits = model(x)
     # logits without the bias: with it, float64 cannot tell two random-init models apart
-    assert rel_err(logits - bias, tensors["logits"] - bias) <= 1e-9
+    assert rel_err(logits - bias, tensors["logits"] - bias) <= tol
     expl = model.explain(x, target=target)
     # W(x) over [x, 1-x], the reference's normalisation written as the linear map it is on encodings
-    assert rel_err(expl.weights[:, 0], tensors["expl.grad_x6_linear_norm"]) <= 1e-8
-    assert rel_err(expl.contributions[:, 0], tensors["expl.contrib_x6_linear_norm"]) <= 1e-8
+    assert rel_err(expl.weights[:, 0], tensors["expl.grad_x6_linear_norm"]) <= 10 * tol
+    assert rel_err(expl.contributions[:, 0], tensors["expl.contrib_x6_linear_norm"]) <= 10 * tol
 
 
 def test_release_checkpoint_loads_through_timm_and_equals_the_reference(dump, tmp_path):
@@ -75,9 +87,10 @@ def test_release_checkpoint_loads_through_timm_and_equals_the_reference(dump, tm
     # in float64 (timm builds in float32, which rounds the reference's float64 norm statistics)
     model = timm.create_model(release.model).double()
     model.load_state_dict(expected)  # strict
-    _assert_matches_reference(model, tensors)
+    _assert_matches_reference(model, tensors, TOLERANCE.get(experiment, 1e-9))
 
 
+@pytest.mark.parametrize("dump", list(SOURCE), indirect=True)  # the ViTs' standard_* source keys have no loader yet
 def test_bcosify_recipe_equals_the_reference_bcosification(dump):
     """Same conventional weights in, the same B-cosified model out (stem [W, -W]/2 on the normalised
     six channels, biases dropped, uncentered norms, ReLU kept, AvgPool, 1x1 head, logit bias)."""

@@ -42,7 +42,7 @@ HEAVY_TESTS = ("test_model_forward", "test_model_backward", "test_model_forward_
 LARGER_MEMBERS = (
     "bcos_resnet34", "bcos_resnet50", "bcos_resnet101", "bcos_resnet152", "bcos_resnext50_32x4d",
     "bcos_densenet161", "bcos_densenet169", "bcos_densenet201", "bcos_convnext_base", "bcos_convnext_base_bnu",
-    "bcos_simple_vit_[sbl]_*", "bcos_vitc_[sbl]_*",
+    "bcos_simple_vit_[sbl]_*", "bcos_vitc_[sbl]_*", "bcos_resnet50_bcosified",
 )
 
 

@@ -16,21 +16,25 @@ from __future__ import annotations
 from functools import partial
 
 import torch
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import PatchEmbed
 from timm.models import VisionTransformer, generate_default_cfgs, register_model
 from torch import nn
 
 from ..convert import register_composite
 from ..layers import sincos_pos_embed
+from ..weights.bcosification import bcosified_cfgs, bcosified_filter_fn
 from ._builder import bcos_cfg, build_bcos, model_cfgs
 
 
 class ConvStemPatchEmbed(PatchEmbed):
     """timm's PatchEmbed whose projection is a conv stem (Xiao et al., "Early convolutions
     help transformers see better"): 3x3 convs (stride 2 where channels grow), GroupNorm(1),
-    ReLU, then a 1x1 projection. `patch_size` is the stem's total stride."""
+    the MLP's activation (GELU in the reference's conventional ViT-C; B-cos v2 removes it, the
+    B-cosification gates it), then a 1x1 projection. `patch_size` is the stem's total stride."""
 
-    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, stem_channels=(), **kwargs):
+    def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768, stem_channels=(), act_layer=nn.GELU,
+                 **kwargs):
         kwargs.pop("bias", None)
         super().__init__(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
                          bias=False, **kwargs)
@@ -39,7 +43,7 @@ class ConvStemPatchEmbed(PatchEmbed):
         cin, encoded = in_chans, 2 * in_chans  # strides follow the reference, which sees the 6-channel encoding
         for c in stem_channels:
             layers += [nn.Conv2d(cin, c, 3, 2 if c > encoded else 1, 1, bias=False, **dd), nn.GroupNorm(1, c, **dd),
-                       nn.ReLU()]
+                       act_layer()]
             cin = encoded = c
         layers.append(nn.Conv2d(cin, embed_dim, 1, bias=False, **dd))
         self.proj = nn.Sequential(*layers)
@@ -50,11 +54,15 @@ register_composite(ConvStemPatchEmbed)  # a conv stack, then timm's PatchEmbed f
 
 class SimpleVisionTransformer(VisionTransformer):
     """timm's VisionTransformer whose position embedding is the reference's fixed 2D sin-cos
-    table: a buffer (saved in the state dict, never trained), as timm keeps fixed embeddings."""
+    table: a buffer (saved in the state dict, never trained), as timm keeps fixed embeddings.
 
-    def __init__(self, *args, device=None, dtype=None, **kwargs):
+    head_per_token: fc_norm and the classifier on every token, then the mean (B-cosification's
+    "gap reorder", Arya et al. 2024): each token's logits are explained by its own linear map."""
+
+    def __init__(self, *args, device=None, dtype=None, head_per_token: bool = False, **kwargs):
         kwargs["pos_embed"] = "none"
         super().__init__(*args, device=device, dtype=dtype, **kwargs)
+        self.head_per_token = head_per_token
         del self.pos_embed  # the plain attribute None, replaced by the buffer
         self.register_buffer("pos_embed", self._sincos(dtype or torch.get_default_dtype(), device))
 
@@ -70,6 +78,12 @@ class SimpleVisionTransformer(VisionTransformer):
             super().set_input_size(img_size=img_size, patch_size=patch_size)
         finally:
             self.pos_embed = self._sincos(old.dtype, old.device)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        if not self.head_per_token:
+            return super().forward_head(x, pre_logits=pre_logits)
+        x = self.head_drop(self.fc_norm(x[:, self.num_prefix_tokens:]))
+        return x.mean(1) if pre_logits else self.head(x).mean(1)
 
     @torch.jit.ignore
     def no_weight_decay(self) -> set:
@@ -112,12 +126,25 @@ _ARCHS = {
 default_cfgs = generate_default_cfgs({
     **model_cfgs([n for n in _ARCHS if "simple" in n], _cfg),
     **model_cfgs([n for n in _ARCHS if "vitc" in n], _cfg_c),
+    **model_cfgs([f"{n}_bcosified" for n in _ARCHS if "simple" in n], _cfg, bcosified_cfgs),
+    **model_cfgs([f"{n}_bcosified" for n in _ARCHS if "vitc" in n], _cfg_c, bcosified_cfgs),
 })
 
 
 def _create(variant: str, pretrained: bool, **kwargs):
     return build_bcos(variant, pretrained, conventional=_simple_vit, recipe="v2",
                       conventional_kwargs=_ARCHS[variant], feature_cfg=dict(feature_cls="getter"), **kwargs)
+
+
+def _create_bcosified(variant: str, pretrained: bool, **kwargs):
+    """The B-cosification release's ViTs (Arya et al. 2024): the conventional ViT of B-cos v2
+    B-cosified with recipe "bcosify" (gated GELU, weight-only centered LayerNorms, normalised
+    [x, 1-x] input, B-cos linears without weight norm) and the head on every token."""
+    arch = {**_ARCHS[variant.removesuffix("_bcosified")], "head_per_token": True}
+    kwargs.setdefault("input_mean", IMAGENET_DEFAULT_MEAN)  # what the B-cos v2 conventional ViTs were trained on
+    kwargs.setdefault("input_std", IMAGENET_DEFAULT_STD)
+    return build_bcos(variant, pretrained, conventional=_simple_vit, recipe="bcosify", conventional_kwargs=arch,
+                      feature_cfg=dict(feature_cls="getter"), pretrained_filter_fn=bcosified_filter_fn, **kwargs)
 
 
 @register_model
@@ -166,3 +193,51 @@ def bcos_vitc_b_patch1_14(pretrained=False, **kwargs):
 def bcos_vitc_l_patch1_14(pretrained=False, **kwargs):
     """B-cos v2 ViT-C-L."""
     return _create("bcos_vitc_l_patch1_14", pretrained, **kwargs)
+
+
+@register_model
+def bcos_simple_vit_ti_patch16_224_bcosified(pretrained=False, **kwargs):
+    """bcos_simple_vit_ti_patch16_224 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_simple_vit_ti_patch16_224_bcosified", pretrained, **kwargs)
+
+
+@register_model
+def bcos_simple_vit_s_patch16_224_bcosified(pretrained=False, **kwargs):
+    """bcos_simple_vit_s_patch16_224 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_simple_vit_s_patch16_224_bcosified", pretrained, **kwargs)
+
+
+@register_model
+def bcos_simple_vit_b_patch16_224_bcosified(pretrained=False, **kwargs):
+    """bcos_simple_vit_b_patch16_224 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_simple_vit_b_patch16_224_bcosified", pretrained, **kwargs)
+
+
+@register_model
+def bcos_simple_vit_l_patch16_224_bcosified(pretrained=False, **kwargs):
+    """bcos_simple_vit_l_patch16_224 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_simple_vit_l_patch16_224_bcosified", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_ti_patch1_14_bcosified(pretrained=False, **kwargs):
+    """bcos_vitc_ti_patch1_14 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_vitc_ti_patch1_14_bcosified", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_s_patch1_14_bcosified(pretrained=False, **kwargs):
+    """bcos_vitc_s_patch1_14 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_vitc_s_patch1_14_bcosified", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_b_patch1_14_bcosified(pretrained=False, **kwargs):
+    """bcos_vitc_b_patch1_14 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_vitc_b_patch1_14_bcosified", pretrained, **kwargs)
+
+
+@register_model
+def bcos_vitc_l_patch1_14_bcosified(pretrained=False, **kwargs):
+    """bcos_vitc_l_patch1_14 as the B-cosification release has it (tag bcosify_in1k takes its checkpoint)."""
+    return _create_bcosified("bcos_vitc_l_patch1_14_bcosified", pretrained, **kwargs)

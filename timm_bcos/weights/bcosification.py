@@ -1,4 +1,4 @@
-"""The released B-cosified ImageNet CNNs (Arya, Rao, Boehle, Schiele, NeurIPS 2024; shrebox/B-cosification,
+"""The released B-cosified ImageNet CNNs and ViTs (Arya, Rao, Boehle, Schiele, NeurIPS 2024; shrebox/B-cosification,
 release v0.0.1-checkpoints): which `bcos_*_bcosified` model and tag each experiment is, and the conversion of
 its checkpoint (a Lightning last.ckpt, or the state dict inside it) to our layout on load.
 
@@ -16,14 +16,14 @@ from typing import Callable
 import torch
 from torch import nn
 
-from .renames import add_logit_layer
+from .renames import add_logit_layer, rename_reference_keys
 
 RELEASE_PAGE = "https://github.com/shrebox/B-cosification/releases/tag/v0.0.1-checkpoints"
 
 
 @dataclass(frozen=True)
 class BcosifiedRelease:
-    experiment: str  # the reference's experiment name (bcos/experiments/ImageNet/bcosification)
+    experiment: str  # the reference's experiment name (bcos/experiments/ImageNet/{bcosification,vit_bcosification})
     model: str       # timm_bcos entrypoint
     tag: str         # timm pretrained tag
     source: str      # the conventional torchvision weights it was B-cosified from
@@ -34,6 +34,10 @@ BCOSIFIED_RELEASES: tuple[BcosifiedRelease, ...] = (
     BcosifiedRelease("resnet_50", "bcos_resnet50_bcosified", "bcosify_in1k", "torchvision ResNet50_Weights.DEFAULT"),
     BcosifiedRelease("resnet_50_V1", "bcos_resnet50_bcosified", "bcosify_tv_in1k", "torchvision IMAGENET1K_V1"),
     BcosifiedRelease("densenet_121", "bcos_densenet121_bcosified", "bcosify_in1k", "torchvision DenseNet121_Weights.DEFAULT"),
+    *(BcosifiedRelease(f"bcosifyv2_bcos_{arch}_0.001_{'lrWarmup_' if size in 'bl' else ''}gapReorder",
+                       f"bcos_{arch}_bcosified", "bcosify_in1k", f"B-cos v2 standard_{arch} (conventional)")
+      for arch, size in [(f"{kind}_{s}_{patch}", s) for kind, patch in (("simple_vit", "patch16_224"), ("vitc", "patch1_14"))
+                         for s in ("ti", "s", "b", "l")]),
 )
 
 # the reference turns torchvision DenseNet's named `features` into an indexed Sequential
@@ -68,10 +72,12 @@ def _densenet_key(key: str) -> str:
     return ".".join(parts)
 
 
-def convert_bcosified_state_dict(state: dict, num_classes: int | None = None) -> dict[str, torch.Tensor]:
+def convert_bcosified_state_dict(state: dict, num_classes: int | None = None,
+                                 grid_size: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
     """A B-cosification checkpoint (Lightning `{"state_dict": ...}` or the state dict itself, keys
     "model.model.<key>" or "model.<key>") in the `bcos_*_bcosified` layout, with the logit layer
-    (-log(C - 1), the reference's default)."""
+    (-log(C - 1), the reference's default). ViTs: as the B-cos v2 ViTs (`grid_size`: the token grid
+    of the position table, default the reference's 224x224 one)."""
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
@@ -80,6 +86,8 @@ def convert_bcosified_state_dict(state: dict, num_classes: int | None = None) ->
     if not any(k.endswith(".linear.weight") for k in state):
         raise ValueError("not a B-cosification checkpoint: expected B-cos layers' '<name>.linear.weight' keys, "
                          f"got e.g. {sorted(state)[:3]}")
+    if any(k.startswith("transformer.") for k in state):  # the B-cos v2 ViT layout, B-cosified
+        return add_logit_layer(rename_reference_keys(state, "simple_vit", grid_size), num_classes)
     densenet = any(re.match(r"features\.\d+\.", k) for k in state)
     out = {}
     for key, value in state.items():
@@ -93,7 +101,8 @@ def bcosified_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.T
     our own layout (a saved folder) passes unchanged."""
     if any(k.endswith(".linear.weight") for k in state_dict) or isinstance(state_dict.get("state_dict"), dict):
         classes = getattr(model, "num_classes", None)
-        state_dict = convert_bcosified_state_dict(state_dict)
+        grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)  # a ViT's token grid
+        state_dict = convert_bcosified_state_dict(state_dict, grid_size=grid)
         w = next((v for k, v in state_dict.items() if k.endswith(("fc.weight", "classifier.weight"))), None)
         if classes and w is not None and w.shape[0] != classes:  # a new head: keep the model's own logit bias
             state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logit_layer.")}
