@@ -8,6 +8,7 @@ from __future__ import annotations
 from torch import nn
 
 from .. import layers as L
+from ..layers import affine as LA
 from . import attention_rules as A
 from . import rules as R
 from .walker import Rule, RuleTable, classes_by_name, keep, recurse
@@ -25,7 +26,9 @@ _TORCH: dict[type, Rule] = {
     **{t: keep for t in (
         L.BcosConv2d, L.BcosLinear, L.BcosAttention, L.DetachableSoftmax, L.InputEncoding, L.LogitLayer, L.DetachableGate,
         L.BatchNormUncentered2d, L.GroupNormUncentered2d, L.DetachableGroupNorm2d, L.DetachableLayerNorm,
-        L.DetachablePositionNorm2d, L.PositionNormUncentered2d,
+        L.DetachablePositionNorm2d, L.PositionNormUncentered2d, L.GatedActivation, L.DetachableSquaredReLU,
+        L.NormalizedEncoding, LA.Scale, LA.DetachableGlobalResponseNorm, LA.DetachableRadixSoftmax,
+        LA.DetachableDropout,
     )},
     nn.Conv2d: R.conv_rule,
     nn.Linear: R.linear_rule,

@@ -80,7 +80,7 @@ class SimpleVisionTransformer(VisionTransformer):
             self.pos_embed = self._sincos(old.dtype, old.device)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        if not self.head_per_token:
+        if not self.head_per_token or self.global_pool != "avg":  # global_pool "": the tokens, as timm's
             return super().forward_head(x, pre_logits=pre_logits)
         x = self.head_drop(self.fc_norm(x[:, self.num_prefix_tokens:]))
         return x.mean(1) if pre_logits else self.head(x).mean(1)
