@@ -18,6 +18,9 @@ EXPECTED = {
     "bcos_vgg11_v1", "bcos_inception_v3_v1", "bcos_cifar10",
     *(f"bcos_simple_vit_{s}_patch16_224" for s in ("ti", "s", "b", "l")),
     *(f"bcos_vitc_{s}_patch1_14" for s in ("ti", "s", "b", "l")),
+    "bcos_resnet18_bcosified", "bcos_resnet50_bcosified", "bcos_densenet121_bcosified",
+    *(f"bcos_simple_vit_{s}_patch16_224_bcosified" for s in ("ti", "s", "b", "l")),
+    *(f"bcos_vitc_{s}_patch1_14_bcosified" for s in ("ti", "s", "b", "l")),
 }
 
 
