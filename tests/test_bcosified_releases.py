@@ -10,6 +10,7 @@ input, logits and the explanation of each sample's top class.
 - our `bcosify` recipe, applied to the same conventional weights, gives the reference's B-cosified
   model (before any fine-tuning).
 """
+import math
 import os
 import subprocess
 import sys
@@ -110,3 +111,28 @@ def test_bcosify_recipe_equals_the_reference_bcosification(dump):
 def test_a_checkpoint_of_something_else_is_refused_clearly():
     with pytest.raises(ValueError, match="not a B-cosification checkpoint.*linear.weight"):
         convert_bcosified_state_dict({"state_dict": {"model.conv1.weight": torch.zeros(1)}})
+
+
+@pytest.mark.parametrize("dump", ["resnet_18", VIT], indirect=True)
+def test_a_new_head_keeps_its_own_logit_bias(dump, tmp_path):
+    """num_classes=10 on a 1000-class release checkpoint, or on a folder saved from it: the new
+    head gets -log(9), the rest of the weights load."""
+    from timm_bcos.hub import save_pretrained
+
+    experiment, _, state, _ = dump
+    release = RELEASE[experiment]
+    ckpt = tmp_path / "last.ckpt"
+    torch.save({"state_dict": {f"model.{k}": v for k, v in state.items()}}, ckpt)
+    full = timm.create_model(f"{release.model}.{release.tag}", pretrained=True, pretrained_cfg_overlay=dict(file=str(ckpt)))
+    save_pretrained(full, tmp_path / "saved")
+    for source in (dict(model_name=f"{release.model}.{release.tag}", pretrained_cfg_overlay=dict(file=str(ckpt))),
+                   dict(model_name=f"local-dir:{tmp_path / 'saved'}")):
+        model = timm.create_model(**source, pretrained=True, num_classes=10)
+        assert model.logit_layer.logit_bias.item() == pytest.approx(-math.log(9))
+        stem = model.pretrained_cfg["first_conv"] + ".weight"
+        assert torch.equal(model.state_dict()[stem], full.state_dict()[stem])
+
+
+def test_a_tag_without_weights_names_itself_and_how_to_load_it():
+    with pytest.raises(RuntimeError, match=r"bcos_resnet50_bcosified\.bcosify_tv_in1k .*resnet_50_V1.*file=PATH"):
+        timm.create_model("bcos_resnet50_bcosified.bcosify_tv_in1k", pretrained=True)

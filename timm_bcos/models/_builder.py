@@ -75,9 +75,10 @@ def _pretrained_weights(variant: str, kwargs: dict[str, Any]) -> Iterator[None]:
     then reads the cached copy), and any failure names where the weights came from."""
     source = _weights_source(variant, kwargs)
     if source is None:
-        notes = " ".join(resolve_pretrained_cfg(variant).notes or ())
-        raise RuntimeError(f"could not load pretrained weights for {variant} from nowhere: "
-                           f"this tag has no weights (see timm.list_pretrained('bcos_*')). {notes}".rstrip())
+        cfg = resolve_pretrained_cfg(variant, pretrained_cfg=kwargs.get("pretrained_cfg"),
+                                     pretrained_cfg_overlay=kwargs.get("pretrained_cfg_overlay"))
+        raise RuntimeError(f"could not load pretrained weights for {variant}.{cfg.tag} from nowhere: this tag has "
+                           f"no weights (see timm.list_pretrained('bcos_*')). {' '.join(cfg.notes or ())}".rstrip())
     key, where = source
     try:
         if key == "url" and any(where == r.url for r in RELEASES):

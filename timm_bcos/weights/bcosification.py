@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from .renames import add_logit_layer, rename_reference_keys
+from .timm_filter import without_foreign_logit_layer
 
 RELEASE_PAGE = "https://github.com/shrebox/B-cosification/releases/tag/v0.0.1-checkpoints"
 
@@ -34,7 +35,7 @@ BCOSIFIED_RELEASES: tuple[BcosifiedRelease, ...] = (
     BcosifiedRelease("resnet_50", "bcos_resnet50_bcosified", "bcosify_in1k", "torchvision ResNet50_Weights.DEFAULT"),
     BcosifiedRelease("resnet_50_V1", "bcos_resnet50_bcosified", "bcosify_tv_in1k", "torchvision IMAGENET1K_V1"),
     BcosifiedRelease("densenet_121", "bcos_densenet121_bcosified", "bcosify_in1k", "torchvision DenseNet121_Weights.DEFAULT"),
-    *(BcosifiedRelease(f"bcosifyv2_bcos_{arch}_0.001_{'lrWarmup_' if size in 'bl' else ''}gapReorder",
+    *(BcosifiedRelease(f"bcosifyv2_bcos_{arch}_0.001_{'lrWarmup_' if size in ('b', 'l') else ''}gapReorder",
                        f"bcos_{arch}_bcosified", "bcosify_in1k", f"B-cos v2 standard_{arch} (conventional)")
       for arch, size in [(f"{kind}_{s}_{patch}", s) for kind, patch in (("simple_vit", "patch16_224"), ("vitc", "patch1_14"))
                          for s in ("ti", "s", "b", "l")]),
@@ -81,8 +82,8 @@ def convert_bcosified_state_dict(state: dict, num_classes: int | None = None,
     if isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     state = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
-    while state and all(k.startswith("model.") for k in state):
-        state = {k[len("model."):]: v for k, v in state.items()}
+    while any(k.startswith("model.") for k in state):  # Lightning's module, then the reference's wrapper
+        state = {k[len("model."):]: v for k, v in state.items() if k.startswith("model.")}
     if not any(k.endswith(".linear.weight") for k in state):
         raise ValueError("not a B-cosification checkpoint: expected B-cos layers' '<name>.linear.weight' keys, "
                          f"got e.g. {sorted(state)[:3]}")
@@ -98,13 +99,9 @@ def convert_bcosified_state_dict(state: dict, num_classes: int | None = None,
 
 def bcosified_filter_fn(state_dict: dict, model: nn.Module) -> dict[str, torch.Tensor]:
     """timm `pretrained_filter_fn` of the `bcos_*_bcosified` models: a release checkpoint is converted,
-    our own layout (a saved folder) passes unchanged."""
+    our own layout (a saved folder) passes unchanged; a checkpoint for another number of classes
+    leaves the model its own logit bias."""
     if any(k.endswith(".linear.weight") for k in state_dict) or isinstance(state_dict.get("state_dict"), dict):
-        classes = getattr(model, "num_classes", None)
         grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)  # a ViT's token grid
         state_dict = convert_bcosified_state_dict(state_dict, grid_size=grid)
-        w = next((v for k, v in state_dict.items() if k.endswith(("fc.weight", "classifier.weight"))), None)
-        if classes and w is not None and w.shape[0] != classes:  # a new head: keep the model's own logit bias
-            state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logit_layer.")}
-    return state_dict
-
+    return without_foreign_logit_layer(state_dict, model)

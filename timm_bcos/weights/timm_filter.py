@@ -18,9 +18,18 @@ def bcos_v2_filter_fn(state_dict: dict[str, torch.Tensor], model: nn.Module) -> 
         name = cfg.get("architecture", "") or type(model).__name__
         grid = getattr(getattr(model, "patch_embed", None), "grid_size", None)  # a ViT's token grid
         state_dict = add_logit_layer(rename_reference_keys(state_dict, name, grid))
-    classifier = cfg.get("classifier")
+    return without_foreign_logit_layer(state_dict, model)
+
+
+def without_foreign_logit_layer(state_dict: dict[str, torch.Tensor], model: nn.Module) -> dict[str, torch.Tensor]:
+    """`state_dict` without its logit-layer buffers when its classifier is for another number of
+    classes than the model's (a new head keeps -log(C-1) for its own C)."""
+    classifier = (getattr(model, "pretrained_cfg", None) or {}).get("classifier")
     w = state_dict.get(f"{classifier}.weight") if classifier else None
-    own = getattr(model.get_submodule(classifier), "weight", None) if w is not None else None
-    if own is not None and w.shape[0] != own.shape[0]:
+    try:
+        own = getattr(model.get_submodule(classifier), "weight", None) if w is not None else None
+    except AttributeError:  # num_classes=0: the classifier is gone
+        own = None
+    if w is not None and (own is None or w.shape[0] != own.shape[0]):
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith("logit_layer.")}
     return state_dict
