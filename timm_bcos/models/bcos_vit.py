@@ -57,7 +57,10 @@ class SimpleVisionTransformer(VisionTransformer):
     table: a buffer (saved in the state dict, never trained), as timm keeps fixed embeddings.
 
     head_per_token: fc_norm and the classifier on every token, then the mean (B-cosification's
-    "gap reorder", Arya et al. 2024): each token's logits are explained by its own linear map."""
+    "gap reorder", Arya et al. 2024): each token's logits are explained by its own linear map.
+    With it, forward_head(pre_logits=True) is the mean of the normalised tokens, whose image under
+    the (non-linear) B-cos head is not the logits; global_pool "" gives every token's logits, and
+    a pool other than "avg" or "" is timm's pool-then-head."""
 
     def __init__(self, *args, device=None, dtype=None, head_per_token: bool = False, **kwargs):
         kwargs["pos_embed"] = "none"
