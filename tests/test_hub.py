@@ -148,7 +148,7 @@ def test_missing_file_and_untrained_tag_say_so(tmp_path):
     with pytest.raises(RuntimeError, match=r"bcos_resnet18 from file '.*nothere\.pth'"):
         timm.create_model("bcos_resnet18.bcos_v2_in1k", pretrained=True,
                           pretrained_cfg_overlay=dict(file=str(tmp_path / "nothere.pth")))
-    with pytest.raises(RuntimeError, match="bcos_cifar10 from nowhere: this tag has no weights"):
+    with pytest.raises(RuntimeError, match=r"bcos_cifar10\.untrained from nowhere: this tag has no weights"):
         timm.create_model("bcos_cifar10.untrained", pretrained=True)
 
 
