@@ -31,28 +31,22 @@ if [ ! -f "$OUT/conventional/export/model.safetensors" ]; then
     > "$OUT/conventional.log" 2>&1
 fi
 
-# 2. B-cosify it and fine-tune (BCE, Eq. 16 of the B-cos paper), with a checkpoint after every epoch
+# 2. B-cosify it and fine-tune (BCE, Eq. 16 of the B-cos paper); train.py checkpoints after every epoch
 finetune() {  # name recipe lr
-  local steps
-  steps=$(python -c "import math,sys; print(math.ceil(int(sys.argv[1]) / 64))" "$(python - "$DATA" "$SUBSET" <<'EOF'
-import sys, datasets
-print(datasets.load_dataset(sys.argv[1], split=sys.argv[2]).num_rows)
-EOF
-)")
   if [ ! -f "$OUT/$1/export/model.safetensors" ]; then
     python "$HERE/train.py" "${common[@]}" --bcosify-from "local-dir:$OUT/conventional/export" --recipe "$2" \
-      --model bcos_converted --loss bce --lr "$3" --epochs "$FT_EPOCHS" --checkpoint-every "$steps" \
-      --keep-checkpoints 100 --output "$OUT/$1" > "$OUT/$1.log" 2>&1
+      --model bcos_converted --loss bce --lr "$3" --epochs "$FT_EPOCHS" --keep-checkpoints 100 \
+      --output "$OUT/$1" > "$OUT/$1.log" 2>&1
   fi
-  python - "$OUT/$1" "$steps" <<'EOF'  # the weights after epoch 1, as a loadable folder beside the export
-import sys
+  python - "$OUT/$1" <<'EOF'  # the weights at the end of epoch 1, as a loadable folder beside the export
+import json, sys
 from pathlib import Path
 import timm, timm_bcos
 from timm_bcos.cli import load_weights_file
 from timm_bcos.hub import save_pretrained
-run, steps = Path(sys.argv[1]), int(sys.argv[2])
-ckpt = next(p for p in (run / "checkpoints").iterdir() if p.name.rsplit("_", 1)[-1].isdigit()
-            and int(p.name.rsplit("_", 1)[-1]) == steps)
+run = Path(sys.argv[1])
+metas = {p.parent: json.loads(p.read_text()) for p in (run / "checkpoints").glob("*/train_meta.json")}
+ckpt = next(d for d, m in metas.items() if m["epoch"] == 1 and m["batches_in_epoch"] == 0)
 model = timm.create_model(f"local-dir:{run / 'export'}", pretrained=True)
 model.load_state_dict(load_weights_file(next(ckpt.glob("model*.safetensors"))))
 save_pretrained(model, run / "epoch1")
