@@ -115,3 +115,18 @@ def reference_model(name: str):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         return getattr(pretrained, name)(pretrained=False)
+
+
+def write_parquet_shards(root, cifar, *, train: int, test: int, shards: int, row_group: int):
+    """The first `train` / `test` CIFAR-10 rows (stored PNG bytes, ClassLabel kept) as `shards` /
+    one parquet shard(s) in the Hub layout, with row groups of `row_group` rows."""
+    import pyarrow.parquet as pq
+
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    for name, rows, parts in (("train", train, shards), ("test", test, 1)):
+        table = pq.read_table(cifar / "data" / f"{name}-00000-of-00001.parquet").slice(0, rows)
+        per = -(-rows // parts)
+        for i in range(parts):
+            pq.write_table(table.slice(i * per, per), root / "data" / f"{name}-{i:05d}-of-{parts:05d}.parquet",
+                           row_group_size=row_group)
+    return root

@@ -34,7 +34,7 @@ class ImageDatasetInfo:
     label_names: list[str] | None
 
 
-def _find_column(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str,
+def find_column(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str,
                  source: str) -> str:
     if wanted is not None:
         if wanted not in columns:
@@ -69,8 +69,8 @@ def load_split(source: str, split: str, *, cache_dir: str | None = None, image_c
     if splits and base_split not in splits:
         raise DataError(f"data set {source!r} has no split {base_split!r}; its splits are {splits}")
     ds = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
-    image_col = _find_column(ds.column_names, image_column, IMAGE_COLUMNS, "image", f"data set {source!r}")
-    label_col = _find_column(ds.column_names, label_column, LABEL_COLUMNS, "label", f"data set {source!r}")
+    image_col = find_column(ds.column_names, image_column, IMAGE_COLUMNS, "image", f"data set {source!r}")
+    label_col = find_column(ds.column_names, label_column, LABEL_COLUMNS, "label", f"data set {source!r}")
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
     feature = ds.features[label_col]
@@ -129,10 +129,11 @@ class ImageClassificationDataset(Dataset):
         """Batched row access: one arrow read per batch instead of one per image."""
         indices = [int(i) for i in indices]
         rows = self.data[indices]
-        return [self._sample(i, img, label) for i, img, label in
+        return [self.sample(i, img, label) for i, img, label in
                 zip(indices, rows[self.info.image_column], rows[self.info.label_column])]
 
-    def _sample(self, index: int, value, label):
+    def sample(self, index: int, value, label):
+        """(transformed image, label) of split row `index` from its stored value; None if undecodable."""
         try:
             img = decode_image(value)
         except Exception:  # PIL raises several types for corrupt files; the collate step counts them

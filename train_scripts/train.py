@@ -82,6 +82,11 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-val-samples", type=int)
     g.add_argument("--cache-dir", help="datasets cache folder")
     g.add_argument("-j", "--workers", type=int, default=2, help="data loader workers per process (%(default)s)")
+    g.add_argument("--streaming", action="store_true", help="read the training split's parquet shards as the "
+                   "run goes (Hub id or local folder): no download ahead, no Arrow cache; resumes exactly with "
+                   "the same number of processes and --workers")
+    g.add_argument("--shuffle-buffer", type=int, default=1000, help="--streaming: rows shuffled together "
+                   "(whole row groups pooled up to at least this many) (%(default)s)")
     g = p.add_argument_group("augmentation")
     g.add_argument("--crop", default="rrc", choices=["rrc", "pad"],
                    help="rrc: timm's random resized crop; pad: pad 4 + random crop (CIFAR) (%(default)s)")
@@ -300,10 +305,10 @@ def adapt_for_training(model: torch.nn.Module, args: argparse.Namespace) -> torc
     return model
 
 
-def batch_tensors(batch: dict, dtype: torch.dtype, channels_last: bool, even: bool):
-    """Images in the training dtype and layout; `even` drops one image of an odd batch (timm's
-    Mixup pairs images)."""
-    images, labels = batch["images"].to(dtype), batch["labels"]
+def batch_tensors(batch: dict, device: torch.device, dtype: torch.dtype, channels_last: bool, even: bool):
+    """Images in the training device, dtype and layout (a streamed batch comes from the CPU); `even`
+    drops one image of an odd batch (timm's Mixup pairs images)."""
+    images, labels = batch["images"].to(device, dtype), batch["labels"].to(device)
     if even and images.shape[0] % 2:
         images, labels = images[:-1], labels[:-1]
     if channels_last:
@@ -339,6 +344,23 @@ def training_dataset(args: argparse.Namespace, train_hf, info, transform, model)
     return data, collate_annotated
 
 
+def streaming_dataset(args: argparse.Namespace, split, transform):
+    """This process's share of a streamed split, in per-process batches (Accelerate does not shard
+    an iterable loader without reading it all on one process, so the stream shards itself)."""
+    from accelerate.state import PartialState
+
+    from timm_bcos.streaming import ParquetStream
+
+    if args.guidance:
+        fail("--guidance reads masks through the map-style data set: drop --streaming for it")
+    state = PartialState()
+    per_process = args.batch_size // args.grad_accum // state.num_processes
+    if per_process == 0:
+        fail(f"--batch-size {args.batch_size} gives no image per process and micro-batch under --streaming")
+    return ParquetStream(split, transform, batch_size=per_process, rank=state.process_index,
+                         world=state.num_processes, seed=args.seed, buffer=args.shuffle_buffer)
+
+
 class TrainState:
     """Where the run is: registered with Accelerate so that save_state/load_state carry it."""
 
@@ -357,8 +379,14 @@ class TrainState:
 
 
 def run_meta(args: argparse.Namespace, num_classes: int) -> dict:
-    return {"model": args.model, "model_kwargs": args.model_kwargs, "num_classes": num_classes,
+    meta = {"model": args.model, "model_kwargs": args.model_kwargs, "num_classes": num_classes,
             "bcosify_from": args.bcosify_from}
+    if args.streaming:  # the streamed order depends on them: a resume must keep them
+        from accelerate.state import PartialState
+
+        meta["streaming"] = {"processes": PartialState().num_processes, "workers": args.workers,
+                             "shuffle_buffer": args.shuffle_buffer}
+    return meta
 
 
 def find_checkpoint(args: argparse.Namespace) -> tuple[Path | None, list[str]]:
@@ -574,12 +602,19 @@ def create_accelerator(args: argparse.Namespace):
 def load_data(args: argparse.Namespace, accelerator):
     """(train split, validation split or None, info), prepared once by the main process."""
     from timm_bcos.data import DataError, load_split
+    from timm_bcos.streaming import open_parquet_split
 
     try:
         with accelerator.main_process_first():  # one process downloads and prepares, the others reuse it
-            train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir,
-                                        image_column=args.image_column, label_column=args.label_column,
-                                        max_samples=args.max_train_samples)
+            if args.streaming:
+                train_hf = open_parquet_split(args.dataset, args.train_split, image_column=args.image_column,
+                                              label_column=args.label_column, max_samples=args.max_train_samples,
+                                              num_classes=args.num_classes)
+                info = train_hf.info
+            else:
+                train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir,
+                                            image_column=args.image_column, label_column=args.label_column,
+                                            max_samples=args.max_train_samples)
             val_hf = None
             if args.val_split:
                 val_hf, _ = load_split(args.dataset, args.val_split, cache_dir=args.cache_dir,
@@ -600,13 +635,19 @@ def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
     train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip, img_size=args.img_size,
                                auto_augment=args.auto_augment, scale=args.scale and tuple(args.scale),
                                color_jitter=0.0 if args.guidance else None)
-    train_ds, train_collate = training_dataset(args, train_hf, info, train_tf, model)
-    sampler = EpochSampler(len(train_ds), seed=args.seed)
-    train_loader = torch.utils.data.DataLoader(
-        train_ds, batch_size=per_step, sampler=sampler, drop_last=True, num_workers=args.workers,
-        collate_fn=train_collate, generator=torch.Generator(),
-    )
+    if args.streaming:
+        train_ds = sampler = streaming_dataset(args, train_hf, train_tf)
+        train_loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=args.workers)
+    else:
+        train_ds, train_collate = training_dataset(args, train_hf, info, train_tf, model)
+        sampler = EpochSampler(len(train_ds), seed=args.seed)
+        train_loader = torch.utils.data.DataLoader(
+            train_ds, batch_size=per_step, sampler=sampler, drop_last=True, num_workers=args.workers,
+            collate_fn=train_collate, generator=torch.Generator(),
+        )
     if len(train_loader) == 0:
+        if args.streaming:
+            fail(f"{train_ds.share} training images per process are fewer than one batch of {train_ds.batch_size}")
         fail(f"{len(train_ds)} training images are fewer than one batch of {per_step}")
     val_loader = None
     if val_hf is not None:
@@ -672,7 +713,10 @@ def build_run(args: argparse.Namespace) -> Run:
                       num_classes=num_classes)
     optimizer = create_optimizer_v2(model, opt=args.opt, lr=args.lr, weight_decay=args.weight_decay,
                                     momentum=args.momentum)
-    model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
+    if args.streaming:  # the stream shards itself (see streaming_dataset)
+        model, optimizer = accelerator.prepare(model, optimizer)
+    else:
+        model, optimizer, train_loader = accelerator.prepare(model, optimizer, train_loader)
     if val_loader is not None:
         val_loader = accelerator.prepare(val_loader)
     ema = None
@@ -719,7 +763,7 @@ def forward_backward(run: Run, batch: dict, window: Window, scale: float) -> boo
     from timm_bcos.losses import smooth_targets
 
     args, accelerator, model = run.args, run.accelerator, run.model
-    images, labels = batch_tensors(batch, run.dtype, args.channels_last, even=run.mixup is not None)
+    images, labels = batch_tensors(batch, accelerator.device, run.dtype, args.channels_last, even=run.mixup is not None)
     weight = 1.0
     if images.shape[0] == 0:  # undecodable images only (counted by the caller)
         if accelerator.num_processes == 1:
@@ -784,9 +828,13 @@ def train_epoch(run: Run, bar) -> tuple[bool, int]:
     args, state, epoch = run.args, run.state, run.state.epoch
     run.sampler.set_epoch(epoch)
     run.train_ds.set_epoch(epoch)
-    loader = run.accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch) \
-        if state.batches_in_epoch else run.train_loader
-    loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
+    if args.streaming:  # each worker starts at its next batch, reading nothing before it
+        run.train_ds.set_position(state.batches_in_epoch)
+        loader = run.train_loader
+    else:
+        loader = run.accelerator.skip_first_batches(run.train_loader, state.batches_in_epoch) \
+            if state.batches_in_epoch else run.train_loader
+        loader.set_epoch(epoch)  # Accelerate's loaders set the sampler's epoch from their own count
     # checkpoints are taken after updates only, so a resumed epoch starts with a fresh group
     window, skipped, group_has_gradients = Window(), 0, False
     for batch in loader:
@@ -847,7 +895,8 @@ def main(argv=None) -> int:
         accelerator.init_trackers("tensorboard", config={k: str(v) for k, v in vars(args).items()})
     per_epoch = updates_per_epoch(len(run.train_loader), args.grad_accum)
     run.say(f"{args.model}: {sum(p.numel() for p in run.model.parameters()) / 1e6:.2f}M params, "
-            f"{len(run.train_ds)} train / {len(run.val_loader.dataset) if run.val_loader else 0} val images, "
+            f"{run.train_ds.split.num_rows if args.streaming else len(run.train_ds)} train"
+            f"{' (streamed)' if args.streaming else ''} / {len(run.val_loader.dataset) if run.val_loader else 0} val images, "
             f"{run.num_classes} classes, {accelerator.num_processes} process(es), global batch {args.batch_size}, "
             f"{per_epoch} steps/epoch", flush=True)
     from tqdm.auto import tqdm

@@ -1,0 +1,163 @@
+"""timm_bcos.streaming and train.py --streaming (issue 27): CIFAR-10 rows written as several parquet
+shards with small row groups; each row once per epoch over processes and workers, the map-style
+data set's augmentation for the same row, slicing, exact resume (1 and 2 processes, float64)."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from helpers import write_parquet_shards
+from test_train import CIFAR, TINY, _launch_two, load_weights, needs_cifar, run_train
+
+pytestmark = needs_cifar
+ROWS = 300  # 3 shards of 100 rows, row groups of 25
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory) -> Path:
+    return write_parquet_shards(tmp_path_factory.mktemp("shards"), CIFAR, train=ROWS, test=64, shards=3,
+                                row_group=25)
+
+
+def _stream(folder, split="train", *, batch=8, world=1, rank=0, seed=0, buffer=60, transform=None):
+    from timm_bcos.data import PadCropFlip
+    from timm_bcos.streaming import ParquetStream, open_parquet_split
+
+    parquet = open_parquet_split(str(folder), split)
+    return ParquetStream(parquet, transform or PadCropFlip((32, 32)), batch_size=batch, rank=rank, world=world,
+                         seed=seed, buffer=buffer)
+
+
+def _indices(stream) -> list[int]:
+    """The split rows this process's epoch uses, in order (one worker)."""
+    return [i for i, _, _ in stream.rows(stream.rank * stream.share, stream.rank * stream.share
+                                         + len(stream) * stream.batch_size)]
+
+
+def test_an_epoch_uses_each_row_once_over_the_processes(shards):
+    for world in (1, 2, 3):
+        streams = [_stream(shards, world=world, rank=r) for r in range(world)]
+        rows = [_indices(s) for s in streams]
+        seen = [i for r in rows for i in r]
+        assert len(seen) == len(set(seen)), f"a row twice with {world} processes"
+        assert set(seen) <= set(range(ROWS))
+        # each process drops less than one batch: ROWS // world rows, whole batches of 8
+        assert all(len(r) == (ROWS // world) // 8 * 8 for r in rows), [len(r) for r in rows]
+    one = _stream(shards)
+    first = _indices(one)
+    assert first == _indices(_stream(shards)), "the order must depend on (seed, epoch) only"
+    one.set_epoch(1)
+    assert sorted(_indices(one)) != sorted(first) or _indices(one) != first
+    assert _indices(one) != first, "a new epoch must be a new order"
+    assert _indices(_stream(shards, seed=1)) != first
+    # row groups are shuffled and pooled: the first 25 rows do not come from one row group in order
+    assert first[:25] != sorted(first[:25])
+
+
+def test_workers_take_turns_over_the_same_batches_and_a_resume_continues_them(shards):
+    from timm_bcos.streaming import worker_run
+
+    stream = _stream(shards, buffer=40)
+    stream.set_epoch(2)
+    plain = list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=0))
+    assert len(plain) == len(stream) == ROWS // 8
+    two = list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
+    # the same batches; loader batch i is the (i // 2)-th of worker i % 2's run of the stream
+    runs = [range(*(lambda s, n: (s, s + n))(*worker_run(len(plain), 2, w, 0))) for w in (0, 1)]
+    order = [runs[i % 2][i // 2] for i in range(len(plain))]
+    assert sorted(order) == list(range(len(plain)))
+    assert all(torch.equal(plain[j]["images"], b["images"]) and torch.equal(plain[j]["labels"], b["labels"])
+               for j, b in zip(order, two))
+    for taken in (5, 6):  # the resumed loader's first turn falls on either worker's batch
+        stream.set_position(taken)
+        rest = list(torch.utils.data.DataLoader(stream, batch_size=None, num_workers=2))
+        assert len(rest) == len(plain) - taken
+        assert all(torch.equal(a["images"], b["images"]) for a, b in zip(two[taken:], rest)), taken
+
+
+def test_a_row_gets_the_map_style_augmentation(shards):
+    from timm_bcos.data import ImageClassificationDataset, PadCropFlip, load_split
+
+    stream = _stream(shards, buffer=1)
+    stream.set_epoch(3)
+    batch = next(iter(stream))
+    rows = _indices(stream)[:8]
+    hf, info = load_split(str(shards), "train")
+    mapped = ImageClassificationDataset(hf, info, PadCropFlip((32, 32)), seed=0)
+    mapped.set_epoch(3)
+    expected = torch.stack([mapped[i][0] for i in rows])
+    assert torch.equal(batch["images"], expected)
+    assert batch["labels"].tolist() == [mapped[i][1] for i in rows]
+
+
+def test_slices_and_bad_splits(shards, tmp_path):
+    from timm_bcos.data import DataError
+    from timm_bcos.streaming import open_parquet_split
+
+    assert open_parquet_split(str(shards), "train[10:260]").num_rows == 250
+    assert open_parquet_split(str(shards), "train[:50%]").num_rows == 150
+    assert open_parquet_split(str(shards), "train[-20:]", max_samples=7).num_rows == 7
+    rows = {g.first + g.offset for g in open_parquet_split(str(shards), "train[30:80]").row_groups}
+    assert min(rows) == 30
+    assert {i for i, _, _ in _stream(shards, "train[30:80]").rows(0, 48)} <= set(range(30, 80))
+    with pytest.raises(DataError, match="one split with one slice"):
+        open_parquet_split(str(shards), "train+test")
+    with pytest.raises(DataError, match="no split 'validation'; its splits are"):
+        open_parquet_split(str(shards), "validation")
+    folder = tmp_path / "images" / "cat"
+    folder.mkdir(parents=True)
+    from PIL import Image
+
+    Image.new("RGB", (8, 8)).save(folder / "a.png")
+    with pytest.raises(DataError, match="reads parquet shards"):
+        open_parquet_split(str(tmp_path / "images"), "train")
+
+
+STREAM_RUN = [*TINY, "--model-kwargs", '{"width": 0.125, "max_out": 1}', "--train-split", "train",
+              "--val-split", "test", "--batch-size", "16", "--epochs", "2", "--export", "last", "--dtype", "float64",
+              "--opt", "sgd", "--momentum", "0.9", "--checkpoint-every", "1", "--keep-checkpoints", "100",
+              "--streaming", "--shuffle-buffer", "50"]
+
+
+def _resume_from(tmp_path, data: Path, full: Path, step: int, *extra: str, launcher=None) -> Path:
+    """A copy of `full` as if killed right after checkpoint `step`, resumed to the end."""
+    cut = tmp_path / "cut"
+    shutil.copytree(full, cut, ignore=shutil.ignore_patterns("export", "best.safetensors"))
+    for later in (cut / "checkpoints").glob("step_*"):
+        if int(later.name.split("_")[-1]) > step:
+            shutil.rmtree(later)
+    proc = run_train(tmp_path, *STREAM_RUN, *extra, "--dataset", str(data), "--output", str(cut),
+                     "--resume", "latest", launcher=launcher, timeout=400)
+    assert "resumed from" in proc.stdout, proc.stdout[-2000:]
+    return cut
+
+
+@pytest.mark.parametrize("processes", [1, 2])
+def test_train_streaming_resumes_exactly(shards, tmp_path, processes):
+    launcher = _launch_two() if processes == 2 else None
+    extra = ["--cpu", "--workers", "2"] if processes == 2 else ["--workers", "2"]
+    full = tmp_path / "full"
+    proc = run_train(tmp_path, *STREAM_RUN, *extra, "--dataset", str(shards), "--output", str(full),
+                     launcher=launcher, timeout=400)
+    assert f"{ROWS} train (streamed)" in proc.stdout and f"{processes} process(es)" in proc.stdout
+    per_epoch = ROWS // 16  # 18 updates (1 x 16 or 2 x 8 images each)
+    meta = json.loads((full / "checkpoints" / "step_000000023" / "train_meta.json").read_text())
+    assert meta["epoch"] == 1 and meta["batches_in_epoch"] == 23 - per_epoch
+    # killed mid-epoch 2 after 5 batches (the resumed loader's first turn falls on worker 1's batch)
+    cut = _resume_from(tmp_path, shards, full, 23, *extra, launcher=launcher)
+    a, b = load_weights(full / "export" / "model.safetensors"), load_weights(cut / "export" / "model.safetensors")
+    assert a.keys() == b.keys()
+    # float64, the same batches in the same order: equal up to the summation order of the two
+    # processes' gradients (bitwise on one process); 1e-9 of the distance moved since step 1
+    first = load_weights(full / "checkpoints" / "step_000000001" / "model.safetensors")
+    moved = torch.cat([(a[k] - first[k]).flatten() for k in a if a[k].is_floating_point()]).norm()
+    apart = torch.cat([(a[k] - b[k]).flatten() for k in a if a[k].is_floating_point()]).norm()
+    assert moved > 1e-3 and apart <= 1e-9 * moved, (float(apart), float(moved))
+    # another worker count gives another order: refused, not silently different
+    other = run_train(tmp_path, *STREAM_RUN, *extra[:-1], "1", "--dataset", str(shards), "--output", str(cut),
+                      "--resume", "latest", launcher=launcher, check=False, timeout=400)
+    assert other.returncode != 0 and "streaming" in other.stdout + other.stderr

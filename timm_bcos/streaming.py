@@ -1,0 +1,210 @@
+"""Training images streamed from the parquet shards of a split (a local folder in the Hugging Face
+layout, or a Hub data set through `hf://`), with no download ahead and no Arrow cache.
+
+The epoch's order is drawn from (seed, epoch) alone: the row groups are shuffled, consecutive ones
+are pooled into blocks of at least `buffer` rows, and each block's rows are shuffled. That stream is
+cut into one contiguous, equal share per process (the last N mod world rows sit the epoch out), the
+share into batches, and the batches into one contiguous run per loader worker (so that a worker
+reads only its own row groups); the DataLoader takes the workers in turn. The batches are the same
+for any number of workers, their order is not: a resume needs the same --workers. A sample's index
+is its row in the split, so its augmentation is seeded as in `ImageClassificationDataset`, and a
+resumed run starts each worker at its next batch without reading the batches before it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch.utils.data import IterableDataset, get_worker_info
+
+from .data import (IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ImageClassificationDataset, ImageDatasetInfo,
+                   collate_skipping, find_column)
+
+
+@dataclass(frozen=True)
+class RowGroup:
+    """Rows [offset, offset + rows) of row group `index` of `file`; `first` is the split row of its row 0."""
+    file: str
+    index: int
+    first: int
+    offset: int
+    rows: int
+
+
+@dataclass(frozen=True)
+class ParquetSplit:
+    name: str
+    row_groups: tuple[RowGroup, ...]
+    info: ImageDatasetInfo
+
+    @property
+    def num_rows(self) -> int:
+        return sum(g.rows for g in self.row_groups)
+
+
+def _open(path: str):
+    import fsspec
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(fsspec.open(path, "rb").open())
+
+
+def split_files(source: str, split: str) -> list[str]:
+    """The parquet files of `split` ("train", no slicing) as `datasets` resolves them."""
+    import datasets
+
+    try:
+        builder = datasets.load_dataset_builder(source)
+    except Exception as e:  # datasets raises many types for a missing or malformed source
+        raise DataError(f"cannot open data set {source!r}: {type(e).__name__}: {e}") from e
+    files = dict(builder.config.data_files or {})
+    if split not in files:
+        raise DataError(f"data set {source!r} has no split {split!r}; its splits are {sorted(files)}")
+    paths = [str(p) for p in files[split]]
+    if not paths or not all(p.endswith(".parquet") for p in paths):
+        raise DataError(f"--streaming reads parquet shards; split {split!r} of {source!r} is "
+                        f"{builder.name!r} data ({paths[:2]}...): drop --streaming for it")
+    return paths
+
+
+def _slice_bounds(split: str, num_rows: int, max_samples: int | None) -> tuple[str, int, int]:
+    """(split name, first row, end row) of a `datasets` split spec such as "train[:10%]"."""
+    import datasets
+
+    try:
+        parts = datasets.ReadInstruction.from_spec(split).to_absolute({split.split("[")[0]: num_rows})
+    except (ValueError, AssertionError, KeyError) as e:
+        raise DataError(f"cannot stream split {split!r}: {e}") from e
+    if len(parts) != 1:
+        raise DataError(f"--streaming reads one split with one slice, got {split!r}")
+    start, stop = parts[0].from_ or 0, parts[0].to if parts[0].to is not None else num_rows
+    if max_samples is not None:
+        stop = min(stop, start + max_samples)
+    return parts[0].splitname, start, stop
+
+
+def _clip(groups: list[RowGroup], start: int, stop: int) -> tuple[RowGroup, ...]:
+    kept = []
+    for g in groups:
+        lo, hi = max(start, g.first), min(stop, g.first + g.rows)
+        if lo < hi:
+            kept.append(RowGroup(g.file, g.index, g.first, lo - g.first, hi - lo))
+    return tuple(kept)
+
+
+def open_parquet_split(source: str, split: str, *, image_column: str | None = None, label_column: str | None = None,
+                       max_samples: int | None = None, num_classes: int | None = None) -> ParquetSplit:
+    """A split's row groups (from the shards' footers only) and its columns and classes."""
+    import datasets
+
+    if "+" in split:
+        raise DataError(f"--streaming reads one split with one slice, got {split!r}")
+    files = split_files(source, split.split("[")[0])
+    groups, first, schema = [], 0, None
+    for path in files:
+        meta = _open(path)
+        schema = schema or meta.schema_arrow
+        for i in range(meta.metadata.num_row_groups):
+            rows = meta.metadata.row_group(i).num_rows
+            groups.append(RowGroup(path, i, first, 0, rows))
+            first += rows
+    name, start, stop = _slice_bounds(split, first, max_samples)
+    features = datasets.Features.from_arrow_schema(schema)
+    image = find_column(list(features), image_column, IMAGE_COLUMNS, "image", f"data set {source!r}")
+    label = find_column(list(features), label_column, LABEL_COLUMNS, "label", f"data set {source!r}")
+    names = None
+    if isinstance(features[label], datasets.ClassLabel):
+        num_classes, names = features[label].num_classes, list(features[label].names)
+    elif num_classes is None:
+        raise DataError(f"--streaming cannot count the classes of {source!r} (column {label!r} is not a "
+                        "ClassLabel): give --num-classes")
+    return ParquetSplit(name, _clip(groups, start, stop), ImageDatasetInfo(image, label, num_classes, names))
+
+
+def worker_run(batches: int, workers: int, role: int, taken: int) -> tuple[int, int]:
+    """(first stream batch, count) still to come from worker `role`, whose run is the `role`-th of
+    `workers` near-equal contiguous runs of the epoch's `batches`, once the loader has handed out
+    `taken` batches (in turns: loader batch i is the (i // workers)-th of worker i mod workers)."""
+    per, extra = divmod(batches, workers)
+    count = per + (role < extra)
+    start = role * per + min(role, extra)
+    done = taken // workers + (role < taken % workers)
+    return start + done, count - done
+
+
+class ParquetStream(IterableDataset):
+    """Collated training batches (`collate_skipping`) of this process's share of a `ParquetSplit`.
+    Use with `DataLoader(stream, batch_size=None)`; `len` is the batches per epoch."""
+
+    def __init__(self, split: ParquetSplit, transform, *, batch_size: int, rank: int = 0, world: int = 1,
+                 seed: int = 0, buffer: int = 1000) -> None:
+        self.split, self.batch_size, self.rank, self.world, self.buffer = split, batch_size, rank, world, buffer
+        self.samples = ImageClassificationDataset(None, split.info, transform, seed=seed)  # decode + seeded transform
+        self.share = split.num_rows // world
+        self.taken = 0
+
+    @property
+    def epoch(self) -> int:
+        return self.samples.epoch
+
+    def set_epoch(self, epoch: int) -> None:
+        self.samples.set_epoch(epoch)
+
+    def set_position(self, batches: int) -> None:
+        """Start the next iteration after the epoch's first `batches` batches (resume)."""
+        self.taken = batches
+
+    def __len__(self) -> int:
+        return self.share // self.batch_size
+
+    def _generator(self, salt: int) -> torch.Generator:
+        """Seeded by (seed, epoch, salt) alone: 0 orders the row groups, b + 1 shuffles block b."""
+        return torch.Generator().manual_seed((self.samples.seed * 1_000_003 + self.epoch) * 10_000_019 + salt)
+
+    def blocks(self) -> list[list[RowGroup]]:
+        """The epoch's row groups in shuffled order, pooled into blocks of >= `buffer` rows."""
+        groups = self.split.row_groups
+        order = torch.randperm(len(groups), generator=self._generator(0)).tolist()
+        blocks, rows = [[]], 0
+        for i in order:
+            if rows >= self.buffer:
+                blocks.append([])
+                rows = 0
+            blocks[-1].append(groups[i])
+            rows += groups[i].rows
+        return blocks if groups else []
+
+    def rows(self, start: int, stop: int):
+        """(split row, image value, label) at stream positions [start, stop) of this epoch."""
+        files, info, pos = {}, self.split.info, 0
+        for b, block in enumerate(self.blocks()):
+            size = sum(g.rows for g in block)
+            lo, hi = max(start - pos, 0), min(stop - pos, size)
+            if lo < hi:
+                indices, values, labels = [], [], []
+                for g in block:
+                    if g.file not in files:
+                        files[g.file] = _open(g.file)
+                    table = files[g.file].read_row_group(g.index, columns=[info.image_column, info.label_column])
+                    table = table.slice(g.offset, g.rows)
+                    indices += range(g.first + g.offset, g.first + g.offset + g.rows)
+                    values += table.column(info.image_column).to_pylist()
+                    labels += table.column(info.label_column).to_pylist()
+                for j in torch.randperm(size, generator=self._generator(b + 1)).tolist()[lo:hi]:
+                    yield indices[j], values[j], labels[j]
+            pos += size
+            if pos >= stop:
+                return
+
+    def __iter__(self):
+        worker = get_worker_info()
+        workers, wid = (worker.num_workers, worker.id) if worker else (1, 0)
+        # after a resume the loader starts its turns at worker 0: it plays the role of the batch due next
+        first, count = worker_run(len(self), workers, (wid + self.taken) % workers, self.taken)
+        start = self.rank * self.share + first * self.batch_size
+        batch = []
+        for index, value, label in self.rows(start, start + count * self.batch_size):
+            batch.append(self.samples.sample(index, value, label))
+            if len(batch) == self.batch_size:
+                yield collate_skipping(batch)
+                batch = []
