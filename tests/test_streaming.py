@@ -161,3 +161,36 @@ def test_train_streaming_resumes_exactly(shards, tmp_path, processes):
     other = run_train(tmp_path, *STREAM_RUN, *extra[:-1], "1", "--dataset", str(shards), "--output", str(cut),
                       "--resume", "latest", launcher=launcher, check=False, timeout=400)
     assert other.returncode != 0 and "streaming" in other.stdout + other.stderr
+
+
+def test_parquet_rows_read_like_the_arrow_data_set(shards):
+    from timm_bcos.data import load_split
+    from timm_bcos.streaming import ParquetRows, open_parquet_split
+
+    rows = ParquetRows(open_parquet_split(str(shards), "train[40:290]"))
+    hf, info = load_split(str(shards), "train[40:290]")
+    picks = [0, 1, 249, 60, 61, 10, 200]  # within and across row groups and shards, out of order
+    assert rows[picks] == hf[picks]
+    with pytest.raises(IndexError, match="row 250 of a split of 250 rows"):
+        rows[[250]]
+
+
+def test_evaluate_streaming_gives_the_map_style_results(shards, tmp_path):
+    import subprocess
+    import sys
+
+    from test_train import ROOT, _env
+
+    results = {}
+    for mode in ("map", "streaming"):
+        out = tmp_path / mode
+        cmd = [sys.executable, str(ROOT / "train_scripts" / "evaluate.py"), "--models", "bcos_cifar10_w050_bnu",
+               "--pretrained", "--dataset", str(shards), "--split", "train[:160]", "--grid", "2", "--num-grids", "2",
+               "--methods", "own", "--examples", "2", "--workers", "2", "--out", str(out)]
+        proc = subprocess.run(cmd + (["--streaming"] if mode == "streaming" else []), capture_output=True, text=True,
+                              env=_env(tmp_path), cwd=ROOT, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[mode] = json.loads((out / "results.json").read_text())
+    assert results["map"]["accuracy"]["bcos_cifar10_w050_bnu"]["n"] == 160
+    for key in ("accuracy", "pointing_game"):
+        assert results["map"][key] == results["streaming"][key], key

@@ -238,13 +238,17 @@ def load_eval_dataset(source: str, split: str, *, input_size=(3, 32, 32), crop_p
                       label_column: str | None = None) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
     """One split as a lazily decoded data set of plain [0, 1] RGB tensors (timm's eval resize +
     centre crop, no mean/std: put the model behind its own normalisation)."""
-    from timm.data import create_transform
-
     ds, info = load_split(source, split, cache_dir=cache_dir, image_column=image_column,
                           label_column=label_column, max_samples=max_samples)
-    transform = create_transform(input_size=tuple(input_size), crop_pct=crop_pct, interpolation=interpolation,
-                                 mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), is_training=False)
-    return ImageClassificationDataset(ds, info, transform), info
+    return ImageClassificationDataset(ds, info, eval_transform(input_size, crop_pct, interpolation)), info
+
+
+def eval_transform(input_size=(3, 32, 32), crop_pct: float = 1.0, interpolation: str = "bilinear") -> Callable:
+    """timm's eval resize + centre crop to plain [0, 1] RGB tensors (no mean/std)."""
+    from timm.data import create_transform
+
+    return create_transform(input_size=tuple(input_size), crop_pct=crop_pct, interpolation=interpolation,
+                            mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0), is_training=False)
 
 
 class IndexedSamples(Dataset):

@@ -12,13 +12,14 @@ resumed run starts each worker at its next batch without reading the batches bef
 """
 from __future__ import annotations
 
+import bisect
 from dataclasses import dataclass
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .data import (IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ImageClassificationDataset, ImageDatasetInfo,
-                   collate_skipping, find_column)
+                   collate_skipping, eval_transform, find_column)
 
 
 @dataclass(frozen=True)
@@ -208,3 +209,56 @@ class ParquetStream(IterableDataset):
             if len(batch) == self.batch_size:
                 yield collate_skipping(batch)
                 batch = []
+
+
+class ParquetRows:
+    """A split's rows read from their row groups on demand and indexed like a `datasets.Dataset`
+    (`rows[[3, 4]]` is {column: [values]}): random access with no download ahead. It keeps the last
+    row group it read, so reading in order reads each row group once (per loader worker)."""
+
+    def __init__(self, split: ParquetSplit) -> None:
+        self.split = split
+        self.starts = [0]
+        for g in split.row_groups:
+            self.starts.append(self.starts[-1] + g.rows)
+        self._files, self._cached = {}, (None, None)
+
+    def __getstate__(self) -> dict:  # open files and tables stay with their process
+        return {"split": self.split, "starts": self.starts}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _files={}, _cached=(None, None))
+
+    def __len__(self) -> int:
+        return self.starts[-1]
+
+    def _table(self, k: int):
+        if self._cached[0] != k:
+            g, info = self.split.row_groups[k], self.split.info
+            if g.file not in self._files:
+                self._files[g.file] = _open(g.file)
+            table = self._files[g.file].read_row_group(g.index, columns=[info.image_column, info.label_column])
+            self._cached = (k, table.slice(g.offset, g.rows))
+        return self._cached[1]
+
+    def __getitem__(self, indices) -> dict[str, list]:
+        columns = (self.split.info.image_column, self.split.info.label_column)
+        out = {c: [] for c in columns}
+        for i in indices:
+            if not 0 <= i < len(self):
+                raise IndexError(f"row {i} of a split of {len(self)} rows")
+            k = bisect.bisect_right(self.starts, i) - 1
+            table = self._table(k)
+            for c in columns:
+                out[c].append(table.column(c)[i - self.starts[k]].as_py())
+        return out
+
+
+def load_eval_stream(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
+                     interpolation: str = "bilinear", max_samples: int | None = None, image_column: str | None = None,
+                     label_column: str | None = None) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
+    """`data.load_eval_dataset` read from the split's parquet shards on demand (no download ahead)."""
+    parquet = open_parquet_split(source, split, image_column=image_column, label_column=label_column,
+                                 max_samples=max_samples)
+    transform = eval_transform(input_size, crop_pct, interpolation)
+    return ImageClassificationDataset(ParquetRows(parquet), parquet.info, transform), parquet.info

@@ -34,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", required=True, help="Hub data set id or local folder")
     p.add_argument("--split", default="validation")
     p.add_argument("--max-samples", type=int, help="evaluate on the first N images of the split")
+    p.add_argument("--streaming", action="store_true", help="read the split's parquet shards on demand (Hub id "
+                   "or local folder): no download ahead, no Arrow cache")
     p.add_argument("--image-column", help="default: found automatically (image, img, ...)")
     p.add_argument("--label-column", help="default: found automatically (label, labels, ...)")
     p.add_argument("--mask-column", help="B-cos models: energy pointing game and IoU of the own explanation "
@@ -103,13 +105,13 @@ def localise(args, model, data, device) -> dict:
 def open_split(args, cfg: dict):
     """The split at the model's eval size, decoded lazily: (data set, loader, info)."""
     from timm_bcos.data import DataError, IndexedSamples, collate_indexed, load_eval_dataset
+    from timm_bcos.streaming import load_eval_stream
 
+    load = load_eval_stream if args.streaming else load_eval_dataset
     try:
-        data, info = load_eval_dataset(args.dataset, args.split, input_size=cfg["input_size"],
-                                       crop_pct=cfg.get("crop_pct", 1.0),
-                                       interpolation=cfg.get("interpolation", "bilinear"),
-                                       max_samples=args.max_samples, image_column=args.image_column,
-                                       label_column=args.label_column)
+        data, info = load(args.dataset, args.split, input_size=cfg["input_size"], crop_pct=cfg.get("crop_pct", 1.0),
+                          interpolation=cfg.get("interpolation", "bilinear"), max_samples=args.max_samples,
+                          image_column=args.image_column, label_column=args.label_column)
     except DataError as e:
         raise SystemExit(f"error: {e}") from None
     loader = torch.utils.data.DataLoader(IndexedSamples(data), batch_size=args.batch_size, num_workers=args.workers,
@@ -131,6 +133,8 @@ def check_args(args) -> dict[int, int]:
         message = unknown_model_message(spec, cutoff=0.6)
         if message:
             raise SystemExit(f"error: {message}")
+    if args.streaming and (args.mask_column or args.boxes_column):
+        raise SystemExit("error: --mask-column / --boxes-column read the map-style data set: drop --streaming")
     if len(args.num_grids) not in (1, len(args.grid)):
         raise SystemExit(f"error: --num-grids takes one number or one per --grid size ({len(args.grid)})")
     return dict(zip(args.grid, args.num_grids * len(args.grid) if len(args.num_grids) == 1 else args.num_grids))
