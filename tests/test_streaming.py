@@ -194,3 +194,24 @@ def test_evaluate_streaming_gives_the_map_style_results(shards, tmp_path):
     assert results["map"]["accuracy"]["bcos_cifar10_w050_bnu"]["n"] == 160
     for key in ("accuracy", "pointing_game"):
         assert results["map"][key] == results["streaming"][key], key
+
+
+def test_shards_behind_an_fsspec_url_stream_like_local_files(shards, monkeypatch):
+    """A Hub id resolves to hf:// URLs read through fsspec: the same path, checked here offline on
+    fsspec's in-memory file system."""
+    import fsspec
+
+    from timm_bcos import streaming
+
+    memory = fsspec.filesystem("memory")
+    local = sorted(str(p) for p in (shards / "data").glob("train-*.parquet"))
+    urls = []
+    for path in local:
+        url = f"memory://hub/{Path(path).name}"
+        memory.pipe(url, Path(path).read_bytes())
+        urls.append(url)
+    monkeypatch.setattr(streaming, "split_files", lambda source, split: urls)
+    remote = streaming.open_parquet_split("someone/cifar10-shards", "train")
+    assert {g.file for g in remote.row_groups} == set(urls)
+    stream = streaming.ParquetStream(remote, lambda img: torch.zeros(1), batch_size=8, buffer=60)
+    assert [i for i, _, _ in stream.rows(0, 64)] == _indices(_stream(shards))[:64]
