@@ -7,12 +7,14 @@ Writes --images CIFAR-10 training images, upsampled (bicubic) to ImageNet's most
 (500x375) and saved as JPEG (quality 90), as --shards parquet shards in the Hugging Face layout
 (`data/train-0000i-of-0000N.parquet`, features Image + ClassLabel), then reads them with the
 ImageNet training transform (timm's `create_transform(is_training=True)` for bcos_resnet50's
-pretrained cfg: random resized crop to 224, flip, colour jitter 0.4, to tensor) two ways, in one
+pretrained cfg: random resized crop to 224, flip, colour jitter 0.4, to tensor) three ways, in one
 process, interleaved, for each worker count:
 
 - ours: `timm_bcos.data.load_split` + `ImageClassificationDataset` (batched arrow reads, per-sample
   seeded augmentation, undecodable images skipped) + `EpochSampler` + `collate_skipping`, as
   train_scripts/train.py builds it;
+- ours --streaming: `timm_bcos.streaming.ParquetStream` on the same shards (row groups read as it
+  goes, the same per-sample seeding), as `train.py --streaming` builds it;
 - timm: `timm.data.create_dataset("hfds/<folder>")` + `timm.data.create_loader(is_training=True,
   use_prefetcher=False)` (its CPU path), with the same transform arguments.
 
@@ -80,6 +82,15 @@ def our_loader(folder: Path, model, batch: int, workers: int):
     return torch.utils.data.DataLoader(ds, batch_size=batch, sampler=EpochSampler(len(ds)), drop_last=True,
                                        num_workers=workers, collate_fn=collate_skipping,
                                        persistent_workers=False)
+
+
+def streaming_loader(folder: Path, model, batch: int, workers: int):
+    from timm_bcos.data import build_transform
+    from timm_bcos.streaming import ParquetStream, open_parquet_split
+
+    stream = ParquetStream(open_parquet_split(str(folder), "train"), build_transform(model, is_training=True, crop="rrc"),
+                           batch_size=batch)
+    return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
 
 
 def timm_loader(folder: Path, cfg: dict, batch: int, workers: int):
@@ -159,6 +170,7 @@ def main() -> None:
         results = {"images": args.images, "size": args.size, "batch_size": args.batch_size, "rates": {}}
         for workers in args.workers:
             loaders = {"ours": lambda: our_loader(folder, model, args.batch_size, workers),
+                       "ours --streaming": lambda: streaming_loader(folder, model, args.batch_size, workers),
                        "timm": lambda: timm_loader(folder, cfg, args.batch_size, workers)}
             rates = {k: [] for k in loaders}
             for _ in range(args.repeats):
@@ -166,9 +178,9 @@ def main() -> None:
                     rates[name].append(images_per_s(make(), args.batches))
             row = {k: statistics.median(v) for k, v in rates.items()}
             results["rates"][workers] = row
-            print(f"{workers} worker(s): ours {row['ours']:.1f} img/s ({row['ours'] / workers:.1f} per worker), "
-                  f"timm {row['timm']:.1f} img/s ({row['timm'] / workers:.1f} per worker), "
-                  f"ours/timm {row['ours'] / row['timm']:.3f}", flush=True)
+            print(f"{workers} worker(s): " + ", ".join(
+                f"{k} {v:.1f} img/s ({v / workers:.1f} per worker, {v / row['timm']:.3f}x timm)" for k, v in row.items()),
+                flush=True)
         results["profile_ms"] = profile_one_image(folder, model)
         print("one image, ms (median of 64):", results["profile_ms"])
     if args.json:
