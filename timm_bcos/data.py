@@ -143,7 +143,7 @@ class ImageClassificationDataset(Dataset):
     def seeded_transform(self, index: int, img):
         """self.transform(img) with torch's, Python's and numpy's global RNGs (what torchvision,
         timm and user transforms draw from) seeded for (seed, epoch, index) only."""
-        sample_seed = (self.seed * 1_000_003 + self.epoch) * 10_000_019 + index
+        sample_seed = ((self.seed * 1_000_003 + self.epoch) * 10_000_019 + index) % 2**63  # large --seed too
         torch_state, py_state = _TORCH_RNG.get_state(), random.getstate()
         # numpy's state is slow to save (~0.1 ms): a loader worker's RNG is ours to reseed, so
         # only the main process (workers=0) restores the caller's state afterwards

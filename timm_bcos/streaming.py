@@ -24,7 +24,8 @@ from .data import (IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ImageClassificationD
 
 @dataclass(frozen=True)
 class RowGroup:
-    """Rows [offset, offset + rows) of row group `index` of `file`; `first` is the split row of its row 0."""
+    """Rows [offset, offset + rows) of row group `index` of `file`; `first` is the index of its row 0
+    in the (sliced) split, so that row `offset` of a sliced split's first group has index 0."""
     file: str
     index: int
     first: int
@@ -50,8 +51,9 @@ def _open(path: str):
     return pq.ParquetFile(fsspec.open(path, "rb").open())
 
 
-def split_files(source: str, split: str) -> list[str]:
-    """The parquet files of `split` ("train", no slicing) as `datasets` resolves them."""
+def split_files(source: str, split: str):
+    """(the parquet files of `split` ("train", no slicing) as `datasets` resolves them, the data
+    set's declared features or None)."""
     import datasets
 
     try:
@@ -59,13 +61,15 @@ def split_files(source: str, split: str) -> list[str]:
     except Exception as e:  # datasets raises many types for a missing or malformed source
         raise DataError(f"cannot open data set {source!r}: {type(e).__name__}: {e}") from e
     files = dict(builder.config.data_files or {})
+    if not files:
+        raise DataError(f"--streaming reads parquet shards; {source!r} ({builder.name!r} data) lists no data files")
     if split not in files:
         raise DataError(f"data set {source!r} has no split {split!r}; its splits are {sorted(files)}")
     paths = [str(p) for p in files[split]]
     if not paths or not all(p.endswith(".parquet") for p in paths):
         raise DataError(f"--streaming reads parquet shards; split {split!r} of {source!r} is "
                         f"{builder.name!r} data ({paths[:2]}...): drop --streaming for it")
-    return paths
+    return paths, builder.info.features
 
 
 def _slice_bounds(split: str, num_rows: int, max_samples: int | None) -> tuple[str, int, int]:
@@ -85,12 +89,24 @@ def _slice_bounds(split: str, num_rows: int, max_samples: int | None) -> tuple[s
 
 
 def _clip(groups: list[RowGroup], start: int, stop: int) -> tuple[RowGroup, ...]:
+    """The rows [start, stop) of the whole split, indexed from 0 as `load_dataset(split="x[a:b]")` does."""
     kept = []
     for g in groups:
         lo, hi = max(start, g.first), min(stop, g.first + g.rows)
         if lo < hi:
-            kept.append(RowGroup(g.file, g.index, g.first, lo - g.first, hi - lo))
+            kept.append(RowGroup(g.file, g.index, g.first - start, lo - g.first, hi - lo))
     return tuple(kept)
+
+
+def _count_classes(groups: tuple[RowGroup, ...], label: str) -> int:
+    """Largest label + 1 (as the map-style path counts), reading the label column only."""
+    largest, files = -1, {}
+    for g in groups:
+        if g.file not in files:
+            files[g.file] = _open(g.file)
+        labels = files[g.file].read_row_group(g.index, columns=[label]).column(0).slice(g.offset, g.rows)
+        largest = max(largest, max((v for v in labels.to_pylist() if v is not None), default=-1))
+    return largest + 1
 
 
 def open_parquet_split(source: str, split: str, *, image_column: str | None = None, label_column: str | None = None,
@@ -100,7 +116,7 @@ def open_parquet_split(source: str, split: str, *, image_column: str | None = No
 
     if "+" in split:
         raise DataError(f"--streaming reads one split with one slice, got {split!r}")
-    files = split_files(source, split.split("[")[0])
+    files, declared = split_files(source, split.split("[")[0])
     groups, first, schema = [], 0, None
     for path in files:
         meta = _open(path)
@@ -110,16 +126,16 @@ def open_parquet_split(source: str, split: str, *, image_column: str | None = No
             groups.append(RowGroup(path, i, first, 0, rows))
             first += rows
     name, start, stop = _slice_bounds(split, first, max_samples)
-    features = datasets.Features.from_arrow_schema(schema)
+    # the card's declared features first (a Hub card may declare ClassLabel names its shards lack)
+    features = declared or datasets.Features.from_arrow_schema(schema)
     image = find_column(list(features), image_column, IMAGE_COLUMNS, "image", f"data set {source!r}")
     label = find_column(list(features), label_column, LABEL_COLUMNS, "label", f"data set {source!r}")
-    names = None
+    kept, names = _clip(groups, start, stop), None
     if isinstance(features[label], datasets.ClassLabel):
         num_classes, names = features[label].num_classes, list(features[label].names)
     elif num_classes is None:
-        raise DataError(f"--streaming cannot count the classes of {source!r} (column {label!r} is not a "
-                        "ClassLabel): give --num-classes")
-    return ParquetSplit(name, _clip(groups, start, stop), ImageDatasetInfo(image, label, num_classes, names))
+        num_classes = _count_classes(kept, label)
+    return ParquetSplit(name, kept, ImageDatasetInfo(image, label, num_classes, names))
 
 
 def worker_run(batches: int, workers: int, role: int, taken: int) -> tuple[int, int]:
@@ -160,7 +176,7 @@ class ParquetStream(IterableDataset):
 
     def _generator(self, salt: int) -> torch.Generator:
         """Seeded by (seed, epoch, salt) alone: 0 orders the row groups, b + 1 shuffles block b."""
-        return torch.Generator().manual_seed((self.samples.seed * 1_000_003 + self.epoch) * 10_000_019 + salt)
+        return torch.Generator().manual_seed(((self.samples.seed * 1_000_003 + self.epoch) * 10_000_019 + salt) % 2**63)
 
     def blocks(self) -> list[list[RowGroup]]:
         """The epoch's row groups in shuffled order, pooled into blocks of >= `buffer` rows."""
@@ -177,22 +193,24 @@ class ParquetStream(IterableDataset):
 
     def rows(self, start: int, stop: int):
         """(split row, image value, label) at stream positions [start, stop) of this epoch."""
+        import pyarrow as pa
+
         files, info, pos = {}, self.split.info, 0
         for b, block in enumerate(self.blocks()):
             size = sum(g.rows for g in block)
             lo, hi = max(start - pos, 0), min(stop - pos, size)
             if lo < hi:
-                indices, values, labels = [], [], []
+                tables, indices = [], []
                 for g in block:
                     if g.file not in files:
                         files[g.file] = _open(g.file)
                     table = files[g.file].read_row_group(g.index, columns=[info.image_column, info.label_column])
-                    table = table.slice(g.offset, g.rows)
+                    tables.append(table.slice(g.offset, g.rows))
                     indices += range(g.first + g.offset, g.first + g.offset + g.rows)
-                    values += table.column(info.image_column).to_pylist()
-                    labels += table.column(info.label_column).to_pylist()
-                for j in torch.randperm(size, generator=self._generator(b + 1)).tolist()[lo:hi]:
-                    yield indices[j], values[j], labels[j]
+                picked = torch.randperm(size, generator=self._generator(b + 1))[lo:hi].tolist()
+                rows = pa.concat_tables(tables).take(picked)  # only these rows become Python objects
+                values, labels = rows.column(info.image_column).to_pylist(), rows.column(info.label_column).to_pylist()
+                yield from zip([indices[j] for j in picked], values, labels)
             pos += size
             if pos >= stop:
                 return
@@ -212,9 +230,10 @@ class ParquetStream(IterableDataset):
 
 
 class ParquetRows:
-    """A split's rows read from their row groups on demand and indexed like a `datasets.Dataset`
-    (`rows[[3, 4]]` is {column: [values]}): random access with no download ahead. It keeps the last
-    row group it read, so reading in order reads each row group once (per loader worker)."""
+    """A split's rows read from their row groups on demand, indexed by a list of rows like a
+    `datasets.Dataset` (`rows[[3, 4]]` is {column: [values]}): random access with no download
+    ahead. A call reads each row group it needs once; the last one is kept, so reading in order
+    reads each row group once (per loader worker)."""
 
     def __init__(self, split: ParquetSplit) -> None:
         self.split = split
@@ -241,16 +260,20 @@ class ParquetRows:
             self._cached = (k, table.slice(g.offset, g.rows))
         return self._cached[1]
 
-    def __getitem__(self, indices) -> dict[str, list]:
+    def __getitem__(self, indices: list[int]) -> dict[str, list]:
         columns = (self.split.info.image_column, self.split.info.label_column)
-        out = {c: [] for c in columns}
-        for i in indices:
+        by_group: dict[int, list[tuple[int, int]]] = {}  # row group -> (place in the answer, row in it)
+        for place, i in enumerate(indices):
             if not 0 <= i < len(self):
                 raise IndexError(f"row {i} of a split of {len(self)} rows")
             k = bisect.bisect_right(self.starts, i) - 1
-            table = self._table(k)
+            by_group.setdefault(k, []).append((place, i - self.starts[k]))
+        out = {c: [None] * len(indices) for c in columns}
+        for k, wanted in by_group.items():
+            rows = self._table(k).take([r for _, r in wanted])
             for c in columns:
-                out[c].append(table.column(c)[i - self.starts[k]].as_py())
+                for (place, _), value in zip(wanted, rows.column(c).to_pylist()):
+                    out[c][place] = value
         return out
 
 

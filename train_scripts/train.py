@@ -353,6 +353,8 @@ def streaming_dataset(args: argparse.Namespace, split, transform):
 
     if args.guidance:
         fail("--guidance reads masks through the map-style data set: drop --streaming for it")
+    if args.shuffle_buffer < 1:
+        fail(f"--shuffle-buffer must be at least 1 row, got {args.shuffle_buffer}")
     state = PartialState()
     per_process = args.batch_size // args.grad_accum // state.num_processes
     if per_process == 0:
@@ -381,10 +383,11 @@ class TrainState:
 def run_meta(args: argparse.Namespace, num_classes: int) -> dict:
     meta = {"model": args.model, "model_kwargs": args.model_kwargs, "num_classes": num_classes,
             "bcosify_from": args.bcosify_from}
+    meta["streaming"] = None  # a map-style run's checkpoint (old ones have no key: None too)
     if args.streaming:  # the streamed order depends on them: a resume must keep them
         from accelerate.state import PartialState
 
-        meta["streaming"] = {"processes": PartialState().num_processes, "workers": args.workers,
+        meta["streaming"] = {"processes": PartialState().num_processes, "workers": max(args.workers, 1),
                              "shuffle_buffer": args.shuffle_buffer}
     return meta
 
@@ -637,7 +640,10 @@ def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
                                color_jitter=0.0 if args.guidance else None)
     if args.streaming:
         train_ds = sampler = streaming_dataset(args, train_hf, train_tf)
-        train_loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=args.workers)
+        # its own generator: the loader's base seed must not draw from torch's global RNG, which
+        # a resume restores to the checkpoint's state (a resumed run would then be one draw ahead)
+        train_loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=args.workers,
+                                                   generator=torch.Generator())
     else:
         train_ds, train_collate = training_dataset(args, train_hf, info, train_tf, model)
         sampler = EpochSampler(len(train_ds), seed=args.seed)
