@@ -13,7 +13,7 @@ process, interleaved, for each worker count:
 - ours: `timm_bcos.data.load_split` + `ImageClassificationDataset` (batched arrow reads, per-sample
   seeded augmentation, undecodable images skipped) + `EpochSampler` + `collate_skipping`, as
   train_scripts/train.py builds it;
-- ours --streaming: `timm_bcos.streaming.ParquetStream` on the same shards (row groups read as it
+- ours --streaming: `timm_bcos.streaming.ShardStream` on the same shards (row groups read as it
   goes, the same per-sample seeding), as `train.py --streaming` builds it;
 - timm: `timm.data.create_dataset("hfds/<folder>")` + `timm.data.create_loader(is_training=True,
   use_prefetcher=False)` (its CPU path), with the same transform arguments.
@@ -86,9 +86,9 @@ def our_loader(folder: Path, model, batch: int, workers: int):
 
 def streaming_loader(folder: Path, model, batch: int, workers: int):
     from timm_bcos.data import build_transform
-    from timm_bcos.streaming import ParquetStream, open_parquet_split
+    from timm_bcos.streaming import ShardStream, open_parquet_split
 
-    stream = ParquetStream(open_parquet_split(str(folder), "train"), build_transform(model, is_training=True, crop="rrc"),
+    stream = ShardStream(open_parquet_split(str(folder), "train"), build_transform(model, is_training=True, crop="rrc"),
                            batch_size=batch)
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
 

@@ -130,3 +130,32 @@ def write_parquet_shards(root, cifar, *, train: int, test: int, shards: int, row
             pq.write_table(table.slice(i * per, per), root / "data" / f"{name}-{i:05d}-of-{parts:05d}.parquet",
                            row_group_size=row_group)
     return root
+
+
+def write_tar_shards(root, cifar, *, train: int, test: int, shards: int, info: bool = False):
+    """The first `train` / `test` CIFAR-10 rows (stored JPEG bytes) as webdataset tar shards
+    `<split>-000i.tar`, members `<split>/<row>.jpg` and `.cls`; timm's `_info.json` when `info`."""
+    import io
+    import json
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    root.mkdir(parents=True, exist_ok=True)
+    splits = {}
+    for name, rows, parts in (("train", train, shards), ("test", test, 1)):
+        table = pq.read_table(cifar / "data" / f"{name}-00000-of-00001.parquet").slice(0, rows).to_pylist()
+        per, files, lengths = -(-rows // parts), [], []
+        for i in range(parts):
+            chunk, files = table[i * per:(i + 1) * per], files + [f"{name}-{i:04d}.tar"]
+            with tarfile.open(root / files[-1], "w") as tar:
+                for j, row in enumerate(chunk):
+                    for ext, data in (("jpg", row["image"]["bytes"]), ("cls", str(row["label"]).encode())):
+                        member = tarfile.TarInfo(f"{name}/{i * per + j:06d}.{ext}")
+                        member.size = len(data)
+                        tar.addfile(member, io.BytesIO(data))
+            lengths.append(len(chunk))
+        splits[name] = {"name": name, "num_samples": rows, "filenames": files, "shard_lengths": lengths}
+    if info:
+        (root / "_info.json").write_text(json.dumps({"name": "cifar10", "splits": splits}))
+    return root

@@ -25,11 +25,11 @@ def shards(tmp_path_factory) -> Path:
 
 def _stream(folder, split="train", *, batch=8, world=1, rank=0, seed=0, buffer=60, transform=None):
     from timm_bcos.data import PadCropFlip
-    from timm_bcos.streaming import ParquetStream, open_parquet_split
+    from timm_bcos.streaming import ShardStream, open_parquet_split
 
     parquet = open_parquet_split(str(folder), split)
-    return ParquetStream(parquet, transform or PadCropFlip((32, 32)), batch_size=batch, rank=rank, world=world,
-                         seed=seed, buffer=buffer)
+    return ShardStream(parquet, transform or PadCropFlip((32, 32)), batch_size=batch, rank=rank, world=world,
+                       seed=seed, buffer=buffer)
 
 
 def _indices(stream) -> list[int]:
@@ -171,9 +171,9 @@ def test_train_streaming_resumes_exactly(shards, tmp_path, processes):
 
 def test_parquet_rows_read_like_the_arrow_data_set(shards):
     from timm_bcos.data import load_split
-    from timm_bcos.streaming import ParquetRows, open_parquet_split
+    from timm_bcos.streaming import ShardRows, open_parquet_split
 
-    rows = ParquetRows(open_parquet_split(str(shards), "train[40:290]"))
+    rows = ShardRows(open_parquet_split(str(shards), "train[40:290]"))
     hf, info = load_split(str(shards), "train[40:290]")
     picks = [0, 1, 249, 60, 61, 10, 200, 1]  # within and across row groups and shards, out of order
     assert rows[picks] == hf[picks]
@@ -219,7 +219,7 @@ def test_shards_behind_an_fsspec_url_stream_like_local_files(shards, monkeypatch
     monkeypatch.setattr(streaming, "split_files", lambda source, split: (urls, None))
     remote = streaming.open_parquet_split("someone/cifar10-shards", "train")
     assert {g.file for g in remote.row_groups} == set(urls)
-    stream = streaming.ParquetStream(remote, lambda img: torch.zeros(1), batch_size=8, buffer=60)
+    stream = streaming.ShardStream(remote, lambda img: torch.zeros(1), batch_size=8, buffer=60)
     assert [i for i, _, _ in stream.rows(0, 64)] == _indices(_stream(shards))[:64]
 
 
@@ -229,7 +229,7 @@ def test_labels_without_class_names_are_counted_like_the_map_style_path(shards, 
     import pyarrow.parquet as pq
 
     from timm_bcos.data import load_split
-    from timm_bcos.streaming import ParquetRows, open_parquet_split
+    from timm_bcos.streaming import ShardRows, open_parquet_split
 
     (tmp_path / "data").mkdir()
     for path in sorted((shards / "data").glob("*.parquet")):
@@ -239,4 +239,4 @@ def test_labels_without_class_names_are_counted_like_the_map_style_path(shards, 
     hf, info = load_split(str(tmp_path), "train[:120]")
     assert streamed.info.label_names is None and info.label_names is None
     assert streamed.info.num_classes == info.num_classes == max(hf["label"]) + 1
-    assert ParquetRows(streamed)[[5, 100]] == hf[[5, 100]]
+    assert ShardRows(streamed)[[5, 100]] == hf[[5, 100]]

@@ -1,5 +1,6 @@
-"""Training images streamed from the parquet shards of a split (a local folder in the Hugging Face
-layout, or a Hub data set through `hf://`), with no download ahead and no Arrow cache.
+"""Training images streamed from the shards of a split, with no download ahead and no Arrow cache:
+the parquet shards of a local folder in the Hugging Face layout or of a Hub data set (`hf://`), or
+webdataset tar shards (`wds:`, see `tarshards`). A tar shard plays the part of one row group.
 
 The epoch's order is drawn from (seed, epoch) alone: the row groups are shuffled, consecutive ones
 are pooled into blocks of at least `buffer` rows, and each block's rows are shuffled. That stream is
@@ -20,6 +21,7 @@ from torch.utils.data import IterableDataset, get_worker_info
 
 from .data import (IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ImageClassificationDataset, ImageDatasetInfo,
                    collate_skipping, eval_transform, find_column)
+from .tarshards import WDS_PREFIX, TarFields, read_table, resolve_split, shard_labels
 
 
 @dataclass(frozen=True)
@@ -34,10 +36,11 @@ class RowGroup:
 
 
 @dataclass(frozen=True)
-class ParquetSplit:
+class StreamSplit:
     name: str
     row_groups: tuple[RowGroup, ...]
     info: ImageDatasetInfo
+    tar: TarFields | None = None  # tar shards (one row group each) and their member extensions
 
     @property
     def num_rows(self) -> int:
@@ -73,7 +76,8 @@ def split_files(source: str, split: str):
 
 
 def _slice_bounds(split: str, num_rows: int, max_samples: int | None) -> tuple[str, int, int]:
-    """(split name, first row, end row) of a `datasets` split spec such as "train[:10%]"."""
+    """(split name, first row, end row) of a `datasets` split spec such as "train[:10%]" (a word,
+    then at most one slice)."""
     import datasets
 
     try:
@@ -110,7 +114,7 @@ def _count_classes(groups: tuple[RowGroup, ...], label: str) -> int:
 
 
 def open_parquet_split(source: str, split: str, *, image_column: str | None = None, label_column: str | None = None,
-                       max_samples: int | None = None, num_classes: int | None = None) -> ParquetSplit:
+                       max_samples: int | None = None, num_classes: int | None = None) -> StreamSplit:
     """A split's row groups (from the shards' footers only) and its columns and classes."""
     import datasets
 
@@ -135,7 +139,46 @@ def open_parquet_split(source: str, split: str, *, image_column: str | None = No
         num_classes, names = features[label].num_classes, list(features[label].names)
     elif num_classes is None:
         num_classes = _count_classes(kept, label)
-    return ParquetSplit(name, kept, ImageDatasetInfo(image, label, num_classes, names))
+    return StreamSplit(name, kept, ImageDatasetInfo(image, label, num_classes, names))
+
+
+def open_wds_split(source: str, split: str, *, image_column: str | None = None, label_column: str | None = None,
+                   max_samples: int | None = None, num_classes: int | None = None) -> StreamSplit:
+    """A `wds:` split's tar shards, one row group each. Their lengths come from the info file, or
+    from reading the shards' headers and labels once (as do the classes, unless given)."""
+    name, bracket, rest = split.partition("[")
+    fields = TarFields.of(image_column, label_column)
+    shards = resolve_split(source, name)
+    num_classes = num_classes or shards.num_classes
+    labels = None
+    if shards.lengths is None or num_classes is None:
+        labels = [shard_labels(f, fields) for f in shards.files]
+    lengths = shards.lengths or tuple(len(v) for v in labels)
+    groups, first = [], 0
+    for path, rows in zip(shards.files, lengths):
+        groups.append(RowGroup(path, 0, first, 0, rows))
+        first += rows
+    _, start, stop = _slice_bounds(f"split{bracket}{rest}", first, max_samples)
+    if num_classes is None:
+        num_classes = max((v for shard in labels for v in shard), default=-1) + 1
+    return StreamSplit(name, _clip(groups, start, stop), ImageDatasetInfo("image", "label", num_classes, None),
+                       tar=fields)
+
+
+def open_stream_split(source: str, split: str, **kwargs) -> StreamSplit:
+    """`open_wds_split` for a `wds:` source, else `open_parquet_split`."""
+    opener = open_wds_split if source.startswith(WDS_PREFIX) else open_parquet_split
+    return opener(source, split, **kwargs)
+
+
+def shared_rows(a: StreamSplit, b: StreamSplit) -> int:
+    """How many rows of the same shards two splits both read (a validation split that overlaps
+    the training split)."""
+    spans = {}
+    for g in a.row_groups:
+        spans.setdefault((g.file, g.index), []).append((g.offset, g.offset + g.rows))
+    return sum(max(0, min(hi, g.offset + g.rows) - max(lo, g.offset))
+               for g in b.row_groups for lo, hi in spans.get((g.file, g.index), ()))
 
 
 def worker_run(batches: int, workers: int, role: int, taken: int) -> tuple[int, int]:
@@ -149,11 +192,11 @@ def worker_run(batches: int, workers: int, role: int, taken: int) -> tuple[int, 
     return start + done, count - done
 
 
-class ParquetStream(IterableDataset):
-    """Collated training batches (`collate_skipping`) of this process's share of a `ParquetSplit`.
+class ShardStream(IterableDataset):
+    """Collated training batches (`collate_skipping`) of this process's share of a `StreamSplit`.
     Use with `DataLoader(stream, batch_size=None)`; `len` is the batches per epoch."""
 
-    def __init__(self, split: ParquetSplit, transform, *, batch_size: int, rank: int = 0, world: int = 1,
+    def __init__(self, split: StreamSplit, transform, *, batch_size: int, rank: int = 0, world: int = 1,
                  seed: int = 0, buffer: int = 1000) -> None:
         self.split, self.batch_size, self.rank, self.world, self.buffer = split, batch_size, rank, world, buffer
         self.samples = ImageClassificationDataset(None, split.info, transform, seed=seed)  # decode + seeded transform
@@ -178,40 +221,32 @@ class ParquetStream(IterableDataset):
         """Seeded by (seed, epoch, salt) alone: 0 orders the row groups, b + 1 shuffles block b."""
         return torch.Generator().manual_seed(((self.samples.seed * 1_000_003 + self.epoch) * 10_000_019 + salt) % 2**63)
 
-    def blocks(self) -> list[list[RowGroup]]:
-        """The epoch's row groups in shuffled order, pooled into blocks of >= `buffer` rows."""
+    def blocks(self) -> list[list[int]]:
+        """The epoch's row groups (their places in the split) in shuffled order, pooled into blocks
+        of >= `buffer` rows."""
         groups = self.split.row_groups
         order = torch.randperm(len(groups), generator=self._generator(0)).tolist()
         blocks, rows = [[]], 0
-        for i in order:
+        for k in order:
             if rows >= self.buffer:
                 blocks.append([])
                 rows = 0
-            blocks[-1].append(groups[i])
-            rows += groups[i].rows
+            blocks[-1].append(k)
+            rows += groups[k].rows
         return blocks if groups else []
 
     def rows(self, start: int, stop: int):
         """(split row, image value, label) at stream positions [start, stop) of this epoch."""
-        import pyarrow as pa
-
-        files, info, pos = {}, self.split.info, 0
+        reader, info, pos = ShardRows(self.split), self.split.info, 0
         for b, block in enumerate(self.blocks()):
-            size = sum(g.rows for g in block)
-            lo, hi = max(start - pos, 0), min(stop - pos, size)
+            members = [r for k in block for r in range(reader.starts[k], reader.starts[k + 1])]
+            lo, hi = max(start - pos, 0), min(stop - pos, len(members))
             if lo < hi:
-                tables, indices = [], []
-                for g in block:
-                    if g.file not in files:
-                        files[g.file] = _open(g.file)
-                    table = files[g.file].read_row_group(g.index, columns=[info.image_column, info.label_column])
-                    tables.append(table.slice(g.offset, g.rows))
-                    indices += range(g.first + g.offset, g.first + g.offset + g.rows)
-                picked = torch.randperm(size, generator=self._generator(b + 1))[lo:hi].tolist()
-                rows = pa.concat_tables(tables).take(picked)  # only these rows become Python objects
-                values, labels = rows.column(info.image_column).to_pylist(), rows.column(info.label_column).to_pylist()
-                yield from zip([indices[j] for j in picked], values, labels)
-            pos += size
+                picked = torch.randperm(len(members), generator=self._generator(b + 1))[lo:hi].tolist()
+                rows = [members[j] for j in picked]
+                got = reader[rows]  # each of the block's row groups read once
+                yield from zip(rows, got[info.image_column], got[info.label_column])
+            pos += len(members)
             if pos >= stop:
                 return
 
@@ -229,13 +264,13 @@ class ParquetStream(IterableDataset):
                 batch = []
 
 
-class ParquetRows:
-    """A split's rows read from their row groups on demand, indexed by a list of rows like a
-    `datasets.Dataset` (`rows[[3, 4]]` is {column: [values]}): random access with no download
-    ahead. A call reads each row group it needs once; the last one is kept, so reading in order
-    reads each row group once (per loader worker)."""
+class ShardRows:
+    """A split's rows read from their row groups (or tar shards) on demand, indexed by a list of
+    rows like a `datasets.Dataset` (`rows[[3, 4]]` is {column: [values]}): random access with no
+    download ahead. A call reads each row group it needs once; the last one is kept, so reading in
+    order reads each row group once (per loader worker)."""
 
-    def __init__(self, split: ParquetSplit) -> None:
+    def __init__(self, split: StreamSplit) -> None:
         self.split = split
         self.starts = [0]
         for g in split.row_groups:
@@ -254,9 +289,14 @@ class ParquetRows:
     def _table(self, k: int):
         if self._cached[0] != k:
             g, info = self.split.row_groups[k], self.split.info
-            if g.file not in self._files:
-                self._files[g.file] = _open(g.file)
-            table = self._files[g.file].read_row_group(g.index, columns=[info.image_column, info.label_column])
+            if self.split.tar is not None:
+                table = read_table(g.file, self.split.tar)
+                if table.num_rows < g.offset + g.rows:  # e.g. an info file's shard_lengths out of date
+                    raise DataError(f"{g.file}: {table.num_rows} samples, the split needs {g.offset + g.rows}")
+            else:
+                if g.file not in self._files:
+                    self._files[g.file] = _open(g.file)
+                table = self._files[g.file].read_row_group(g.index, columns=[info.image_column, info.label_column])
             self._cached = (k, table.slice(g.offset, g.rows))
         return self._cached[1]
 
@@ -280,8 +320,8 @@ class ParquetRows:
 def load_eval_stream(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
                      interpolation: str = "bilinear", max_samples: int | None = None, image_column: str | None = None,
                      label_column: str | None = None) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
-    """`data.load_eval_dataset` read from the split's parquet shards on demand (no download ahead)."""
-    parquet = open_parquet_split(source, split, image_column=image_column, label_column=label_column,
-                                 max_samples=max_samples)
+    """`data.load_eval_dataset` read from the split's parquet or tar shards on demand (no download ahead)."""
+    opened = open_stream_split(source, split, image_column=image_column, label_column=label_column,
+                               max_samples=max_samples)
     transform = eval_transform(input_size, crop_pct, interpolation)
-    return ImageClassificationDataset(ParquetRows(parquet), parquet.info, transform), parquet.info
+    return ImageClassificationDataset(ShardRows(opened), opened.info, transform), opened.info

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--models", nargs="+", required=True, help="timm names or local-dir:/hf-hub: folders")
     p.add_argument("--names", nargs="+", help="display names, one per model")
     p.add_argument("--pretrained", action="store_true", help="load the models' pretrained weights")
-    p.add_argument("--dataset", required=True, help="Hub data set id or local folder")
+    p.add_argument("--dataset", required=True, help="Hub data set id, local folder, or webdataset tar shards "
+                   "(wds:FOLDER or 'wds:PATH/{split}-{0000..0099}.tar', always streamed)")
     p.add_argument("--split", default="validation")
     p.add_argument("--max-samples", type=int, help="evaluate on the first N images of the split")
     p.add_argument("--streaming", action="store_true", help="read the split's parquet shards on demand (Hub id "
@@ -107,7 +108,7 @@ def open_split(args, cfg: dict):
     from timm_bcos.data import DataError, IndexedSamples, collate_indexed, load_eval_dataset
     from timm_bcos.streaming import load_eval_stream
 
-    load = load_eval_stream if args.streaming else load_eval_dataset
+    load = load_eval_stream if args.streaming or args.dataset.startswith("wds:") else load_eval_dataset
     try:
         data, info = load(args.dataset, args.split, input_size=cfg["input_size"], crop_pct=cfg.get("crop_pct", 1.0),
                           interpolation=cfg.get("interpolation", "bilinear"), max_samples=args.max_samples,
@@ -133,8 +134,9 @@ def check_args(args) -> dict[int, int]:
         message = unknown_model_message(spec, cutoff=0.6)
         if message:
             raise SystemExit(f"error: {message}")
-    if args.streaming and (args.mask_column or args.boxes_column):
-        raise SystemExit("error: --mask-column / --boxes-column read the map-style data set: drop --streaming")
+    if (args.streaming or args.dataset.startswith("wds:")) and (args.mask_column or args.boxes_column):
+        raise SystemExit("error: --mask-column / --boxes-column read the map-style data set: drop --streaming "
+                         "(a wds: data set is always streamed)")
     if len(args.num_grids) not in (1, len(args.grid)):
         raise SystemExit(f"error: --num-grids takes one number or one per --grid size ({len(args.grid)})")
     return dict(zip(args.grid, args.num_grids * len(args.grid) if len(args.num_grids) == 1 else args.num_grids))

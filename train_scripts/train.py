@@ -72,8 +72,10 @@ def _model_options(p: argparse.ArgumentParser) -> None:
 def _data_options(p: argparse.ArgumentParser) -> None:
     """Data set, columns, loaders and augmentation."""
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", help="Hub data set id (uoft-cs/cifar10, ILSVRC/imagenet-1k) or a local "
-                   "folder (Hub parquet layout, or one subfolder of images per class)")
+    g.add_argument("--dataset", help="Hub data set id (uoft-cs/cifar10, ILSVRC/imagenet-1k), a local "
+                   "folder (Hub parquet layout, or one subfolder of images per class), or webdataset tar "
+                   "shards, streamed: wds:FOLDER (timm's _info.json, or NAME-<split>-0000.tar) or "
+                   "'wds:PATH/{split}-{0000..0099}.tar'")
     g.add_argument("--train-split", default="train", help="%(default)s; slicing works: 'train[:10%%]'")
     g.add_argument("--val-split", default="validation", help="%(default)s; '' to skip evaluation")
     g.add_argument("--image-column", help="default: found automatically (image, img, ...)")
@@ -82,9 +84,9 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-val-samples", type=int)
     g.add_argument("--cache-dir", help="datasets cache folder")
     g.add_argument("-j", "--workers", type=int, default=2, help="data loader workers per process (%(default)s)")
-    g.add_argument("--streaming", action="store_true", help="read the training split's parquet shards as the "
-                   "run goes (Hub id or local folder): no download ahead, no Arrow cache; resumes exactly with "
-                   "the same number of processes and --workers")
+    g.add_argument("--streaming", action="store_true", help="read the splits' parquet shards as the run goes "
+                   "(Hub id or local folder): no download ahead, no Arrow cache; resumes exactly with the same "
+                   "number of processes and --workers (always on for wds: data sets)")
     g.add_argument("--shuffle-buffer", type=int, default=1000, help="--streaming: rows shuffled together "
                    "(whole row groups pooled up to at least this many) (%(default)s)")
     g = p.add_argument_group("augmentation")
@@ -203,6 +205,8 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.error(f"--compile-mode is inductor's; it needs --compile (inductor), got {given}")
     if args.amp and args.mixed_precision is None:  # timm's --amp / --amp-dtype
         args.mixed_precision = {"float16": "fp16", "bfloat16": "bf16"}[args.amp_dtype]
+    if args.dataset.startswith("wds:"):  # tar shards are read in order: there is no map-style path
+        args.streaming = True
     return args
 
 
@@ -349,7 +353,7 @@ def streaming_dataset(args: argparse.Namespace, split, transform):
     an iterable loader without reading it all on one process, so the stream shards itself)."""
     from accelerate.state import PartialState
 
-    from timm_bcos.streaming import ParquetStream
+    from timm_bcos.streaming import ShardStream
 
     if args.guidance:
         fail("--guidance reads masks through the map-style data set: drop --streaming for it")
@@ -359,8 +363,8 @@ def streaming_dataset(args: argparse.Namespace, split, transform):
     per_process = args.batch_size // args.grad_accum // state.num_processes
     if per_process == 0:
         fail(f"--batch-size {args.batch_size} gives no image per process and micro-batch under --streaming")
-    return ParquetStream(split, transform, batch_size=per_process, rank=state.process_index,
-                         world=state.num_processes, seed=args.seed, buffer=args.shuffle_buffer)
+    return ShardStream(split, transform, batch_size=per_process, rank=state.process_index,
+                       world=state.num_processes, seed=args.seed, buffer=args.shuffle_buffer)
 
 
 class TrainState:
@@ -605,24 +609,30 @@ def create_accelerator(args: argparse.Namespace):
 def load_data(args: argparse.Namespace, accelerator):
     """(train split, validation split or None, info), prepared once by the main process."""
     from timm_bcos.data import DataError, load_split
-    from timm_bcos.streaming import open_parquet_split
+    from timm_bcos.streaming import ShardRows, open_stream_split, shared_rows
 
+    columns = {"image_column": args.image_column, "label_column": args.label_column}
     try:
         with accelerator.main_process_first():  # one process downloads and prepares, the others reuse it
-            if args.streaming:
-                train_hf = open_parquet_split(args.dataset, args.train_split, image_column=args.image_column,
-                                              label_column=args.label_column, max_samples=args.max_train_samples,
-                                              num_classes=args.num_classes)
-                info = train_hf.info
-            else:
-                train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir,
-                                            image_column=args.image_column, label_column=args.label_column,
-                                            max_samples=args.max_train_samples)
             val_hf = None
-            if args.val_split:
-                val_hf, _ = load_split(args.dataset, args.val_split, cache_dir=args.cache_dir,
-                                       image_column=info.image_column, label_column=info.label_column,
-                                       max_samples=args.max_val_samples)
+            if args.streaming:
+                train_hf = open_stream_split(args.dataset, args.train_split, **columns,
+                                             max_samples=args.max_train_samples, num_classes=args.num_classes)
+                info = train_hf.info
+                if args.val_split:  # read on demand too: no download of the validation split either
+                    val = open_stream_split(args.dataset, args.val_split, **columns, max_samples=args.max_val_samples,
+                                            num_classes=info.num_classes)
+                    if shared_rows(val, train_hf):
+                        fail(f"--val-split {args.val_split!r} reads shards of --train-split {args.train_split!r}: "
+                             "name another split ('{split}' in a wds: pattern) or pass --val-split ''")
+                    val_hf = ShardRows(val)
+            else:
+                train_hf, info = load_split(args.dataset, args.train_split, cache_dir=args.cache_dir, **columns,
+                                            max_samples=args.max_train_samples)
+                if args.val_split:
+                    val_hf, _ = load_split(args.dataset, args.val_split, cache_dir=args.cache_dir,
+                                           image_column=info.image_column, label_column=info.label_column,
+                                           max_samples=args.max_val_samples)
     except DataError as e:
         fail(str(e))
     return train_hf, val_hf, info

@@ -1,0 +1,189 @@
+"""Webdataset tar shards (`--dataset wds:...`): which shards hold a split, how many samples each
+holds, and one shard's samples as an arrow table, which `streaming` reads as it reads a parquet
+row group.
+
+A sample is a run of consecutive tar members sharing a key (the member's path up to the first dot
+of its file name: webdataset's rule) that holds an image. Its label is an integer stored as text,
+in a `cls` member by default (timm's and webdataset's convention). Where a split is found:
+
+- `wds:DIR` with a split name: DIR's `_info.json` / `info.json` (timm's layout: `splits.<name>` with
+  `filenames` and `shard_lengths`), else the `.tar` files in DIR whose name holds the split name
+  as a word (`imagenet-train-0000.tar`);
+- `wds:DIR` with a split that is a brace pattern relative to DIR (`{0000..0099}.tar`, as timm's
+  `--train-split`);
+- `wds:PATH/{000..099}.tar`: that pattern for any split name, with `{split}` replaced by it.
+"""
+from __future__ import annotations
+
+import json
+import re
+import tarfile
+from dataclasses import dataclass
+
+from .data import DataError
+
+WDS_PREFIX = "wds:"
+IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
+LABEL_EXTS = ("cls", "label", "cls.txt", "target")
+INFO_FILES = ("_info.json", "info.json")
+
+
+@dataclass(frozen=True)
+class TarFields:
+    """The member extensions that hold a sample's image and label, first match wins."""
+    image: tuple[str, ...] = IMAGE_EXTS
+    label: tuple[str, ...] = LABEL_EXTS
+
+    @classmethod
+    def of(cls, image_column: str | None, label_column: str | None) -> TarFields:
+        """--image-column / --label-column name extensions here: 'png' or 'jpg;png'."""
+        split = lambda s: tuple(e.strip().lower().lstrip(".") for e in s.split(";") if e.strip())  # noqa: E731
+        return cls(split(image_column) if image_column else IMAGE_EXTS,
+                   split(label_column) if label_column else LABEL_EXTS)
+
+
+@dataclass(frozen=True)
+class TarSplit:
+    files: tuple[str, ...]
+    lengths: tuple[int, ...] | None  # samples per shard, when an info file says
+    num_classes: int | None
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """`a-{000..011}.tar` and `{x,y}` expanded as webdataset and bash do (a numeric range keeps
+    the zero padding of its first bound)."""
+    m = re.search(r"\{([^{}]*)\}", pattern)
+    if not m:
+        return [pattern]
+    body = m.group(1)
+    bounds = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if bounds:
+        lo, hi = bounds.groups()
+        if int(hi) < int(lo):
+            raise DataError(f"empty range {{{body}}} in {pattern!r}")
+        items = [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+    elif "," in body:
+        items = body.split(",")
+    else:
+        raise DataError(f"cannot expand {{{body}}} in {pattern!r}: expected a range {{000..099}} or a list {{a,b}}")
+    return [out for item in items for out in expand_braces(pattern[:m.start()] + item + pattern[m.end():])]
+
+
+def _is_pattern(text: str) -> bool:
+    return "{" in text or re.search(r"\.(tar|tar\.gz|tgz)$", text) is not None
+
+
+def _read_info(fs, root: str) -> dict | None:
+    for name in INFO_FILES:
+        path = f"{root.rstrip('/')}/{name}"
+        if fs.exists(path):
+            with fs.open(path, "r") as f:
+                return json.load(f)
+    return None
+
+
+def _lengths_from_info(info: dict | None, files: list[str], root: str) -> tuple[int, ...] | None:
+    """Each file's `shard_lengths` entry from any split of the info file, or None if one is missing."""
+    known = {}
+    for entry in (info or {}).get("splits", {}).values():
+        known.update(zip((f"{root.rstrip('/')}/{f}" for f in entry.get("filenames", ())), entry.get("shard_lengths", ())))
+    return tuple(known[f] for f in files) if all(f in known for f in files) else None
+
+
+def resolve_split(source: str, split: str) -> TarSplit:
+    """The shards of `split` (a name or a pattern, no slice) of a `wds:` data set."""
+    import fsspec
+
+    location = source[len(WDS_PREFIX):]
+    if not location:
+        raise DataError(f"{source!r}: expected wds:FOLDER or wds:PATH/{{000..099}}.tar")
+    if _is_pattern(location):
+        fs, _ = fsspec.core.url_to_fs(location)
+        files, info, root = expand_braces(location.replace("{split}", split)), None, None
+    else:
+        fs, root = fsspec.core.url_to_fs(location)
+        if not fs.isdir(root):
+            raise DataError(f"{source!r}: no folder {location!r}")
+        info = _read_info(fs, root)
+        if _is_pattern(split):
+            files = expand_braces(f"{root.rstrip('/')}/{split}")
+        elif info is not None:
+            splits = info.get("splits", {})
+            if split not in splits:
+                raise DataError(f"data set {source!r} has no split {split!r}; its info file lists {sorted(splits)}")
+            files = [f"{root.rstrip('/')}/{f}" for f in splits[split]["filenames"]]
+        else:
+            word = re.compile(rf"(^|[-_.]){re.escape(split)}([-_.]|$)")
+            found = sorted(p for p in fs.glob(f"{root.rstrip('/')}/*.tar") if word.search(p.rsplit("/", 1)[-1][:-4]))
+            if not found:
+                raise DataError(f"data set {source!r}: no info file ({' or '.join(INFO_FILES)}) and no .tar "
+                                f"shard named for split {split!r} (e.g. {split}-0000.tar)")
+            files = found
+    missing = [f for f in files if not fs.exists(f)]
+    if missing:
+        raise DataError(f"split {split!r} of {source!r}: {len(missing)} of {len(files)} shards missing, "
+                        f"first {missing[0]!r}")
+    files = [fs.unstrip_protocol(f) if "://" in location else f for f in files]
+    num_classes = (info or {}).get("num_classes")
+    return TarSplit(tuple(files), _lengths_from_info(info, files, root) if root else None, num_classes)
+
+
+def _key_and_ext(name: str) -> tuple[str, str]:
+    folder, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+
+def iter_samples(path: str, fields: TarFields, *, images: bool = True):
+    """(key, image {"bytes", "path"} or None when `images` is False, label) of each sample of a
+    shard, read front to back (a remote shard is read once, in order)."""
+    import fsspec
+
+    def finish(key, found):
+        image_ext = next((e for e in fields.image if e in found), None)
+        if image_ext is None:  # no image: not a sample (e.g. a stray metadata member)
+            return None
+        label = next((found[e] for e in fields.label if e in found), None)
+        if label is None:
+            raise DataError(f"{path}: sample {key!r} has no label member ({', '.join('.' + e for e in fields.label)})")
+        try:
+            value = int(label.decode().strip())
+        except ValueError:
+            raise DataError(f"{path}: sample {key!r} has label {label[:20]!r}, expected an integer") from None
+        return key, found[image_ext], value
+
+    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+        key, found = None, {}
+        for member in tar:
+            if not member.isfile():
+                continue
+            k, ext = _key_and_ext(member.name)
+            if k != key:
+                sample = finish(key, found) if key is not None else None
+                if sample:
+                    yield sample
+                key, found = k, {}
+            if ext in fields.image:  # read only when wanted; counted either way
+                found[ext] = {"bytes": tar.extractfile(member).read(), "path": member.name} if images else None
+            elif ext in fields.label:
+                found[ext] = tar.extractfile(member).read()
+        sample = finish(key, found) if key is not None else None
+        if sample:
+            yield sample
+
+
+def shard_labels(path: str, fields: TarFields) -> list[int]:
+    """The labels of a shard's samples, in order (their count is the shard's length)."""
+    return [label for _, _, label in iter_samples(path, fields, images=False)]
+
+
+def read_table(path: str, fields: TarFields):
+    """A shard's samples as an arrow table with columns image ({"bytes", "path"}) and label."""
+    import pyarrow as pa
+
+    images, labels = [], []
+    for _, image, label in iter_samples(path, fields):
+        images.append(image)
+        labels.append(label)
+    image_type = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    return pa.table({"image": pa.array(images, type=image_type), "label": pa.array(labels, type=pa.int64())})
