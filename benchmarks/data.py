@@ -15,6 +15,8 @@ process, interleaved, for each worker count:
   train_scripts/train.py builds it;
 - ours --streaming: `timm_bcos.streaming.ShardStream` on the same shards (row groups read as it
   goes, the same per-sample seeding), as `train.py --streaming` builds it;
+- ours wds: the same stream over the same JPEGs written as webdataset tar shards (`wds/train-000i.tar`,
+  one per parquet shard), as `train.py --dataset wds:...` builds it;
 - timm: `timm.data.create_dataset("hfds/<folder>")` + `timm.data.create_loader(is_training=True,
   use_prefetcher=False)` (its CPU path), with the same transform arguments.
 
@@ -62,6 +64,24 @@ def write_shards(out: Path, n_images: int, size: tuple[int, int], n_shards: int)
     return out
 
 
+def write_tars(folder: Path) -> Path:
+    """Each parquet shard's rows as a webdataset tar shard (KEY.jpg + KEY.cls) in folder/wds."""
+    import tarfile
+
+    import pyarrow.parquet as pq
+
+    (folder / "wds").mkdir(exist_ok=True)
+    for i, path in enumerate(sorted((folder / "data").glob("train-*.parquet"))):
+        rows = pq.read_table(path).to_pylist()
+        with tarfile.open(folder / "wds" / f"train-{i:04d}.tar", "w") as tar:
+            for j, row in enumerate(rows):
+                for ext, data in (("jpg", row["image"]["bytes"]), ("cls", str(row["label"]).encode())):
+                    member = tarfile.TarInfo(f"{i:04d}{j:06d}.{ext}")
+                    member.size = len(data)
+                    tar.addfile(member, io.BytesIO(data))
+    return folder / "wds"
+
+
 def training_cfg():
     """bcos_resnet50's data config (the ImageNet recipe's model) and its training transform args."""
     import timm
@@ -84,12 +104,12 @@ def our_loader(folder: Path, model, batch: int, workers: int):
                                        persistent_workers=False)
 
 
-def streaming_loader(folder: Path, model, batch: int, workers: int):
+def streaming_loader(source: str, model, batch: int, workers: int):
     from timm_bcos.data import build_transform
-    from timm_bcos.streaming import ShardStream, open_parquet_split
+    from timm_bcos.streaming import ShardStream, open_stream_split
 
-    stream = ShardStream(open_parquet_split(str(folder), "train"), build_transform(model, is_training=True, crop="rrc"),
-                           batch_size=batch)
+    stream = ShardStream(open_stream_split(source, "train"), build_transform(model, is_training=True, crop="rrc"),
+                         batch_size=batch)
     return torch.utils.data.DataLoader(stream, batch_size=None, num_workers=workers)
 
 
@@ -167,11 +187,13 @@ def main() -> None:
         folder = args.dir or Path(tmp) / "shards"
         if not (folder / "data").is_dir():
             write_shards(folder, args.images, size, args.shards)
+        tars = folder / "wds" if (folder / "wds").is_dir() else write_tars(folder)
         model, cfg = training_cfg()
         results = {"images": args.images, "size": args.size, "batch_size": args.batch_size, "rates": {}}
         for workers in args.workers:
             loaders = {"ours": lambda: our_loader(folder, model, args.batch_size, workers),
-                       "ours --streaming": lambda: streaming_loader(folder, model, args.batch_size, workers),
+                       "ours --streaming": lambda: streaming_loader(str(folder), model, args.batch_size, workers),
+                       "ours wds:": lambda: streaming_loader(f"wds:{tars}", model, args.batch_size, workers),
                        "timm": lambda: timm_loader(folder, cfg, args.batch_size, workers)}
             rates = {k: [] for k in loaders}
             for _ in range(args.repeats):
