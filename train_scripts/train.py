@@ -84,6 +84,8 @@ def _data_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-val-samples", type=int)
     g.add_argument("--cache-dir", help="datasets cache folder")
     g.add_argument("-j", "--workers", type=int, default=2, help="data loader workers per process (%(default)s)")
+    g.add_argument("--pin-mem", action="store_true", help="page-locked batches for faster copies to a CUDA "
+                   "device (timm's flag; ignored without one)")
     g.add_argument("--streaming", action="store_true", help="read the splits' parquet shards as the run goes "
                    "(Hub id or local folder): no download ahead, no Arrow cache; resumes exactly with the same "
                    "number of processes and --workers (always on for wds: data sets)")
@@ -312,7 +314,8 @@ def adapt_for_training(model: torch.nn.Module, args: argparse.Namespace) -> torc
 def batch_tensors(batch: dict, device: torch.device, dtype: torch.dtype, channels_last: bool, even: bool):
     """Images in the training device, dtype and layout (a streamed batch comes from the CPU); `even`
     drops one image of an odd batch (timm's Mixup pairs images)."""
-    images, labels = batch["images"].to(device, dtype), batch["labels"].to(device)
+    # non_blocking: an overlapped copy from a pinned batch (--pin-mem), a plain one otherwise
+    images, labels = batch["images"].to(device, dtype, non_blocking=True), batch["labels"].to(device, non_blocking=True)
     if even and images.shape[0] % 2:
         images, labels = images[:-1], labels[:-1]
     if channels_last:
@@ -643,6 +646,7 @@ def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
     from timm_bcos.data import EpochSampler, ImageClassificationDataset, build_transform, collate_skipping
 
     per_step = args.batch_size // args.grad_accum
+    pin = args.pin_mem and torch.cuda.is_available() and not args.cpu
     # under --guidance the masks go through the same transform: geometry only (timm's default
     # colour jitter would repaint them)
     train_tf = build_transform(model, is_training=True, crop=args.crop, hflip=args.hflip, img_size=args.img_size,
@@ -653,13 +657,13 @@ def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
         # its own generator: the loader's base seed must not draw from torch's global RNG, which
         # a resume restores to the checkpoint's state (a resumed run would then be one draw ahead)
         train_loader = torch.utils.data.DataLoader(train_ds, batch_size=None, num_workers=args.workers,
-                                                   generator=torch.Generator())
+                                                   generator=torch.Generator(), pin_memory=pin)
     else:
         train_ds, train_collate = training_dataset(args, train_hf, info, train_tf, model)
         sampler = EpochSampler(len(train_ds), seed=args.seed)
         train_loader = torch.utils.data.DataLoader(
             train_ds, batch_size=per_step, sampler=sampler, drop_last=True, num_workers=args.workers,
-            collate_fn=train_collate, generator=torch.Generator(),
+            collate_fn=train_collate, generator=torch.Generator(), pin_memory=pin,
         )
     if len(train_loader) == 0:
         if args.streaming:
@@ -670,7 +674,7 @@ def build_loaders(args: argparse.Namespace, model, train_hf, val_hf, info):
         val_ds = ImageClassificationDataset(val_hf, info, build_transform(model, is_training=False,
                                                                           img_size=args.img_size))
         val_loader = torch.utils.data.DataLoader(val_ds, batch_size=per_step, num_workers=args.workers,
-                                                 collate_fn=collate_skipping)
+                                                 collate_fn=collate_skipping, pin_memory=pin)
     return train_ds, sampler, train_loader, val_loader
 
 
