@@ -35,6 +35,7 @@ CONVERTED = {
     "test_resnet": dict(recipe="v2"), "test_efficientnet": dict(recipe="v2", b=2.5),
     "test_convnext": dict(recipe="v2_bnu"), "test_vit": dict(recipe="v2"),
     "mobilenetv3_small_050": dict(recipe="v1"), "cifar_convnet": dict(recipe="bcosify", width=0.125),
+    "test_efficientnet_gn": dict(recipe="bcosify", learn_b=True),  # the learned B values come back
 }
 
 
@@ -139,7 +140,8 @@ def test_fresh_process_needs_the_import(tmp_path):
 
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
 def test_train_bcosify_from_end_to_end(tmp_path):
-    """train.py --bcosify-from: convert a conventional model, train a few steps, export, reload, explain."""
+    """train.py --bcosify-from: convert a conventional model (with the paper's learned B), train a few
+    steps, export, reload, explain."""
     conventional = timm.create_model("cifar_convnet", width=0.125)
     save_for_hf(conventional, str(tmp_path / "conv"), safe_serialization=True)
     out = tmp_path / "run"
@@ -148,7 +150,8 @@ def test_train_bcosify_from_end_to_end(tmp_path):
     cmd = [sys.executable, str(ROOT / "train_scripts" / "train.py"), "--no-progress", "--no-tensorboard",
            "--workers", "0", "--bcosify-from", f"local-dir:{tmp_path / 'conv'}", "--model", "bcos_converted",
            "--dataset", str(CIFAR), "--train-split", "train[:64]", "--val-split", "test[:32]", "--crop", "pad",
-           "--batch-size", "32", "--epochs", "1", "--output", str(out), "--export", "last"]
+           "--batch-size", "32", "--epochs", "1", "--output", str(out), "--export", "last",
+           "--recipe-kwargs", '{"learn_b": true}']
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     loaded = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True).eval()
@@ -161,5 +164,8 @@ def test_train_bcosify_from_end_to_end(tmp_path):
     # trained: the B-cos weights moved away from the carried conventional ones
     carried = timm_bcos.convert(conventional, "bcosify", carry_weights=True).state_dict()
     assert not torch.equal(carried["features.1.0.weight"], exported["features.1.0.weight"])
+    learned = {k: v for k, v in exported.items() if k.endswith(".b")}  # a B per B-cos layer, trained from 2
+    assert len(learned) >= 9 and all(v.dim() == 0 for v in learned.values())
+    assert config["model_args"]["learn_b"] is True and any(v.item() != 2.0 for v in learned.values())
     expl = loaded.double().explain(torch.rand(2, 3, 32, 32, dtype=torch.float64))
     assert torch.allclose(expl.contributions.sum((-2, -1)), expl.explained, rtol=1e-9, atol=1e-12)

@@ -41,6 +41,7 @@ class Recipe:
     normalize_input: bool = False    # normalise the encoded input with the base model's mean/std
     input_mean: tuple | None = None  # that mean/std (3 channels); None: the base model's cfg at conversion
     input_std: tuple | None = None
+    learn_b: bool = False            # B a learned scalar per B-cos layer, starting at b (B-cosification's ablation)
 
     def __post_init__(self) -> None:
         for name in ("input_mean", "input_std"):  # a JSON config gives lists

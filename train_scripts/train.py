@@ -54,6 +54,8 @@ def _model_options(p: argparse.ArgumentParser) -> None:
                    "pretrained weights (timm_bcos.convert with carry_weights=True)")
     g.add_argument("--recipe", default="bcosify", help="B-cos recipe for --bcosify-from: bcosify (the "
                    "B-cosification paper's, default), v2, v2_bnu or v1")
+    g.add_argument("--recipe-kwargs", type=json.loads, default={}, help="JSON dict of recipe fields for "
+                   "--bcosify-from, e.g. '{\"learn_b\": true}' (the paper's learned B) or '{\"b\": 1.5}'")
     g.add_argument("--num-classes", type=int, help="default: the number of classes in the data set")
     g.add_argument("--drop-path", type=float, help="stochastic depth rate (the model's drop_path_rate)")
     g.add_argument("--img-size", type=int, help="input image size (default: the model's cfg); models with "
@@ -202,6 +204,9 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{required} is required (on the command line or in --config)")
     if args.guidance:
         check_guidance_args(parser, args)
+    if not isinstance(args.recipe_kwargs, dict) or (args.recipe_kwargs and not args.bcosify_from):
+        parser.error(f"--recipe-kwargs takes a JSON dict of recipe fields for --bcosify-from, got "
+                     f"{json.dumps(args.recipe_kwargs)}{'' if args.bcosify_from else ' without --bcosify-from'}")
     if args.compile_mode and args.compile != "inductor":
         given = f"--compile {args.compile}" if args.compile else "no --compile"
         parser.error(f"--compile-mode is inductor's; it needs --compile (inductor), got {given}")
@@ -278,7 +283,11 @@ def create_model(args: argparse.Namespace, num_classes: int) -> torch.nn.Module:
     if args.bcosify_from:
         check_model_name(args.bcosify_from)
         conventional = timm.create_model(args.bcosify_from, pretrained=True, **kwargs)
-        model = timm_bcos.convert(conventional, args.recipe, carry_weights=True)
+        try:
+            model = timm_bcos.convert(conventional, args.recipe, carry_weights=True, **args.recipe_kwargs)
+        except (TypeError, ValueError) as e:  # an unknown recipe or field, or a field out of range
+            fail(f"B-cosifying {args.bcosify_from} (--recipe {args.recipe}, --recipe-kwargs "
+                 f"{json.dumps(args.recipe_kwargs)}): {e}")
         if model.num_classes != num_classes:
             model.reset_classifier(num_classes)
     else:

@@ -13,6 +13,7 @@ from typing import Any, Mapping
 
 from torch import nn
 
+from ..layers import learn_b
 from ..origin import record_origin
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import BcosModelMixin, BcosState, HeadSpec, attach_runtime
@@ -64,6 +65,14 @@ def _refuse_uncertified(ctx: Context) -> None:
         "the result with timm_bcos.verify(model, images)")
 
 
+def _convert_new(module: nn.Module, ctx, rules) -> nn.Module:
+    """A module added after conversion (a new classifier), converted by the model's rules."""
+    module = convert_modules(module, ctx, rules)
+    if ctx.recipe.learn_b:
+        learn_b(module)
+    return module
+
+
 def convert(
     model: nn.Module,
     recipe: str | Recipe = "v2",
@@ -98,9 +107,11 @@ def convert(
     ctx = replace(_context(model, r, spec, carry_weights), rules=table)
     convert_modules(model, ctx, table)
     _refuse_uncertified(ctx)
+    if r.learn_b:
+        learn_b(model)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", 0)
     record_origin(model, r, spec, family.head)  # so that a saved config rebuilds it
-    reconvert = functools.partial(convert_modules, ctx=replace(ctx, carry_weights=False), rules=table)
+    reconvert = functools.partial(_convert_new, ctx=replace(ctx, carry_weights=False), rules=table)
     fixed_terms = paths.fixed_term_paths(model, ctx)  # explain() reports their shares beside the contributions
     return attach_runtime(model, BcosState(r, spec, reconvert, fixed_terms), num_classes)

@@ -5,6 +5,7 @@ from .bcos_linear import BcosLinear
 from .detach import DetachableModule, detachable_modules, explanation_mode
 from .encoding import InputEncoding, NormalizedEncoding
 from .gate import DetachableGate, DetachableSquaredReLU, GatedActivation
+from .learned_b import learn_b
 from .logit import LogitLayer, default_logit_bias
 from .norms import (
     BatchNormActUncentered2d,
@@ -47,6 +48,7 @@ __all__ = [
     "detachable_modules",
     "drop_bias",
     "explanation_mode",
+    "learn_b",
     "sincos_pos_embed",
     "v1_output_scale",
 ]

@@ -28,3 +28,8 @@ def bcos_repr(max_out: int, scale: float | None) -> str:
     """The extra_repr tail of a B-cos transform: MaxOut units and v1 output scale, where set."""
     s = f", max_out={max_out}" if max_out != 1 else ""
     return s + (f", scale={scale:.4g}" if scale is not None else "")
+
+
+def b_repr(b) -> str:
+    """B for a layer's repr: a fixed float, or a learned 0-d parameter's current value."""
+    return f"{b.item():g} (learned)" if isinstance(b, Tensor) else f"{b:g}"

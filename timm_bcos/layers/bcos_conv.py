@@ -9,7 +9,7 @@ from torch import Tensor, nn
 from torch.nn.modules.utils import _pair
 
 from . import kernels
-from ._checks import bcos_repr, check_bcos_args, check_input
+from ._checks import b_repr, bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
 from .encoding import InputEncoding, NormalizedEncoding
 from .functional import bcos_scale, max_out, unit_norm_rows, weight_norm_gains
@@ -126,7 +126,7 @@ class BcosConv2d(DetachableModule):
     def _fused_training_step(self, x: Tensor) -> Tensor | None:
         """Weight norm, conv, patch norm and scale as one fused autograd node (CUDA + Triton, not
         explanation mode, no MaxOut), or None for the separate ops below."""
-        if (self.b == 1 or self.max_out != 1 or self.detach or not self.weight_norm or self.bias is not None
+        if (isinstance(self.b, Tensor) or self.b == 1 or self.max_out != 1 or self.detach or not self.weight_norm or self.bias is not None
                 or not kernels.use_fused(x)):
             return None
         gains = weight_norm_gains(self.weight)
@@ -147,7 +147,7 @@ class BcosConv2d(DetachableModule):
         w = unit_norm_rows(self.weight) if self.weight_norm else self.weight
         out = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
         out = max_out(out, self.max_out, dim=1)
-        if self.b != 1:
+        if isinstance(self.b, Tensor) or self.b != 1:
             norms = self._patch_norms(x)
             if self.groups > 1:
                 # each group's norm serves its out_channels // groups outputs
@@ -160,7 +160,7 @@ class BcosConv2d(DetachableModule):
     def extra_repr(self) -> str:
         s = (
             f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
-            f"stride={self.stride}, b={self.b:g}"
+            f"stride={self.stride}, b={b_repr(self.b)}"
         )
         if self.padding not in ((0, 0), "valid"):
             s += f", padding={self.padding}"

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._checks import bcos_repr, check_bcos_args, check_input
+from ._checks import b_repr, bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
 from .functional import bcos_scale, max_out, unit_norm_rows
 
@@ -54,7 +54,7 @@ class BcosLinear(DetachableModule):
         check_input(x, layer=type(self).__name__, ndim=None, channels=self.in_features, channel_dim=-1)
         out = F.linear(x, unit_norm_rows(self.weight) if self.weight_norm else self.weight, self.bias)
         out = max_out(out, self.max_out, dim=-1)
-        if self.b != 1:
+        if isinstance(self.b, Tensor) or self.b != 1:
             norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + VECTOR_NORM_EPS
             out = bcos_scale(out, norm, self.b, self.detach)
         if self.scale is not None:
@@ -62,7 +62,7 @@ class BcosLinear(DetachableModule):
         return out
 
     def extra_repr(self) -> str:
-        s = f"in_features={self.in_features}, out_features={self.out_features}, b={self.b:g}"
+        s = f"in_features={self.in_features}, out_features={self.out_features}, b={b_repr(self.b)}"
         if not self.weight_norm:
             s += ", weight_norm=False"
         if self.bias is not None:

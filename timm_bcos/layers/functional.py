@@ -117,12 +117,17 @@ class _BcosScaleB2(torch.autograd.Function):
         return grad_lin, grad_norm, None
 
 
-def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -> Tensor:
+def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float | Tensor, detach: bool) -> Tensor:
     """Eq. 9: multiply w^T x by |cos(x, w)|^(B-1).
 
     In explanation mode the factor is detached, so the layer is the dynamic
-    linear map W~(x) x of Eqs. 10-11 and its input gradient is W~(x).
+    linear map W~(x) x of Eqs. 10-11 and its input gradient is W~(x). A learned B (a
+    0-d tensor, see `learn_b`) takes the general formula, which differentiates with respect to B.
     """
+    if isinstance(b, Tensor):
+        norm = input_norm.detach() if detach else input_norm
+        cos = (linear_out.detach() if detach else linear_out) / norm
+        return (cos.abs() + COS_EPS).pow(b - 1) * linear_out
     if b == 1:
         return linear_out
     # explanation mode takes the plain autograd ops below: losses on explanations
@@ -143,3 +148,4 @@ def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float, detach: bool) -
     norm = input_norm.detach() if detach else input_norm
     scale = ((out_for_scale / norm).abs() + COS_EPS).pow(b - 1)
     return scale * linear_out
+
