@@ -36,6 +36,7 @@ def test_braces_expand_as_webdataset_does():
     assert expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
     assert expand_braces("{x,y}-{0..1}") == ["x-0", "x-1", "y-0", "y-1"]
     assert expand_braces("plain.tar") == ["plain.tar"]
+    assert expand_braces("{8..11}") == ["8", "9", "10", "11"] and expand_braces("{1..03}") == ["01", "02", "03"]
     with pytest.raises(DataError, match="expected a range"):
         expand_braces("{a..b}.tar")
     with pytest.raises(DataError, match="empty range"):
@@ -52,6 +53,7 @@ def test_every_way_of_naming_a_split_finds_its_shards(data, tmp_path):
     assert by_info.files == train and by_info.lengths == (100, 100, 100)
     relative = resolve_split(f"wds:{tars}", "train-{0000..0002}.tar")  # timm's --train-split pattern
     assert relative.files == train and relative.lengths == (100, 100, 100)
+    assert resolve_split(f"wds:{tars}", "train-{0000..0002}.tar|300").files == train  # timm's |count suffix
     pattern = resolve_split(f"wds:{tars}/{{split}}-{{0000..0002}}.tar", "train")
     assert pattern.files == train and pattern.lengths is None  # counted from the shards when opened
     bare = tmp_path / "bare"
@@ -65,6 +67,33 @@ def test_every_way_of_naming_a_split_finds_its_shards(data, tmp_path):
         resolve_split(f"wds:{tars}/{{split}}-{{0000..0003}}.tar", "train")
     with pytest.raises(DataError, match="no folder"):
         resolve_split(f"wds:{tmp_path / 'nowhere'}", "train")
+    gz = tmp_path / "gz"
+    gz.mkdir()
+    shutil.copy(tars / "test-0000.tar", gz / "test-0000.tar.gz")  # found by name; tarfile reads either
+    assert resolve_split(f"wds:{gz}", "test").files == (str(gz / "test-0000.tar.gz"),)
+    (gz / "_info.json").write_text(json.dumps({"splits": {"test": {"num_samples": 0}}}))
+    with pytest.raises(DataError, match="split 'test' lists no 'filenames'"):
+        resolve_split(f"wds:{gz}", "test")
+
+
+def test_tar_shards_behind_an_fsspec_url_use_the_info_file(data, monkeypatch):
+    """A remote folder (hf://, s3://; here fsspec's in-memory one) takes the shard lengths from its
+    info file, reads no shard to open the split, and gives the local rows."""
+    import fsspec
+
+    from timm_bcos import streaming
+    from timm_bcos.streaming import ShardRows, open_wds_split
+
+    tars, _ = data
+    memory = fsspec.filesystem("memory")
+    for path in tars.iterdir():
+        memory.pipe(f"memory://wds/{path.name}", path.read_bytes())
+    monkeypatch.setattr(streaming, "shard_labels", lambda *a: pytest.fail("a shard was read to open the split"))
+    remote = open_wds_split("wds:memory://wds", "train[30:280]", num_classes=10)
+    local = open_wds_split(f"wds:{tars}", "train[30:280]", num_classes=10)
+    assert remote.row_groups[0].file.startswith("memory://") and remote.row_groups[0].file.endswith("/wds/train-0000.tar")
+    assert [(g.offset, g.rows) for g in remote.row_groups] == [(g.offset, g.rows) for g in local.row_groups]
+    assert ShardRows(remote)[[0, 120, 249]] == ShardRows(local)[[0, 120, 249]]
 
 
 def test_tar_shards_stream_as_the_same_rows_in_parquet(data):
@@ -85,6 +114,8 @@ def test_tar_shards_stream_as_the_same_rows_in_parquet(data):
     # with no info file the lengths and classes come from reading the shards: the same split
     scanned = open_wds_split(f"wds:{tars}/{{split}}-{{0000..0002}}.tar", "train[30:280]")
     assert scanned.row_groups == tar.row_groups and scanned.info == tar.info
+    # classes counted over the slice's labels (rows 0-4: 5, 1, 2, 5, 1), as parquet without names counts
+    assert open_wds_split(f"wds:{tars}/{{split}}-{{0000..0002}}.tar", "train[:5]").info.num_classes == 6
 
 
 def test_shard_rows_read_tar_samples_like_the_arrow_data_set(data):

@@ -153,14 +153,14 @@ def open_wds_split(source: str, split: str, *, image_column: str | None = None, 
     labels = None
     if shards.lengths is None or num_classes is None:
         labels = [shard_labels(f, fields) for f in shards.files]
-    lengths = shards.lengths or tuple(len(v) for v in labels)
+    lengths = shards.lengths if shards.lengths is not None else tuple(len(v) for v in labels)
     groups, first = [], 0
     for path, rows in zip(shards.files, lengths):
         groups.append(RowGroup(path, 0, first, 0, rows))
         first += rows
     _, start, stop = _slice_bounds(f"split{bracket}{rest}", first, max_samples)
-    if num_classes is None:
-        num_classes = max((v for shard in labels for v in shard), default=-1) + 1
+    if num_classes is None:  # over the slice's rows, as the parquet and map-style paths count
+        num_classes = max([v for shard in labels for v in shard][start:stop], default=-1) + 1
     return StreamSplit(name, _clip(groups, start, stop), ImageDatasetInfo("image", "label", num_classes, None),
                        tar=fields)
 

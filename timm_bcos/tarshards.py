@@ -50,8 +50,8 @@ class TarSplit:
 
 
 def expand_braces(pattern: str) -> list[str]:
-    """`a-{000..011}.tar` and `{x,y}` expanded as webdataset and bash do (a numeric range keeps
-    the zero padding of its first bound)."""
+    """`a-{000..011}.tar` and `{x,y}` expanded as webdataset and bash do (a bound with a leading
+    zero pads the range to the wider bound)."""
     m = re.search(r"\{([^{}]*)\}", pattern)
     if not m:
         return [pattern]
@@ -61,7 +61,9 @@ def expand_braces(pattern: str) -> list[str]:
         lo, hi = bounds.groups()
         if int(hi) < int(lo):
             raise DataError(f"empty range {{{body}}} in {pattern!r}")
-        items = [str(i).zfill(len(lo)) for i in range(int(lo), int(hi) + 1)]
+        padded = any(len(v) > 1 and v.startswith("0") for v in (lo, hi))  # bash's rule: {1..05} is 01..05
+        width = max(len(lo), len(hi)) if padded else 0
+        items = [str(i).zfill(width) for i in range(int(lo), int(hi) + 1)]
     elif "," in body:
         items = body.split(",")
     else:
@@ -95,6 +97,7 @@ def resolve_split(source: str, split: str) -> TarSplit:
     import fsspec
 
     location = source[len(WDS_PREFIX):]
+    split = split.split("|")[0]  # timm's 'shards-{0000..0099}.tar|100000' gives a sample count we count anyway
     if not location:
         raise DataError(f"{source!r}: expected wds:FOLDER or wds:PATH/{{000..099}}.tar")
     if _is_pattern(location):
@@ -111,10 +114,13 @@ def resolve_split(source: str, split: str) -> TarSplit:
             splits = info.get("splits", {})
             if split not in splits:
                 raise DataError(f"data set {source!r} has no split {split!r}; its info file lists {sorted(splits)}")
+            if not splits[split].get("filenames"):
+                raise DataError(f"data set {source!r}: the info file's split {split!r} lists no 'filenames'")
             files = [f"{root.rstrip('/')}/{f}" for f in splits[split]["filenames"]]
         else:
             word = re.compile(rf"(^|[-_.]){re.escape(split)}([-_.]|$)")
-            found = sorted(p for p in fs.glob(f"{root.rstrip('/')}/*.tar") if word.search(p.rsplit("/", 1)[-1][:-4]))
+            shards = [p for ext in ("tar", "tar.gz", "tgz") for p in fs.glob(f"{root.rstrip('/')}/*.{ext}")]
+            found = sorted(p for p in shards if word.search(p.rsplit("/", 1)[-1].split(".")[0]))
             if not found:
                 raise DataError(f"data set {source!r}: no info file ({' or '.join(INFO_FILES)}) and no .tar "
                                 f"shard named for split {split!r} (e.g. {split}-0000.tar)")
@@ -123,9 +129,9 @@ def resolve_split(source: str, split: str) -> TarSplit:
     if missing:
         raise DataError(f"split {split!r} of {source!r}: {len(missing)} of {len(files)} shards missing, "
                         f"first {missing[0]!r}")
+    lengths = _lengths_from_info(info, files, root) if root else None  # the info file names paths as fs does
     files = [fs.unstrip_protocol(f) if "://" in location else f for f in files]
-    num_classes = (info or {}).get("num_classes")
-    return TarSplit(tuple(files), _lengths_from_info(info, files, root) if root else None, num_classes)
+    return TarSplit(tuple(files), lengths, (info or {}).get("num_classes"))
 
 
 def _key_and_ext(name: str) -> tuple[str, str]:
@@ -136,7 +142,7 @@ def _key_and_ext(name: str) -> tuple[str, str]:
 
 def iter_samples(path: str, fields: TarFields, *, images: bool = True):
     """(key, image {"bytes", "path"} or None when `images` is False, label) of each sample of a
-    shard, read front to back (a remote shard is read once, in order)."""
+    shard, in member order."""
     import fsspec
 
     def finish(key, found):
@@ -152,7 +158,9 @@ def iter_samples(path: str, fields: TarFields, *, images: bool = True):
             raise DataError(f"{path}: sample {key!r} has label {label[:20]!r}, expected an integer") from None
         return key, found[image_ext], value
 
-    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*") as tar:
+    # reading images: one pass front to back (a remote shard is read once, in order); counting:
+    # seekable, so the image members' bytes are skipped, not read
+    with fsspec.open(path, "rb") as f, tarfile.open(fileobj=f, mode="r|*" if images else "r:*") as tar:
         key, found = None, {}
         for member in tar:
             if not member.isfile():

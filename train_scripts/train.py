@@ -368,7 +368,9 @@ def streaming_dataset(args: argparse.Namespace, split, transform):
     from timm_bcos.streaming import ShardStream
 
     if args.guidance:
-        fail("--guidance reads masks through the map-style data set: drop --streaming for it")
+        fail("--guidance reads masks through the map-style data set: drop --streaming for it"
+             + (" (a wds: data set is always streamed: use a parquet or image-folder copy)"
+                if args.dataset.startswith("wds:") else ""))
     if args.shuffle_buffer < 1:
         fail(f"--shuffle-buffer must be at least 1 row, got {args.shuffle_buffer}")
     state = PartialState()
