@@ -6,7 +6,8 @@
 #   bash train_scripts/bcosify_cifar10.sh OUT [DATASET]
 # Knobs (environment): CONV_EPOCHS (20), FT_EPOCHS (10), SUBSET (train split, "train"), VAL ("test"),
 # WORKERS (4), GRIDS ("100 30"), EXTRA (more train.py flags, e.g. "--cpu"),
-# RUNS (fine-tunes as name:recipe:lr, default "bcosify:bcosify:1e-3 bcosify_lr1e-4:bcosify:1e-4 ablation_v2:v2:1e-3").
+# RUNS (fine-tunes as name:recipe:lr[:field=value,...], default "bcosify:bcosify:1e-3 bcosify_lr1e-4:bcosify:1e-4
+# ablation_v2:v2:1e-3"; the optional fields are recipe fields, e.g. learned_b:bcosify:1e-3:learn_b=true).
 # Each stage is skipped when its export exists, so a rerun continues after the last finished stage.
 set -euo pipefail
 OUT=${1:?usage: bcosify_cifar10.sh OUT [DATASET]}
@@ -32,11 +33,15 @@ if [ ! -f "$OUT/conventional/export/model.safetensors" ]; then
 fi
 
 # 2. B-cosify it and fine-tune (BCE, Eq. 16 of the B-cos paper); train.py checkpoints after every epoch
-finetune() {  # name recipe lr
+finetune() {  # name recipe lr [field=value,...]
+  local fields="{}"
+  if [ -n "${4:-}" ]; then  # field=value,... -> {"field": value, ...} (values as JSON literals)
+    fields="{$(echo "$4" | sed -E 's/([A-Za-z_]+)=([^,]+)/"\1": \2/g')}"
+  fi
   if [ ! -f "$OUT/$1/export/model.safetensors" ]; then
     python "$HERE/train.py" "${common[@]}" --bcosify-from "local-dir:$OUT/conventional/export" --recipe "$2" \
-      --model bcos_converted --loss bce --lr "$3" --epochs "$FT_EPOCHS" --keep-checkpoints 100 \
-      --output "$OUT/$1" > "$OUT/$1.log" 2>&1
+      --recipe-kwargs "$fields" --model bcos_converted --loss bce --lr "$3" --epochs "$FT_EPOCHS" \
+      --keep-checkpoints 100 --output "$OUT/$1" > "$OUT/$1.log" 2>&1
   fi
   python - "$OUT/$1" <<'EOF'  # the weights at the end of epoch 1, as a loadable folder beside the export
 import json, sys
@@ -53,8 +58,8 @@ save_pretrained(model, run / "epoch1")
 EOF
 }
 for spec in $RUNS; do
-  IFS=: read -r name recipe lr <<< "$spec"
-  finetune "$name" "$recipe" "$lr" &
+  IFS=: read -r name recipe lr fields <<< "$spec"
+  finetune "$name" "$recipe" "$lr" "$fields" &
 done
 wait
 
