@@ -159,6 +159,25 @@ def test_samples_are_grouped_by_key_and_bad_ones_named(tmp_path):
         shard_labels(bad_label, fields)
 
 
+def test_a_shard_scan_is_kept_and_redone_when_the_shard_changes(tmp_path, monkeypatch):
+    """The other processes of a run, and later runs, read the main process's scan, not the shard."""
+    import os
+
+    from timm_bcos import tarshards
+
+    monkeypatch.setenv("TIMM_BCOS_CACHE", str(tmp_path / "cache"))
+    shard = _tar(tmp_path / "s.tar", {"a.jpg": b"J", "a.cls": b"1", "b.jpg": b"J", "b.cls": b"2"})
+    assert tarshards.shard_labels(shard, tarshards.TarFields()) == [1, 2]
+    reads = []
+    real = tarshards.iter_samples
+    monkeypatch.setattr(tarshards, "iter_samples", lambda *a, **k: reads.append(a[0]) or real(*a, **k))
+    assert tarshards.shard_labels(shard, tarshards.TarFields()) == [1, 2] and reads == []
+    assert tarshards.shard_labels(shard, tarshards.TarFields.of("jpg", None)) == [1, 2] and reads == [shard]
+    _tar(tmp_path / "s.tar", {"a.jpg": b"J", "a.cls": b"1", "b.jpg": b"J", "b.cls": b"2", "c.jpg": b"J", "c.cls": b"0"})
+    os.utime(shard, (1e9, 1e9))  # rewritten: another modification time
+    assert tarshards.shard_labels(shard, tarshards.TarFields()) == [1, 2, 0]
+
+
 def test_train_on_tar_shards_gives_the_parquet_run_s_weights(data, tmp_path):
     """The same rows in the same order with the same augmentation: bitwise the same training
     (float64, one process, 2 workers). A wds: data set streams without --streaming; --pin-mem is

@@ -15,11 +15,15 @@ in a `cls` member by default (timm's and webdataset's convention). Where a split
 """
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass
+from pathlib import Path
 
+from .atomic import atomic_path
 from .data import DataError
 
 WDS_PREFIX = "wds:"
@@ -180,9 +184,36 @@ def iter_samples(path: str, fields: TarFields, *, images: bool = True):
             yield sample
 
 
+def scan_cache_dir() -> Path:
+    """Where shard scans are kept: $TIMM_BCOS_CACHE, else ~/.cache/timm_bcos."""
+    return Path(os.environ.get("TIMM_BCOS_CACHE") or Path.home() / ".cache" / "timm_bcos") / "wds_scans"
+
+
+def _scan_key(path: str, fields: TarFields) -> str:
+    """A shard's identity for its cached scan: path, size and modification time (or ETag), fields."""
+    import fsspec
+
+    fs, inner = fsspec.core.url_to_fs(path)
+    info = fs.info(inner)
+    stamp = next((str(info[k]) for k in ("mtime", "LastModified", "ETag", "etag", "last_commit") if info.get(k)), "")
+    ident = json.dumps([path, info.get("size"), stamp, fields.image, fields.label])
+    return hashlib.sha256(ident.encode()).hexdigest()[:32]
+
+
 def shard_labels(path: str, fields: TarFields) -> list[int]:
-    """The labels of a shard's samples, in order (their count is the shard's length)."""
-    return [label for _, _, label in iter_samples(path, fields, images=False)]
+    """The labels of a shard's samples, in order (their count is the shard's length). The scan is
+    kept on local disk (`scan_cache_dir`) by the shard's identity: the other processes of a run,
+    which open the split after the main one, and later runs read it instead of the shard."""
+    cached = scan_cache_dir() / f"{_scan_key(path, fields)}.json"
+    if cached.is_file():
+        return json.loads(cached.read_text())
+    labels = [label for _, _, label in iter_samples(path, fields, images=False)]
+    try:
+        with atomic_path(cached) as tmp:
+            tmp.write_text(json.dumps(labels))
+    except OSError:  # a read-only home: the scan still counts, it is just not kept
+        pass
+    return labels
 
 
 def read_table(path: str, fields: TarFields):
