@@ -12,7 +12,7 @@ from . import kernels
 from ._checks import b_repr, bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
 from .encoding import InputEncoding, NormalizedEncoding
-from .functional import bcos_scale, max_out, unit_norm_rows, weight_norm_gains
+from .functional import bcos_scale, max_out, scales_output, unit_norm_rows, weight_norm_gains
 
 # Added to the squared patch norm before the square root, as in the reference.
 PATCH_NORM_EPS = 1e-6
@@ -126,8 +126,8 @@ class BcosConv2d(DetachableModule):
     def _fused_training_step(self, x: Tensor) -> Tensor | None:
         """Weight norm, conv, patch norm and scale as one fused autograd node (CUDA + Triton, not
         explanation mode, no MaxOut), or None for the separate ops below."""
-        if (isinstance(self.b, Tensor) or self.b == 1 or self.max_out != 1 or self.detach or not self.weight_norm or self.bias is not None
-                or not kernels.use_fused(x)):
+        if (isinstance(self.b, Tensor) or self.b == 1 or self.max_out != 1 or self.detach or not self.weight_norm
+                or self.bias is not None or not kernels.use_fused(x)):
             return None
         gains = weight_norm_gains(self.weight)
         if gains is None:  # in graphs and for a non-contiguous (channels_last) weight: the separate ops
@@ -147,7 +147,7 @@ class BcosConv2d(DetachableModule):
         w = unit_norm_rows(self.weight) if self.weight_norm else self.weight
         out = F.conv2d(x, w, self.bias, self.stride, self.padding, self.dilation, self.groups)
         out = max_out(out, self.max_out, dim=1)
-        if isinstance(self.b, Tensor) or self.b != 1:
+        if scales_output(self.b):
             norms = self._patch_norms(x)
             if self.groups > 1:
                 # each group's norm serves its out_channels // groups outputs

@@ -9,7 +9,7 @@ from torch import Tensor, nn
 
 from ._checks import b_repr, bcos_repr, check_bcos_args, check_input
 from .detach import DetachableModule
-from .functional import bcos_scale, max_out, unit_norm_rows
+from .functional import bcos_scale, max_out, scales_output, unit_norm_rows
 
 # Added to ||x|| in the cosine denominator, as in the reference.
 VECTOR_NORM_EPS = 1e-12
@@ -54,7 +54,7 @@ class BcosLinear(DetachableModule):
         check_input(x, layer=type(self).__name__, ndim=None, channels=self.in_features, channel_dim=-1)
         out = F.linear(x, unit_norm_rows(self.weight) if self.weight_norm else self.weight, self.bias)
         out = max_out(out, self.max_out, dim=-1)
-        if isinstance(self.b, Tensor) or self.b != 1:
+        if scales_output(self.b):
             norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True) + VECTOR_NORM_EPS
             out = bcos_scale(out, norm, self.b, self.detach)
         if self.scale is not None:

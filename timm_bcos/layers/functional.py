@@ -117,6 +117,11 @@ class _BcosScaleB2(torch.autograd.Function):
         return grad_lin, grad_norm, None
 
 
+def scales_output(b: float | Tensor) -> bool:
+    """Whether a layer with this B rescales w^T x at all: a learned B always does, a fixed one unless 1."""
+    return isinstance(b, Tensor) or b != 1
+
+
 def bcos_scale(linear_out: Tensor, input_norm: Tensor, b: float | Tensor, detach: bool) -> Tensor:
     """Eq. 9: multiply w^T x by |cos(x, w)|^(B-1).
 
