@@ -5,7 +5,8 @@
 #
 #   bash train_scripts/bcosify_cifar10.sh OUT [DATASET]
 # Knobs (environment): CONV_EPOCHS (20), FT_EPOCHS (10), SUBSET (train split, "train"), VAL ("test"),
-# WORKERS (4), GRIDS ("100 30"), EXTRA (more train.py flags, e.g. "--cpu"),
+# WORKERS (4), GRIDS ("100 30"), EXTRA (more train.py flags, e.g. "--cpu"), CONV_FLAGS (train.py flags for the
+# conventional run only, after the defaults so they override them, e.g. "--opt sgd --lr 0.05 --weight-decay 5e-4"),
 # RUNS (fine-tunes as name:recipe:lr[:field=value,...], default "bcosify:bcosify:1e-3 bcosify_lr1e-4:bcosify:1e-4
 # ablation_v2:v2:1e-3"; the optional fields are recipe fields, e.g. learned_b:bcosify:1e-3:learn_b=true).
 # Each stage is skipped when its export exists, so a rerun continues after the last finished stage.
@@ -19,6 +20,7 @@ VAL=${VAL:-test}
 WORKERS=${WORKERS:-4}
 GRIDS=${GRIDS:-100 30}
 EXTRA=${EXTRA:-}
+CONV_FLAGS=${CONV_FLAGS:-}
 RUNS=${RUNS:-bcosify:bcosify:1e-3 bcosify_lr1e-4:bcosify:1e-4 ablation_v2:v2:1e-3}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
@@ -28,7 +30,7 @@ common=(--dataset "$DATA" --train-split "$SUBSET" --val-split "$VAL" --crop pad 
 # 1. the conventional network (conv + BN + ReLU, half width, softmax CE), as reports/cifar10.md trains it
 if [ ! -f "$OUT/conventional/export/model.safetensors" ]; then
   python "$HERE/train.py" "${common[@]}" --model cifar_convnet --model-kwargs '{"width": 0.5}' --loss ce \
-    --lr 1e-3 --epochs "$CONV_EPOCHS" --warmup-epochs 1 --warmup-lr 1e-4 --output "$OUT/conventional" \
+    --lr 1e-3 --epochs "$CONV_EPOCHS" --warmup-epochs 1 --warmup-lr 1e-4 $CONV_FLAGS --output "$OUT/conventional" \
     > "$OUT/conventional.log" 2>&1
 fi
 
