@@ -20,7 +20,7 @@ demo: $(VENV)/.installed
 	$(PY) -m timm_bcos demo
 
 test: $(VENV)/.installed browser $(TIMM_TESTS)/.fetched
-	$(PY) -m pytest -n 2 tests
+	$(PY) -m pytest -n 2 --durations=25 tests
 	$(TIMM_SUITE)
 
 # timm's own model tests (tests/test_models.py of the installed timm's sdist) on every bcos_* model;

@@ -59,6 +59,11 @@ def test_every_way_of_naming_a_split_finds_its_shards(data, tmp_path):
     bare = tmp_path / "bare"
     shutil.copytree(tars, bare, ignore=shutil.ignore_patterns("_info.json"))
     assert resolve_split(f"wds:{bare}", "test").files == (str(bare / "test-0000.tar"),)
+    for other in ("test_small-0000.tar", "latest-0000.tar", "test-extra-0000.tar"):  # other splits' shards
+        shutil.copy(bare / "test-0000.tar", bare / other)
+    shutil.copy(bare / "test-0000.tar", bare / "cifar_test-00001-of-00002.tar")  # HF's shard naming
+    assert resolve_split(f"wds:{bare}", "test").files == (str(bare / "cifar_test-00001-of-00002.tar"),
+                                                          str(bare / "test-0000.tar"))
     with pytest.raises(DataError, match=r"no split 'validation'; its info file lists \['test', 'train'\]"):
         resolve_split(f"wds:{tars}", "validation")
     with pytest.raises(DataError, match="no .tar shard named for split 'validation'"):

@@ -8,7 +8,8 @@ in a `cls` member by default (timm's and webdataset's convention). Where a split
 
 - `wds:DIR` with a split name: DIR's `_info.json` / `info.json` (timm's layout: `splits.<name>` with
   `filenames` and `shard_lengths`), else the `.tar` files in DIR whose name holds the split name
-  as a word (`imagenet-train-0000.tar`);
+  followed only by a shard number (`imagenet-train-0000.tar`, `train-00000-of-00004.tar`, not
+  `train_small-0000.tar`);
 - `wds:DIR` with a split that is a brace pattern relative to DIR (`{0000..0099}.tar`, as timm's
   `--train-split`);
 - `wds:PATH/{000..099}.tar`: that pattern for any split name, with `{split}` replaced by it.
@@ -41,9 +42,12 @@ class TarFields:
     @classmethod
     def of(cls, image_column: str | None, label_column: str | None) -> TarFields:
         """--image-column / --label-column name extensions here: 'png' or 'jpg;png'."""
-        split = lambda s: tuple(e.strip().lower().lstrip(".") for e in s.split(";") if e.strip())  # noqa: E731
-        return cls(split(image_column) if image_column else IMAGE_EXTS,
-                   split(label_column) if label_column else LABEL_EXTS)
+        return cls(_extensions(image_column) if image_column else IMAGE_EXTS,
+                   _extensions(label_column) if label_column else LABEL_EXTS)
+
+
+def _extensions(text: str) -> tuple[str, ...]:
+    return tuple(e.strip().lower().lstrip(".") for e in text.split(";") if e.strip())
 
 
 @dataclass(frozen=True)
@@ -122,7 +126,8 @@ def resolve_split(source: str, split: str) -> TarSplit:
                 raise DataError(f"data set {source!r}: the info file's split {split!r} lists no 'filenames'")
             files = [f"{root.rstrip('/')}/{f}" for f in splits[split]["filenames"]]
         else:
-            word = re.compile(rf"(^|[-_.]){re.escape(split)}([-_.]|$)")
+            # the split name, then nothing but a shard number: 'train' is not 'train_small-0000'
+            word = re.compile(rf"(^|[-_.]){re.escape(split)}([-_.]\d+([-_.]of[-_.]\d+)?)?$")
             shards = [p for ext in ("tar", "tar.gz", "tgz") for p in fs.glob(f"{root.rstrip('/')}/*.{ext}")]
             found = sorted(p for p in shards if word.search(p.rsplit("/", 1)[-1].split(".")[0]))
             if not found:
