@@ -99,6 +99,11 @@ def test_tar_shards_behind_an_fsspec_url_use_the_info_file(data, monkeypatch):
     assert remote.row_groups[0].file.startswith("memory://") and remote.row_groups[0].file.endswith("/wds/train-0000.tar")
     assert [(g.offset, g.rows) for g in remote.row_groups] == [(g.offset, g.rows) for g in local.row_groups]
     assert ShardRows(remote)[[0, 120, 249]] == ShardRows(local)[[0, 120, 249]]
+    monkeypatch.undo()  # a pattern without an info file is counted from its shards
+    for chained in ("wds:simplecache::memory://wds", "wds:simplecache::memory://wds/{split}-{0000..0002}.tar"):
+        cached = open_wds_split(chained, "train[30:280]", num_classes=10)  # fsspec's chained URL, kept whole
+        assert all(g.file.startswith("simplecache::memory://") for g in cached.row_groups)
+        assert ShardRows(cached)[[0, 120, 249]] == ShardRows(local)[[0, 120, 249]]
 
 
 def test_tar_shards_stream_as_the_same_rows_in_parquet(data):

@@ -13,6 +13,8 @@ in a `cls` member by default (timm's and webdataset's convention). Where a split
 - `wds:DIR` with a split that is a brace pattern relative to DIR (`{0000..0099}.tar`, as timm's
   `--train-split`);
 - `wds:PATH/{000..099}.tar`: that pattern for any split name, with `{split}` replaced by it.
+
+PATH and DIR are local paths or fsspec URLs, chained ones included (`simplecache::hf://...`).
 """
 from __future__ import annotations
 
@@ -104,7 +106,9 @@ def resolve_split(source: str, split: str) -> TarSplit:
     """The shards of `split` (a name or a pattern, no slice) of a `wds:` data set."""
     import fsspec
 
-    location = source[len(WDS_PREFIX):]
+    # fsspec's chained URLs ('simplecache::hf://...'): shards are found on the last filesystem of the
+    # chain and opened through all of it
+    chain, _, location = source[len(WDS_PREFIX):].rpartition("::")
     split = split.split("|")[0]  # timm's 'shards-{0000..0099}.tar|100000' gives a sample count we count anyway
     if not location:
         raise DataError(f"{source!r}: expected wds:FOLDER or wds:PATH/{{000..099}}.tar")
@@ -140,6 +144,7 @@ def resolve_split(source: str, split: str) -> TarSplit:
                         f"first {missing[0]!r}")
     lengths = _lengths_from_info(info, files, root) if root else None  # the info file names paths as fs does
     files = [fs.unstrip_protocol(f) if "://" in location else f for f in files]
+    files = [f"{chain}::{f}" for f in files] if chain else files
     return TarSplit(tuple(files), lengths, (info or {}).get("num_classes"))
 
 
