@@ -106,6 +106,25 @@ def test_tar_shards_behind_an_fsspec_url_use_the_info_file(data, monkeypatch):
         assert ShardRows(cached)[[0, 120, 249]] == ShardRows(local)[[0, 120, 249]]
 
 
+def test_a_shard_whose_count_differs_from_its_info_file_is_refused_when_read(data, tmp_path):
+    """An out-of-date `shard_lengths` would shift every later row's index (and its augmentation
+    seed) or drop samples; reading the shard names it instead, whether it holds fewer or more."""
+    from timm_bcos.data import DataError
+    from timm_bcos.streaming import ShardRows, open_wds_split
+
+    tars, _ = data
+    for stated in (99, 101):
+        copy = tmp_path / f"stated{stated}"
+        shutil.copytree(tars, copy)
+        info = json.loads((copy / "_info.json").read_text())
+        info["splits"]["train"]["shard_lengths"][1] = stated
+        (copy / "_info.json").write_text(json.dumps(info))
+        rows = ShardRows(open_wds_split(f"wds:{copy}", "train", num_classes=10))
+        assert len(rows) == 200 + stated and rows[[0, 99]] == ShardRows(open_wds_split(f"wds:{tars}", "train"))[[0, 99]]
+        with pytest.raises(DataError, match=rf"train-0001.tar: 100 samples, but the split was opened with {stated}"):
+            rows[[100]]
+
+
 def test_tar_shards_stream_as_the_same_rows_in_parquet(data):
     from timm_bcos.data import PadCropFlip
     from timm_bcos.streaming import ShardStream, open_parquet_split, open_wds_split

@@ -33,6 +33,7 @@ class RowGroup:
     first: int
     offset: int
     rows: int
+    length: int = 0  # the group's rows before any slice (a tar shard's: as its info file says)
 
 
 @dataclass(frozen=True)
@@ -98,7 +99,7 @@ def _clip(groups: list[RowGroup], start: int, stop: int) -> tuple[RowGroup, ...]
     for g in groups:
         lo, hi = max(start, g.first), min(stop, g.first + g.rows)
         if lo < hi:
-            kept.append(RowGroup(g.file, g.index, g.first - start, lo - g.first, hi - lo))
+            kept.append(RowGroup(g.file, g.index, g.first - start, lo - g.first, hi - lo, g.length))
     return tuple(kept)
 
 
@@ -127,7 +128,7 @@ def open_parquet_split(source: str, split: str, *, image_column: str | None = No
         schema = schema or meta.schema_arrow
         for i in range(meta.metadata.num_row_groups):
             rows = meta.metadata.row_group(i).num_rows
-            groups.append(RowGroup(path, i, first, 0, rows))
+            groups.append(RowGroup(path, i, first, 0, rows, rows))
             first += rows
     name, start, stop = _slice_bounds(split, first, max_samples)
     # the card's declared features first (a Hub card may declare ClassLabel names its shards lack)
@@ -156,7 +157,7 @@ def open_wds_split(source: str, split: str, *, image_column: str | None = None, 
     lengths = shards.lengths if shards.lengths is not None else tuple(len(v) for v in labels)
     groups, first = [], 0
     for path, rows in zip(shards.files, lengths):
-        groups.append(RowGroup(path, 0, first, 0, rows))
+        groups.append(RowGroup(path, 0, first, 0, rows, rows))
         first += rows
     _, start, stop = _slice_bounds(f"split{bracket}{rest}", first, max_samples)
     if num_classes is None:  # over the slice's rows, as the parquet and map-style paths count
@@ -291,8 +292,9 @@ class ShardRows:
             g, info = self.split.row_groups[k], self.split.info
             if self.split.tar is not None:
                 table = read_table(g.file, self.split.tar)
-                if table.num_rows < g.offset + g.rows:  # e.g. an info file's shard_lengths out of date
-                    raise DataError(f"{g.file}: {table.num_rows} samples, the split needs {g.offset + g.rows}")
+                if table.num_rows != g.length:  # any other count would shift or drop samples silently
+                    raise DataError(f"{g.file}: {table.num_rows} samples, but the split was opened with "
+                                    f"{g.length} (is the info file's shard_lengths out of date?)")
             else:
                 if g.file not in self._files:
                     self._files[g.file] = _open(g.file)
