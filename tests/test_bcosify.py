@@ -129,6 +129,20 @@ def test_learned_b_is_trained_and_keeps_the_premise_and_completeness():
     assert isinstance(model.fc.b, nn.Parameter) and model.fc.b.dtype == torch.float64 and model.fc.b.item() == 2.0
 
 
+def test_the_named_cifar_model_is_what_bcosify_from_makes_of_cifar_convnet():
+    """`bcos_cifar10_w050_bcosified` (the tag a B-cosified CIFAR run ships under) has the layout and
+    the function of `convert(cifar_convnet(width=0.5), "bcosify", carry_weights=True)`, which
+    `train.py --bcosify-from` fine-tunes: its weights load strictly and give the same logits."""
+    conventional, x = _conventional("cifar_convnet", dict(width=0.5), 32)
+    bcosified = convert(conventional, "bcosify", carry_weights=True).eval()
+    named = timm.create_model("bcos_cifar10_w050_bcosified", num_classes=5).double().eval()
+    named.load_state_dict(bcosified.state_dict(), strict=True)
+    assert named.bcos.recipe == bcosified.bcos.recipe  # the same normalisation (CIFAR-10's mean and std)
+    with torch.no_grad():
+        bias = bcosified.logit_layer.logit_bias  # compared without it: B-cos logits sit near it
+        assert bias != 0 and rel_err(named(x) - bias, bcosified(x) - bias) <= 1e-12
+
+
 def test_first_conv_starts_as_half_negated_weights():
     conventional = timm.create_model("resnet18", num_classes=5)
     w = conventional.conv1.weight.detach().clone()

@@ -96,6 +96,7 @@ def _cfg(url: str = "", **kwargs):
 # Weights trained in this repository and shipped inside the package (a few MB), so that
 # pretrained=True works offline. How they were made: reports/cifar10.md.
 SHIPPED_WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+CIFAR10_MEAN, CIFAR10_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)  # what cifar_convnet is trained on
 CIFAR10_LABELS = ("airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck")
 
 default_cfgs = generate_default_cfgs({
@@ -105,7 +106,8 @@ default_cfgs = generate_default_cfgs({
         origin_url="train_scripts/configs/cifar10_bcos_cpu.yaml",
     ),
     "bcos_cifar10_w050_bnu.untrained": _cfg(),
-    "cifar_convnet.untrained": _cfg(mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616)),
+    "bcos_cifar10_w050_bcosified.untrained": _cfg(),
+    "cifar_convnet.untrained": _cfg(mean=CIFAR10_MEAN, std=CIFAR10_STD),
 })
 
 
@@ -137,6 +139,20 @@ def bcos_cifar10_w050_bnu(pretrained=False, **kwargs):
     kwargs.setdefault("b", 2.0)
     arch = dict(width=0.5, norm=True)
     return build_bcos("bcos_cifar10_w050_bnu", pretrained, conventional=CifarConvNet, recipe="v1",
+                      conventional_kwargs=arch, entrypoint_args={}, feature_cfg=dict(flatten_sequential=True),
+                      **kwargs)
+
+
+@register_model
+def bcos_cifar10_w050_bcosified(pretrained=False, **kwargs):
+    """`cifar_convnet` at half width B-cosified (recipe "bcosify": ReLU kept, the normalised
+    [x, 1-x] input with the first conv at [W, -W]/2, uncentered BN, B=2): the architecture that
+    `train.py --bcosify-from` makes of that network, as a named model (reports/bcosification.md)."""
+    kwargs.setdefault("num_classes", 10)
+    kwargs.setdefault("input_mean", CIFAR10_MEAN)
+    kwargs.setdefault("input_std", CIFAR10_STD)
+    arch = dict(width=0.5, norm=True)
+    return build_bcos("bcos_cifar10_w050_bcosified", pretrained, conventional=CifarConvNet, recipe="bcosify",
                       conventional_kwargs=arch, entrypoint_args={}, feature_cfg=dict(flatten_sequential=True),
                       **kwargs)
 
