@@ -10,14 +10,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
 RECORD = ROOT / "reports" / "cifar10_shipped_sample.json"
+# each model shipped with weights in the package, and the test-split count recorded when it was shipped
+RECORDS = {"bcos_cifar10_w050_bnu": RECORD,
+           "bcos_cifar10_w050_bcosified": ROOT / "reports" / "cifar10_bcosified_sample.json"}
 
 
-def shipped_model():
+def shipped_model(name: str = "bcos_cifar10_w050_bnu"):
     import timm
 
     import timm_bcos  # noqa: F401
 
-    return timm.create_model("bcos_cifar10_w050_bnu", pretrained=True).eval()
+    return timm.create_model(name, pretrained=True).eval()
 
 
 def test_shipped_model_loads_offline_with_its_labels(monkeypatch):
@@ -31,14 +34,23 @@ def test_shipped_model_loads_offline_with_its_labels(monkeypatch):
     assert not torch.equal(random_init["fc.weight"], model.state_dict()["fc.weight"])
 
 
+def test_the_bcosified_cifar_model_loads_offline_as_its_own_tag(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    model = shipped_model("bcos_cifar10_w050_bcosified")
+    assert model.pretrained_cfg["tag"] == "bcosify_cpu10e_cifar10"
+    assert model.bcos.recipe.activations == "bcosify" and model.pretrained_cfg["label_names"][3] == "cat"
+
+
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
-def test_shipped_model_reaches_its_recorded_accuracy_on_the_test_split(tmp_path, monkeypatch):
+@pytest.mark.parametrize("name", sorted(RECORDS))
+def test_shipped_model_reaches_its_recorded_accuracy_on_the_test_split(name, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "hf"))
     from timm_bcos.data import load_image_tensors
 
-    record = json.loads(RECORD.read_text())
+    record = json.loads(RECORDS[name].read_text())
+    assert record["model"].split(".")[0] == name
     images, labels, _, _ = load_image_tensors(str(CIFAR), record["split"])
-    model = shipped_model()
+    model = shipped_model(name)
     with torch.no_grad():
         pred = torch.cat([model(images[i:i + 250]).argmax(1) for i in range(0, len(images), 250)])
     correct = int((pred == labels).sum())

@@ -106,6 +106,12 @@ default_cfgs = generate_default_cfgs({
         origin_url="train_scripts/configs/cifar10_bcos_cpu.yaml",
     ),
     "bcos_cifar10_w050_bnu.untrained": _cfg(),
+    "bcos_cifar10_w050_bcosified.bcosify_cpu10e_cifar10": _cfg(  # B-cosified, then fine-tuned 10 epochs on CPU
+        file=str(SHIPPED_WEIGHTS / "bcos_cifar10_w050_bcosified.bcosify_cpu10e.safetensors"),
+        label_names=CIFAR10_LABELS, origin_url="train_scripts/bcosify_cifar10.sh",
+        notes=("reports/bcosification.md: cifar_convnet (width 0.5) trained 20 epochs (SGD), B-cosified with "
+               "recipe 'bcosify' and fine-tuned 10 epochs (Adam 1e-3, BCE)",),
+    ),
     "bcos_cifar10_w050_bcosified.untrained": _cfg(),
     "cifar_convnet.untrained": _cfg(mean=CIFAR10_MEAN, std=CIFAR10_STD),
 })
