@@ -23,22 +23,19 @@ def shipped_model(name: str = "bcos_cifar10_w050_bnu"):
     return timm.create_model(name, pretrained=True).eval()
 
 
-def test_shipped_model_loads_offline_with_its_labels(monkeypatch):
+@pytest.mark.parametrize("name, tag, recipe", [("bcos_cifar10_w050_bnu", "cpu30e_cifar10", "v1"),
+                                               ("bcos_cifar10_w050_bcosified", "bcosify_cpu10e_cifar10", "bcosify")])
+def test_shipped_model_loads_offline_as_its_tag_with_its_labels(name, tag, recipe, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = shipped_model()
-    assert model.pretrained_cfg["tag"] == "cpu30e_cifar10"
-    assert model.pretrained_cfg["label_names"][3] == "cat"
     import timm
 
-    random_init = timm.create_model("bcos_cifar10_w050_bnu").state_dict()
-    assert not torch.equal(random_init["fc.weight"], model.state_dict()["fc.weight"])
-
-
-def test_the_bcosified_cifar_model_loads_offline_as_its_own_tag(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    model = shipped_model("bcos_cifar10_w050_bcosified")
-    assert model.pretrained_cfg["tag"] == "bcosify_cpu10e_cifar10"
-    assert model.bcos.recipe.activations == "bcosify" and model.pretrained_cfg["label_names"][3] == "cat"
+    model = shipped_model(name)
+    assert model.pretrained_cfg["tag"] == tag and RECORDS[name].exists()
+    assert model.bcos.recipe.name == recipe
+    assert model.pretrained_cfg["label_names"][3] == "cat"
+    random_init = timm.create_model(name).state_dict()
+    trained = model.state_dict()
+    assert all(not torch.equal(random_init[k], trained[k]) for k in trained if k.endswith("weight"))
 
 
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")

@@ -61,9 +61,20 @@ def test_every_way_of_naming_a_split_finds_its_shards(data, tmp_path):
     assert resolve_split(f"wds:{bare}", "test").files == (str(bare / "test-0000.tar"),)
     for other in ("test_small-0000.tar", "latest-0000.tar", "test-extra-0000.tar"):  # other splits' shards
         shutil.copy(bare / "test-0000.tar", bare / other)
-    shutil.copy(bare / "test-0000.tar", bare / "cifar_test-00001-of-00002.tar")  # HF's shard naming
-    assert resolve_split(f"wds:{bare}", "test").files == (str(bare / "cifar_test-00001-of-00002.tar"),
-                                                          str(bare / "test-0000.tar"))
+    shutil.copy(bare / "test-0000.tar", bare / "test.extra-0000.tar")  # only the extension is cut
+    assert resolve_split(f"wds:{bare}", "test").files == (str(bare / "test-0000.tar"),)
+    hf = tmp_path / "hf"  # HF's shard naming, behind a prefix with a dot
+    hf.mkdir()
+    for i in range(2):
+        shutil.copy(bare / "test-0000.tar", hf / f"my.cifar_test-0000{i}-of-00002.tar")
+    assert resolve_split(f"wds:{hf}", "test").files == tuple(str(hf / f"my.cifar_test-0000{i}-of-00002.tar") for i in range(2))
+    shutil.copy(bare / "test-0000.tar", hf / "test-0000.tar")  # a second set of shards for the split
+    with pytest.raises(DataError, match=r"under 2 prefixes \(my.cifar_test-00000-of-00002.tar, test-0000.tar\)"):
+        resolve_split(f"wds:{hf}", "test")
+    (hf / "test-0000.tar").unlink()
+    (hf / "my.cifar_test-00001-of-00002.tar").unlink()
+    with pytest.raises(DataError, match=r"has 1 shards, but their names say 2"):
+        resolve_split(f"wds:{hf}", "test")
     with pytest.raises(DataError, match=r"no split 'validation'; its info file lists \['test', 'train'\]"):
         resolve_split(f"wds:{tars}", "validation")
     with pytest.raises(DataError, match="no .tar shard named for split 'validation'"):
@@ -121,7 +132,7 @@ def test_a_shard_whose_count_differs_from_its_info_file_is_refused_when_read(dat
         (copy / "_info.json").write_text(json.dumps(info))
         rows = ShardRows(open_wds_split(f"wds:{copy}", "train", num_classes=10))
         assert len(rows) == 200 + stated and rows[[0, 99]] == ShardRows(open_wds_split(f"wds:{tars}", "train"))[[0, 99]]
-        with pytest.raises(DataError, match=rf"train-0001.tar: 100 samples, but the split was opened with {stated}"):
+        with pytest.raises(DataError, match=rf"train-0001\.tar: 100 samples, but the split was opened with {stated}"):
             rows[[100]]
 
 

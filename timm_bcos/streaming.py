@@ -33,7 +33,7 @@ class RowGroup:
     first: int
     offset: int
     rows: int
-    length: int = 0  # the group's rows before any slice (a tar shard's: as its info file says)
+    length: int  # the group's rows before any slice (a tar shard's: from its info file or a scan)
 
 
 @dataclass(frozen=True)
@@ -294,7 +294,7 @@ class ShardRows:
                 table = read_table(g.file, self.split.tar)
                 if table.num_rows != g.length:  # any other count would shift or drop samples silently
                     raise DataError(f"{g.file}: {table.num_rows} samples, but the split was opened with "
-                                    f"{g.length} (is the info file's shard_lengths out of date?)")
+                                    f"{g.length} (did the shard change since its info file or scan was written?)")
             else:
                 if g.file not in self._files:
                     self._files[g.file] = _open(g.file)

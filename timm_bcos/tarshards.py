@@ -14,7 +14,9 @@ in a `cls` member by default (timm's and webdataset's convention). Where a split
   `--train-split`);
 - `wds:PATH/{000..099}.tar`: that pattern for any split name, with `{split}` replaced by it.
 
-PATH and DIR are local paths or fsspec URLs, chained ones included (`simplecache::hf://...`).
+PATH and DIR are local paths or fsspec URLs, with cache layers chained in front as fsspec allows
+(`simplecache::hf://...`, `filecache::`, `blockcache::`): shards are listed on the last
+filesystem of the chain and read through the whole chain.
 """
 from __future__ import annotations
 
@@ -102,6 +104,36 @@ def _lengths_from_info(info: dict | None, files: list[str], root: str) -> tuple[
     return tuple(known[f] for f in files) if all(f in known for f in files) else None
 
 
+SHARD_EXTS = ("tar", "tar.gz", "tgz")
+
+
+def _shards_named_for(fs, root: str, split: str, source: str) -> list[str]:
+    """The shards in `root` named for `split`: the split name, then nothing but a shard number
+    ('train' is not 'train_small-0000'), all under one prefix ('imagenet-train-0000.tar' and
+    'mini-train-0000.tar' are two data sets, not one split)."""
+    word = re.compile(rf"(^|[-_.]){re.escape(split)}([-_.]\d+([-_.]of[-_.]\d+)?)?$")
+    by_prefix: dict[str, list[str]] = {}
+    for ext in SHARD_EXTS:
+        for path in fs.glob(f"{root.rstrip('/')}/*.{ext}"):
+            name = path.rsplit("/", 1)[-1][:-len(ext) - 1]  # only the extension goes: 'my.train-0001'
+            m = word.search(name)
+            if m:
+                by_prefix.setdefault(name[:m.start()], []).append(path)
+    if not by_prefix:
+        raise DataError(f"data set {source!r}: no info file ({' or '.join(INFO_FILES)}) and no .tar "
+                        f"shard named for split {split!r} (e.g. {split}-0000.tar)")
+    if len(by_prefix) > 1:
+        examples = ", ".join(sorted(paths)[0].rsplit("/", 1)[-1] for paths in by_prefix.values())
+        raise DataError(f"data set {source!r}: shards named for split {split!r} under {len(by_prefix)} "
+                        f"prefixes ({examples}); name one set with a pattern, e.g. wds:FOLDER/PREFIX{split}-{{0000..0099}}.tar")
+    files = sorted(next(iter(by_prefix.values())))
+    totals = {int(m.group(1)) for f in files if (m := re.search(r"[-_.]of[-_.](\d+)\.t", f.rsplit("/", 1)[-1]))}
+    if totals and totals != {len(files)}:  # 'train-00003-of-00004': the name says how many there are
+        raise DataError(f"data set {source!r}: split {split!r} has {len(files)} shards, but their names "
+                        f"say {' or '.join(map(str, sorted(totals)))} ('-of-N')")
+    return files
+
+
 def resolve_split(source: str, split: str) -> TarSplit:
     """The shards of `split` (a name or a pattern, no slice) of a `wds:` data set."""
     import fsspec
@@ -130,14 +162,7 @@ def resolve_split(source: str, split: str) -> TarSplit:
                 raise DataError(f"data set {source!r}: the info file's split {split!r} lists no 'filenames'")
             files = [f"{root.rstrip('/')}/{f}" for f in splits[split]["filenames"]]
         else:
-            # the split name, then nothing but a shard number: 'train' is not 'train_small-0000'
-            word = re.compile(rf"(^|[-_.]){re.escape(split)}([-_.]\d+([-_.]of[-_.]\d+)?)?$")
-            shards = [p for ext in ("tar", "tar.gz", "tgz") for p in fs.glob(f"{root.rstrip('/')}/*.{ext}")]
-            found = sorted(p for p in shards if word.search(p.rsplit("/", 1)[-1].split(".")[0]))
-            if not found:
-                raise DataError(f"data set {source!r}: no info file ({' or '.join(INFO_FILES)}) and no .tar "
-                                f"shard named for split {split!r} (e.g. {split}-0000.tar)")
-            files = found
+            files = _shards_named_for(fs, root, split, source)
     missing = [f for f in files if not fs.exists(f)]
     if missing:
         raise DataError(f"split {split!r} of {source!r}: {len(missing)} of {len(files)} shards missing, "

@@ -6,7 +6,8 @@
 #   bash train_scripts/bcosify_cifar10.sh OUT [DATASET]
 # Knobs (environment): CONV_EPOCHS (20), FT_EPOCHS (10), SUBSET (train split, "train"), VAL ("test"),
 # WORKERS (4), GRIDS ("100 30"), EXTRA (more train.py flags, e.g. "--cpu"), CONV_FLAGS (train.py flags for the
-# conventional run only, after the defaults so they override them, e.g. "--opt sgd --lr 0.05 --weight-decay 5e-4"),
+# conventional run only, after the defaults so they override them, e.g. "--opt sgd --lr 0.05 --weight-decay 5e-4";
+# split on spaces, so no value may hold one; a rerun into an OUT whose conventional export exists ignores them),
 # RUNS (fine-tunes as name:recipe:lr[:field=value,...], default "bcosify:bcosify:1e-3 bcosify_lr1e-4:bcosify:1e-4
 # ablation_v2:v2:1e-3"; the optional fields are recipe fields, e.g. learned_b:bcosify:1e-3:learn_b=true).
 # Each stage is skipped when its export exists, so a rerun continues after the last finished stage.
