@@ -6,7 +6,7 @@ import timm
 import torch
 
 import timm_bcos  # noqa: F401
-from helpers import calibrate_bn, image_size, rel_err, without_position_embedding
+from helpers import calibrate_bn, image_size, shallow, rel_err, without_position_embedding
 
 MODELS = timm.list_models("bcos_*")
 
@@ -26,7 +26,7 @@ def test_completeness_for_every_model(name):
     float64 and calibrated norms (in float32 a random-init logit minus its bias is noise).
     """
     torch.manual_seed(0)
-    model = without_position_embedding(timm.create_model(name, num_classes=6).double())
+    model = without_position_embedding(timm.create_model(name, **shallow(name), num_classes=6).double())
     x = torch.rand(2, 3, image_size(name), image_size(name), dtype=torch.float64)
     calibrate_bn(model, x)
     expl = model.explain(x, target=torch.tensor([[1, 4], [0, 5]]))

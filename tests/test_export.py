@@ -167,7 +167,7 @@ def test_a_fixed_batch_graph_refuses_another_batch_size(shipped, tmp_path):
 FAMILIES = {
     "resnet": (("bcos_resnet18",), {}, 64),
     "densenet": (("bcos_densenet121",), dict(block_config=(2, 2, 2, 2)), 64),
-    "vgg": (("bcos_vgg11_bnu",), {}, 64),
+    "vgg": (("bcos_vgg11_bnu",), dict(mlp_ratio=1 / 16), 64),  # a 256-wide head, not 4096
     "convnext": (("bcos_convnext_tiny",), {}, 64),
     "inception": (("bcos_inception_v3_v1",), {}, 75),
     "simple_vit": (("bcos_simple_vit_ti_patch16_224",), dict(depth=2), 224),
@@ -185,16 +185,17 @@ def test_every_family_exports_its_explanation_to_onnx(family, tmp_path):
     torch.manual_seed(0)
     overlay = {"input_size": (3, size, size)}
     model = timm.create_model(name, num_classes=7, pretrained_cfg_overlay=overlay, **kwargs)
-    x = torch.rand(3, 3, size, size, generator=torch.Generator().manual_seed(0))
+    x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     calibrate_bn(model, x)  # random weights: without it the signal underflows in float32
     model.logit_layer.logit_bias.zero_()  # random-init logits would sit at the bias: compare them without it
-    # onnxscript's optimiser (half the time) is left out here; the shipped model's tests keep it
-    files = export_model(model, tmp_path, explain="topk", k=2, dynamic_batch=True, optimize=False)
+    # onnxscript's optimiser and a dynamic batch (each about half the time) are left out here; the
+    # shipped model's tests keep both
+    files = export_model(model, tmp_path, explain="topk", k=2, batch_size=2, optimize=False)
     outputs = _session(files.explainer).run(None, {"images": x.numpy()})
     _assert_explainer_matches(outputs, model.explain(x, topk=2))
-    (logits,) = _session(files.classifier).run(None, {"images": x[:1].numpy()})
+    (logits,) = _session(files.classifier).run(None, {"images": x.numpy()})
     with torch.no_grad():
-        assert _rel(logits, model(x[:1])) <= 1e-4
+        assert _rel(logits, model(x)) <= 1e-4
 
 
 def test_float16_export_runs_where_onnxruntime_has_the_kernels(shipped, tmp_path):

@@ -7,7 +7,7 @@ from timm.models.inception_v3 import InceptionB, InceptionD
 import torch
 
 import timm_bcos  # noqa: F401  (registers the entrypoints)
-from helpers import calibrate_bn, image_size, model_contributions, rel_err, without_position_embedding
+from helpers import calibrate_bn, image_size, shallow, model_contributions, rel_err, without_position_embedding
 
 MODELS = timm.list_models("bcos_*")
 EXPECTED = {
@@ -32,7 +32,7 @@ def test_registry_lists_every_model():
 
 @pytest.mark.parametrize("name", MODELS)
 def test_forward_backward_and_default_cfg(name):
-    model = timm.create_model(name, num_classes=7)
+    model = timm.create_model(name, **shallow(name), num_classes=7)
     cfg = model.pretrained_cfg
     sd = model.state_dict()
     assert f"{cfg['first_conv']}.weight" in sd, cfg["first_conv"]
@@ -60,7 +60,7 @@ def test_forward_backward_and_default_cfg(name):
 
 @pytest.mark.parametrize("name", MODELS)
 def test_reset_classifier(name):
-    model = timm.create_model(name).eval()
+    model = timm.create_model(name, **shallow(name)).eval()
     x = torch.rand(2, 3, image_size(name), image_size(name))
     feats = model.forward_features(x)
     model.reset_classifier(5)
@@ -107,7 +107,7 @@ def test_every_model_is_dynamic_linear(name):
     1e-5..1e-200 of the logit bias, so the check uses the pre-bias output itself.
     """
     torch.manual_seed(0)
-    model = without_position_embedding(timm.create_model(name, num_classes=6).double())
+    model = without_position_embedding(timm.create_model(name, **shallow(name), num_classes=6).double())
     x = torch.rand(2, 3, image_size(name), image_size(name), dtype=torch.float64)
     calibrate_bn(model, x)
     contrib, pre, logits = model_contributions(model, x, torch.tensor([1, 4]))
