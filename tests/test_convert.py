@@ -14,7 +14,7 @@ FAMILIES = {
     "resnetv2": ("resnetv2_18", {}, 64),
     "res2net": ("res2net50_14w_8s", {}, 64),
     "densenet": ("densenet121", {}, 64),
-    "vgg": ("vgg11", {}, 64),
+    "vgg": ("vgg11", dict(mlp_ratio=1 / 16), 64),  # a 256-wide head, not 4096
     "inception_v3": ("inception_v3", {}, 75),
     "convnext": ("test_convnext", {}, 64),
     "efficientnet": ("test_efficientnet", {}, 64),
@@ -27,7 +27,7 @@ FAMILIES = {
     "dpn": ("dpn68", {}, 64),
     "xception": ("xception41", {}, 64),
     "hrnet": ("hrnet_w18_small", {}, 64),
-    "swin": ("swin_tiny_patch4_window7_224", {}, 224),
+    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(2, 1, 1, 1)), 56),  # block 2 shifts its windows
     "vit (no class token, no position embedding)": (
         "test_vit", dict(class_token=False, pos_embed="none", global_pool="avg", img_size=32), 32),
 }
