@@ -96,8 +96,8 @@ def model_contributions(model, x: torch.Tensor, classes: torch.Tensor):
 def shallow(name: str) -> dict:
     """create_model kwargs that keep a registered model's wiring at a fraction of the cost: the B
     and L ViTs with 2 blocks (each block is the S/Ti block at another width), VGG with a 256-wide
-    hidden layer in its 7x7 head (4096: 100M weights). The full models are built and run by timm's
-    own suite, and converted from the reference by the parity tests."""
+    hidden layer in its 7x7 head (4096: 100M weights). The full-depth ViTs still run forward in
+    test_features_only; the full VGG in timm's own suite and the VGG parity test."""
     if re.search(r"vit\w*_[bl]_patch", name):
         return dict(depth=2)
     return dict(mlp_ratio=1 / 16) if "vgg" in name else {}
