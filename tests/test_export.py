@@ -188,9 +188,12 @@ def test_every_family_exports_its_explanation_to_onnx(family, tmp_path):
     x = torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(0))
     calibrate_bn(model, x)  # random weights: without it the signal underflows in float32
     model.logit_layer.logit_bias.zero_()  # random-init logits would sit at the bias: compare them without it
-    # onnxscript's optimiser and a dynamic batch (each about half the time) are left out here; the
-    # shipped model's tests keep both
-    files = export_model(model, tmp_path, explain="topk", k=2, batch_size=2, optimize=False)
+    # onnxscript's optimiser and a dynamic batch (each about half the time) are left out here, but
+    # for one ViT (token reshapes could fix the batch); the shipped model's tests keep both
+    dynamic = family == "simple_vit"
+    files = export_model(model, tmp_path, explain="topk", k=2, batch_size=2, dynamic_batch=dynamic, optimize=False)
+    if dynamic:
+        x = torch.cat([x, x[:1].flip(-1)])  # a batch size the graph was not traced with
     outputs = _session(files.explainer).run(None, {"images": x.numpy()})
     _assert_explainer_matches(outputs, model.explain(x, topk=2))
     (logits,) = _session(files.classifier).run(None, {"images": x.numpy()})

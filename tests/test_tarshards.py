@@ -69,12 +69,27 @@ def test_every_way_of_naming_a_split_finds_its_shards(data, tmp_path):
         shutil.copy(bare / "test-0000.tar", hf / f"my.cifar_test-0000{i}-of-00002.tar")
     assert resolve_split(f"wds:{hf}", "test").files == tuple(str(hf / f"my.cifar_test-0000{i}-of-00002.tar") for i in range(2))
     shutil.copy(bare / "test-0000.tar", hf / "test-0000.tar")  # a second set of shards for the split
-    with pytest.raises(DataError, match=r"under 2 prefixes \(my.cifar_test-00000-of-00002.tar, test-0000.tar\)"):
+    with pytest.raises(DataError, match=r"2 sets of shards .* \(my.cifar_test-00000-of-00002.tar, test-0000.tar\)"):
         resolve_split(f"wds:{hf}", "test")
     (hf / "test-0000.tar").unlink()
-    (hf / "my.cifar_test-00001-of-00002.tar").unlink()
-    with pytest.raises(DataError, match=r"has 1 shards, but their names say 2"):
+    shutil.copy(bare / "test-0000.tar", hf / "my_cifar_test-00000-of-00002.tar")  # another separator: another set
+    with pytest.raises(DataError, match=r"2 sets of shards"):
         resolve_split(f"wds:{hf}", "test")
+    (hf / "my_cifar_test-00000-of-00002.tar").unlink()
+    (hf / "my.cifar_test-00001-of-00002.tar").rename(hf / "my.cifar_test-00000-of-00002.tar.gz")
+    with pytest.raises(DataError, match=r"shard 'my.cifar_test-00000-of-00002' of split 'test' is there twice"):
+        resolve_split(f"wds:{hf}", "test")
+    (hf / "my.cifar_test-00000-of-00002.tar.gz").unlink()
+    with pytest.raises(DataError, match=r"has shards 0, but their names say -of-00002"):
+        resolve_split(f"wds:{hf}", "test")
+    numbered = tmp_path / "numbered"  # ordered by shard number; one unnumbered file is a set of its own
+    numbered.mkdir()
+    for i in (2, 10):
+        shutil.copy(bare / "test-0000.tar", numbered / f"test-{i}.tar")
+    assert resolve_split(f"wds:{numbered}", "test").files == (str(numbered / "test-2.tar"), str(numbered / "test-10.tar"))
+    shutil.copy(bare / "test-0000.tar", numbered / "test.tar")
+    with pytest.raises(DataError, match=r"2 sets of shards"):
+        resolve_split(f"wds:{numbered}", "test")
     with pytest.raises(DataError, match=r"no split 'validation'; its info file lists \['test', 'train'\]"):
         resolve_split(f"wds:{tars}", "validation")
     with pytest.raises(DataError, match="no .tar shard named for split 'validation'"):

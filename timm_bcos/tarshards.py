@@ -109,29 +109,47 @@ SHARD_EXTS = ("tar", "tar.gz", "tgz")
 
 def _shards_named_for(fs, root: str, split: str, source: str) -> list[str]:
     """The shards in `root` named for `split`: the split name, then nothing but a shard number
-    ('train' is not 'train_small-0000'), all under one prefix ('imagenet-train-0000.tar' and
-    'mini-train-0000.tar' are two data sets, not one split)."""
-    word = re.compile(rf"(^|[-_.]){re.escape(split)}([-_.]\d+([-_.]of[-_.]\d+)?)?$")
-    by_prefix: dict[str, list[str]] = {}
+    ('train' is not 'train_small-0000'), all one set: one prefix ('imagenet-train-0000.tar' and
+    'mini-train-0000.tar' are two data sets), all numbered or one unnumbered file, each name once,
+    and every index of an '-of-N' set present. Ordered by shard number."""
+    word = re.compile(rf"(^|[-_.]){re.escape(split)}(?:[-_.](\d+)(?:[-_.]of[-_.](\d+))?)?$")
+    sets: dict[tuple[str, bool], dict[str, tuple]] = {}
     for ext in SHARD_EXTS:
         for path in fs.glob(f"{root.rstrip('/')}/*.{ext}"):
             name = path.rsplit("/", 1)[-1][:-len(ext) - 1]  # only the extension goes: 'my.train-0001'
             m = word.search(name)
-            if m:
-                by_prefix.setdefault(name[:m.start()], []).append(path)
-    if not by_prefix:
+            if not m:
+                continue
+            found = sets.setdefault((name[:m.end(1)], m.group(2) is not None), {})
+            if name in found:
+                raise DataError(f"data set {source!r}: shard {name!r} of split {split!r} is there twice "
+                                f"({found[name][2].rsplit('/', 1)[-1]} and {path.rsplit('/', 1)[-1]})")
+            found[name] = (int(m.group(2) or 0), m.group(3), path)
+    if not sets:
         raise DataError(f"data set {source!r}: no info file ({' or '.join(INFO_FILES)}) and no .tar "
                         f"shard named for split {split!r} (e.g. {split}-0000.tar)")
-    if len(by_prefix) > 1:
-        examples = ", ".join(sorted(paths)[0].rsplit("/", 1)[-1] for paths in by_prefix.values())
-        raise DataError(f"data set {source!r}: shards named for split {split!r} under {len(by_prefix)} "
-                        f"prefixes ({examples}); name one set with a pattern, e.g. wds:FOLDER/PREFIX{split}-{{0000..0099}}.tar")
-    files = sorted(next(iter(by_prefix.values())))
-    totals = {int(m.group(1)) for f in files if (m := re.search(r"[-_.]of[-_.](\d+)\.t", f.rsplit("/", 1)[-1]))}
-    if totals and totals != {len(files)}:  # 'train-00003-of-00004': the name says how many there are
-        raise DataError(f"data set {source!r}: split {split!r} has {len(files)} shards, but their names "
-                        f"say {' or '.join(map(str, sorted(totals)))} ('-of-N')")
-    return files
+    if len(sets) > 1:
+        examples = ", ".join(sorted(v[2].rsplit("/", 1)[-1] for v in found.values())[0] for found in sets.values())
+        raise DataError(f"data set {source!r}: {len(sets)} sets of shards named for split {split!r} "
+                        f"({examples}); name one with a pattern, e.g. wds:FOLDER/PREFIX{split}-{{0000..0099}}.tar")
+    shards = sorted(next(iter(sets.values())).values())
+    _check_of_n(shards, split, source)
+    return [path for _, _, path in shards]
+
+
+def _check_of_n(shards: list[tuple], split: str, source: str) -> None:
+    """'train-00003-of-00004': the names say which shards there are."""
+    totals = {int(of) for _, of, _ in shards if of is not None}
+    if not totals:
+        return
+    indices = [i for i, _, _ in shards]
+    if len(totals) > 1 or indices != list(range(totals.pop())):
+        raise DataError(f"data set {source!r}: split {split!r} has shards {_ranges(indices)}, but their "
+                        f"names say -of-{'/'.join(sorted({of for _, of, _ in shards if of}))} (numbered from 0)")
+
+
+def _ranges(indices: list[int]) -> str:
+    return ", ".join(str(i) for i in indices[:8]) + (", ..." if len(indices) > 8 else "")
 
 
 def resolve_split(source: str, split: str) -> TarSplit:
