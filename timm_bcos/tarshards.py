@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import posixpath
 import re
 import tarfile
 from dataclasses import dataclass
@@ -35,6 +36,7 @@ WDS_PREFIX = "wds:"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")
 LABEL_EXTS = ("cls", "label", "cls.txt", "target")
 INFO_FILES = ("_info.json", "info.json")
+SHARD_EXTS = ("tar", "tar.gz", "tgz")
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,7 @@ def expand_braces(pattern: str) -> list[str]:
 
 
 def _is_pattern(text: str) -> bool:
-    return "{" in text or re.search(r"\.(tar|tar\.gz|tgz)$", text) is not None
+    return "{" in text or text.endswith(tuple(f".{ext}" for ext in SHARD_EXTS))
 
 
 def _read_info(fs, root: str) -> dict | None:
@@ -104,8 +106,6 @@ def _lengths_from_info(info: dict | None, files: list[str], root: str) -> tuple[
     return tuple(known[f] for f in files) if all(f in known for f in files) else None
 
 
-SHARD_EXTS = ("tar", "tar.gz", "tgz")
-
 
 def _shards_named_for(fs, root: str, split: str, source: str) -> list[str]:
     """The shards in `root` named for `split`: the split name, then nothing but a shard number
@@ -116,20 +116,20 @@ def _shards_named_for(fs, root: str, split: str, source: str) -> list[str]:
     sets: dict[tuple[str, bool], dict[str, tuple]] = {}
     for ext in SHARD_EXTS:
         for path in fs.glob(f"{root.rstrip('/')}/*.{ext}"):
-            name = path.rsplit("/", 1)[-1][:-len(ext) - 1]  # only the extension goes: 'my.train-0001'
+            name = posixpath.basename(path)[:-len(ext) - 1]  # only the extension goes: 'my.train-0001'
             m = word.search(name)
             if not m:
                 continue
             found = sets.setdefault((name[:m.end(1)], m.group(2) is not None), {})
             if name in found:
                 raise DataError(f"data set {source!r}: shard {name!r} of split {split!r} is there twice "
-                                f"({found[name][2].rsplit('/', 1)[-1]} and {path.rsplit('/', 1)[-1]})")
+                                f"({posixpath.basename(found[name][2])} and {posixpath.basename(path)})")
             found[name] = (int(m.group(2) or 0), m.group(3), path)
     if not sets:
         raise DataError(f"data set {source!r}: no info file ({' or '.join(INFO_FILES)}) and no .tar "
                         f"shard named for split {split!r} (e.g. {split}-0000.tar)")
     if len(sets) > 1:
-        examples = ", ".join(sorted(v[2].rsplit("/", 1)[-1] for v in found.values())[0] for found in sets.values())
+        examples = ", ".join(min(posixpath.basename(v[2]) for v in found.values()) for found in sets.values())
         raise DataError(f"data set {source!r}: {len(sets)} sets of shards named for split {split!r} "
                         f"({examples}); name one with a pattern, e.g. wds:FOLDER/PREFIX{split}-{{0000..0099}}.tar")
     shards = sorted(next(iter(sets.values())).values())
@@ -144,11 +144,11 @@ def _check_of_n(shards: list[tuple], split: str, source: str) -> None:
         return
     indices = [i for i, _, _ in shards]
     if len(totals) > 1 or indices != list(range(totals.pop())):
-        raise DataError(f"data set {source!r}: split {split!r} has shards {_ranges(indices)}, but their "
+        raise DataError(f"data set {source!r}: split {split!r} has shards {_first_indices(indices)}, but their "
                         f"names say -of-{'/'.join(sorted({of for _, of, _ in shards if of}))} (numbered from 0)")
 
 
-def _ranges(indices: list[int]) -> str:
+def _first_indices(indices: list[int]) -> str:
     return ", ".join(str(i) for i in indices[:8]) + (", ..." if len(indices) > 8 else "")
 
 
