@@ -6,7 +6,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
-# shard scans (timm_bcos.tarshards) kept in a folder of this run, not in the user's ~/.cache
+# shard scans (timm_bcos.data.tarshards) kept in a folder of this run, not in the user's ~/.cache
 os.environ.setdefault("TIMM_BCOS_CACHE", tempfile.mkdtemp(prefix="timm_bcos_test_cache_"))
 
 

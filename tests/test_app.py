@@ -16,7 +16,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 from timm_bcos.app import DEFAULT_MODEL, Explorer, ImageInputError, load_image, load_model  # noqa: E402
 from timm_bcos.app import views  # noqa: E402
 from timm_bcos.app.images import MAX_PIXELS, MIN_SIDE  # noqa: E402
-from timm_bcos.demo import SAMPLES  # noqa: E402
+from timm_bcos.cli.demo import SAMPLES  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 CAT = SAMPLES / "cifar10_test_0000_cat.png"

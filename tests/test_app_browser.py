@@ -112,7 +112,7 @@ def expected():
     import timm
 
     import timm_bcos  # noqa: F401
-    from timm_bcos.demo import load_samples
+    from timm_bcos.cli.demo import load_samples
 
     model = timm.create_model("bcos_cifar10_w050_bnu", pretrained=True).eval()
     images, _ = load_samples()

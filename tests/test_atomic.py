@@ -1,10 +1,10 @@
-"""timm_bcos.atomic: a file is replaced whole or not at all."""
+"""timm_bcos.utils.atomic: a file is replaced whole or not at all."""
 import os
 import stat
 
 import pytest
 
-from timm_bcos.atomic import atomic_path
+from timm_bcos.utils.atomic import atomic_path
 
 
 def test_success_replaces_the_file_readably(tmp_path):

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 import timm_bcos  # noqa: F401
 from helpers import reference_model
 from timm_bcos.__main__ import main
-from timm_bcos.cli import load_checkpoint
+from timm_bcos.cli.common import load_checkpoint
 from timm_bcos.weights import convert_bcos_v2_state_dict
 
 SAMPLE = str(next((Path(timm_bcos.__file__).parent / "samples").glob("*.png")))

@@ -128,7 +128,7 @@ def test_streamed_accuracy_and_confidence_match_the_in_memory_path():
 
 
 def test_lazy_images_decode_by_index_and_devices_are_checked(tmp_path):
-    from timm_bcos.cli import resolve_device
+    from timm_bcos.cli.common import resolve_device
     from timm_bcos.data import LazyImages, load_eval_dataset, load_image_tensors
 
     if not CIFAR.is_dir():

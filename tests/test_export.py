@@ -42,7 +42,7 @@ def _assert_explainer_matches(outputs, expl, tol=1e-4):
 
 @pytest.fixture(scope="module")
 def shipped():
-    from timm_bcos.demo import MODEL, load_samples
+    from timm_bcos.cli.demo import MODEL, load_samples
 
     model = timm.create_model(MODEL, pretrained=True).eval()
     return model, load_samples()[0]

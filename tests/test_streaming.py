@@ -1,4 +1,4 @@
-"""timm_bcos.streaming and train.py --streaming (issue 27): CIFAR-10 rows written as several parquet
+"""timm_bcos.data.streaming and train.py --streaming (issue 27): CIFAR-10 rows written as several parquet
 shards with small row groups; each row once per epoch over processes and workers, the map-style
 data set's augmentation for the same row, slicing, exact resume (1 and 2 processes, float64)."""
 from __future__ import annotations
@@ -25,7 +25,7 @@ def shards(tmp_path_factory) -> Path:
 
 def _stream(folder, split="train", *, batch=8, world=1, rank=0, seed=0, buffer=60, transform=None):
     from timm_bcos.data import PadCropFlip
-    from timm_bcos.streaming import ShardStream, open_parquet_split
+    from timm_bcos.data.streaming import ShardStream, open_parquet_split
 
     parquet = open_parquet_split(str(folder), split)
     return ShardStream(parquet, transform or PadCropFlip((32, 32)), batch_size=batch, rank=rank, world=world,
@@ -58,7 +58,7 @@ def test_an_epoch_uses_each_row_once_over_the_processes(shards):
 
 
 def test_workers_take_turns_over_the_same_batches_and_a_resume_continues_them(shards):
-    from timm_bcos.streaming import worker_run
+    from timm_bcos.data.streaming import worker_run
 
     stream = _stream(shards, buffer=40)
     stream.set_epoch(2)
@@ -96,7 +96,7 @@ def test_a_row_gets_the_map_style_augmentation(shards, split):
 
 def test_slices_and_bad_splits(shards, tmp_path):
     from timm_bcos.data import DataError
-    from timm_bcos.streaming import open_parquet_split
+    from timm_bcos.data.streaming import open_parquet_split
 
     assert open_parquet_split(str(shards), "train[10:260]").num_rows == 250
     assert open_parquet_split(str(shards), "train[:50%]").num_rows == 150
@@ -171,7 +171,7 @@ def test_train_streaming_resumes_exactly(shards, tmp_path, processes):
 
 def test_parquet_rows_read_like_the_arrow_data_set(shards):
     from timm_bcos.data import load_split
-    from timm_bcos.streaming import ShardRows, open_parquet_split
+    from timm_bcos.data.streaming import ShardRows, open_parquet_split
 
     rows = ShardRows(open_parquet_split(str(shards), "train[40:290]"))
     hf, info = load_split(str(shards), "train[40:290]")
@@ -207,7 +207,7 @@ def test_shards_behind_an_fsspec_url_stream_like_local_files(shards, monkeypatch
     fsspec's in-memory file system."""
     import fsspec
 
-    from timm_bcos import streaming
+    from timm_bcos.data import streaming
 
     memory = fsspec.filesystem("memory")
     local = sorted(str(p) for p in (shards / "data").glob("train-*.parquet"))
@@ -229,7 +229,7 @@ def test_labels_without_class_names_are_counted_like_the_map_style_path(shards, 
     import pyarrow.parquet as pq
 
     from timm_bcos.data import load_split
-    from timm_bcos.streaming import ShardRows, open_parquet_split
+    from timm_bcos.data.streaming import ShardRows, open_parquet_split
 
     (tmp_path / "data").mkdir()
     for path in sorted((shards / "data").glob("*.parquet")):

@@ -31,7 +31,7 @@ def data(tmp_path_factory):
 
 def test_braces_expand_as_webdataset_does():
     from timm_bcos.data import DataError
-    from timm_bcos.tarshards import expand_braces
+    from timm_bcos.data.tarshards import expand_braces
 
     assert expand_braces("a-{008..011}.tar") == ["a-008.tar", "a-009.tar", "a-010.tar", "a-011.tar"]
     assert expand_braces("{x,y}-{0..1}") == ["x-0", "x-1", "y-0", "y-1"]
@@ -45,7 +45,7 @@ def test_braces_expand_as_webdataset_does():
 
 def test_every_way_of_naming_a_split_finds_its_shards(data, tmp_path):
     from timm_bcos.data import DataError
-    from timm_bcos.tarshards import resolve_split
+    from timm_bcos.data.tarshards import resolve_split
 
     tars, _ = data
     train = tuple(str(tars / f"train-{i:04d}.tar") for i in range(3))
@@ -112,8 +112,8 @@ def test_tar_shards_behind_an_fsspec_url_use_the_info_file(data, monkeypatch):
     info file, reads no shard to open the split, and gives the local rows."""
     import fsspec
 
-    from timm_bcos import streaming
-    from timm_bcos.streaming import ShardRows, open_wds_split
+    from timm_bcos.data import streaming
+    from timm_bcos.data.streaming import ShardRows, open_wds_split
 
     tars, _ = data
     memory = fsspec.filesystem("memory")
@@ -136,7 +136,7 @@ def test_a_shard_whose_count_differs_from_its_info_file_is_refused_when_read(dat
     """An out-of-date `shard_lengths` would shift every later row's index (and its augmentation
     seed) or drop samples; reading the shard names it instead, whether it holds fewer or more."""
     from timm_bcos.data import DataError
-    from timm_bcos.streaming import ShardRows, open_wds_split
+    from timm_bcos.data.streaming import ShardRows, open_wds_split
 
     tars, _ = data
     for stated in (99, 101):
@@ -153,7 +153,7 @@ def test_a_shard_whose_count_differs_from_its_info_file_is_refused_when_read(dat
 
 def test_tar_shards_stream_as_the_same_rows_in_parquet(data):
     from timm_bcos.data import PadCropFlip
-    from timm_bcos.streaming import ShardStream, open_parquet_split, open_wds_split
+    from timm_bcos.data.streaming import ShardStream, open_parquet_split, open_wds_split
 
     tars, parquet = data
     for split in ("train", "train[30:280]"):
@@ -175,7 +175,7 @@ def test_tar_shards_stream_as_the_same_rows_in_parquet(data):
 
 def test_shard_rows_read_tar_samples_like_the_arrow_data_set(data):
     from timm_bcos.data import load_split
-    from timm_bcos.streaming import ShardRows, open_wds_split
+    from timm_bcos.data.streaming import ShardRows, open_wds_split
 
     tars, parquet = data
     rows = ShardRows(open_wds_split(f"wds:{tars}", "train[40:290]"))
@@ -197,7 +197,7 @@ def _tar(path, members: dict[str, bytes]):
 
 def test_samples_are_grouped_by_key_and_bad_ones_named(tmp_path):
     from timm_bcos.data import DataError
-    from timm_bcos.tarshards import TarFields, iter_samples, shard_labels
+    from timm_bcos.data.tarshards import TarFields, iter_samples, shard_labels
 
     good = _tar(tmp_path / "good.tar", {"a/1.jpg": b"J1", "a/1.cls": b"3\n", "__meta__.json": b"{}",
                                         "a/2.png": b"P2", "a/2.jpg": b"J2", "a/2.cls": b"0", "a/3.txt": b"x"})
@@ -218,7 +218,7 @@ def test_a_shard_scan_is_kept_and_redone_when_the_shard_changes(tmp_path, monkey
     """The other processes of a run, and later runs, read the main process's scan, not the shard."""
     import os
 
-    from timm_bcos import tarshards
+    from timm_bcos.data import tarshards
 
     monkeypatch.setenv("TIMM_BCOS_CACHE", str(tmp_path / "cache"))
     shard = _tar(tmp_path / "s.tar", {"a.jpg": b"J", "a.cls": b"1", "b.jpg": b"J", "b.cls": b"2"})

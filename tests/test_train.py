@@ -217,14 +217,16 @@ def _accumulation_reference(tmp_path: Path, train):
     """(initial weights, weights, EMA weights, lr after each update) of ACCUM by hand: every group of micro-batches,
     the remainder too, is one update with the mean of its micro-batches' gradients."""
     from timm_bcos.data import load_split
-    from timm_bcos.losses import create_loss
+    from timm_bcos.training.loaders import build_loaders
+    from timm_bcos.training.losses import create_loss
+    from timm_bcos.training.model import create_model
 
     args = train.parse_args(ACCUM + ["--workers", "0", "--output", str(tmp_path / "unused")])
     hf, info = load_split(str(CIFAR), "train[:20]", cache_dir=str(tmp_path / "hf_datasets"))
     torch.manual_seed(0)  # train.py's --seed 0 before creating the model
-    model = train.create_model(args, info.num_classes).double()
+    model = create_model(args, info.num_classes).double()
     init = {k: v.detach().clone() for k, v in model.state_dict().items()}
-    train_ds, sampler, loader, _ = train.build_loaders(args, model, hf, None, info)
+    train_ds, sampler, loader, _ = build_loaders(args, model, hf, None, info)
     criterion, params = create_loss("bce"), dict(model.named_parameters())
     ema, lrs, update, total = None, [], 0, 2 * 3  # epochs x ceil(5 / 2) updates
     lr = 0.05  # cosine from --lr at update 0
@@ -433,7 +435,7 @@ def test_checkpoint_of_another_model(tmp_path):
 
 
 def test_bce_loss_is_eq16_and_v2_off_labels():
-    from timm_bcos.losses import BcosBCELoss
+    from timm_bcos.training.losses import BcosBCELoss
 
     logits = torch.tensor([[2.0, -1.0, 0.5]])
     target = torch.tensor([0])
@@ -448,7 +450,7 @@ def test_bce_loss_is_eq16_and_v2_off_labels():
 
 
 def test_top_k_correct():
-    from timm_bcos.losses import top_k_correct
+    from timm_bcos.eval.accuracy import top_k_correct
 
     logits = torch.tensor([[0.1, 0.9, 0.0], [0.8, 0.1, 0.5], [0.2, 0.3, 0.4]])
     labels = torch.tensor([1, 2, 0])

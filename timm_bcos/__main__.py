@@ -6,7 +6,7 @@ import sys
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from .demo import run_demo
+    from .cli.demo import run_demo
 
     return run_demo(args)
 
@@ -17,7 +17,7 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="the shipped CIFAR-10 B-cos model explains sample images (PNG grid)")
     demo.add_argument("--out", default="outputs/demo.png")
     demo.set_defaults(func=_demo)
-    from .cli import add_explain_parser
+    from .cli.explain import add_explain_parser
 
     add_explain_parser(sub)
     from .app.cli import add_app_parser

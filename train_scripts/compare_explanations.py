@@ -34,7 +34,7 @@ def main(argv=None) -> int:
     import timm
 
     import timm_bcos  # noqa: F401
-    from timm_bcos.atomic import atomic_path
+    from timm_bcos.utils.atomic import atomic_path
     from timm_bcos.data import load_image_tensors
     from timm_bcos.explain.render import contribution_limits
 

@@ -66,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    from timm_bcos.atomic import atomic_path
+    from timm_bcos.utils.atomic import atomic_path
 
     with atomic_path(path) as tmp:
         tmp.write_text(text)
@@ -106,7 +106,7 @@ def localise(args, model, data, device) -> dict:
 def open_split(args, cfg: dict):
     """The split at the model's eval size, decoded lazily: (data set, loader, info)."""
     from timm_bcos.data import DataError, IndexedSamples, collate_indexed, load_eval_dataset
-    from timm_bcos.streaming import load_eval_stream
+    from timm_bcos.data.streaming import load_eval_stream
 
     load = load_eval_stream if args.streaming or args.dataset.startswith("wds:") else load_eval_dataset
     try:
@@ -122,7 +122,7 @@ def open_split(args, cfg: dict):
 
 def check_args(args) -> dict[int, int]:
     """Exit with a clear message on inconsistent options; returns {grid size: number of grids}."""
-    from timm_bcos.cli import unknown_model_message
+    from timm_bcos.cli.common import unknown_model_message
     from timm_bcos.eval.attribution import ATTRIBUTION_METHODS
 
     if args.names and len(args.names) != len(args.models):
@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     import timm_bcos  # noqa: F401
-    from timm_bcos.cli import resolve_device
+    from timm_bcos.cli.common import resolve_device
 
     num_grids = check_args(args)
     device = resolve_device(args.device)

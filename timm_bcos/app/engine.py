@@ -23,7 +23,7 @@ def load_model(name: str = DEFAULT_MODEL, pretrained: bool = True, checkpoint: s
     """A B-cos model in eval mode from a bcos_* name, `hf-hub:` / `local-dir:` spec, or a state-dict file."""
     import timm
 
-    from ..cli import load_weights_file, unknown_model_message
+    from ..cli.common import load_weights_file, unknown_model_message
 
     message = unknown_model_message(name, "bcos_*")
     if message:

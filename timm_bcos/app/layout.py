@@ -11,7 +11,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from ..demo import SAMPLES  # noqa: E402
+from ..cli.demo import SAMPLES  # noqa: E402
 from . import callbacks as cb  # noqa: E402
 from .engine import Explorer  # noqa: E402
 

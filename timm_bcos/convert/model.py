@@ -14,7 +14,7 @@ from typing import Any, Mapping
 from torch import nn
 
 from ..layers import learn_b
-from ..origin import record_origin
+from .origin import record_origin
 from ..recipes import Recipe, resolve_recipe
 from ..runtime import BcosModelMixin, BcosState, HeadSpec, attach_runtime
 from . import paths

@@ -2,9 +2,15 @@
 from __future__ import annotations
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
-from ..losses import top_k_correct
+
+def top_k_correct(logits: Tensor, labels: Tensor, ks=(1, 5)) -> dict[int, Tensor]:
+    """Number of samples whose label is among the top-k logits, for each k (k capped at C)."""
+    k_max = min(max(ks), logits.shape[-1])
+    top = logits.topk(k_max, dim=-1).indices
+    hit = top.eq(labels[:, None])
+    return {k: hit[:, : min(k, k_max)].any(dim=1).sum() for k in ks}
 
 
 def _unpack(batch):

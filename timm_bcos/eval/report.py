@@ -6,7 +6,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from ..atomic import atomic_path
+from ..utils.atomic import atomic_path
 
 
 def summarise(scores: Tensor) -> dict[str, float]:

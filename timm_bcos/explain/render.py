@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..atomic import atomic_path
+from ..utils.atomic import atomic_path
 
 
 def weights_to_rgba(weights: Tensor, encoded_input: Tensor, smooth: int = 0,

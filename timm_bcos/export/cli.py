@@ -7,7 +7,7 @@ from .writer import DTYPES, EXPLAIN_MODES, FORMATS
 
 
 def export_main(args: argparse.Namespace) -> int:
-    from ..cli import load_model_from_args
+    from ..cli.common import load_model_from_args
     from .check import compare_with_model
     from .writer import ExportError, as_exported, export_model
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..atomic import atomic_path
+from ..utils.atomic import atomic_path
 from .config import export_config
 from .decompositions import onnx_decompositions
 from .graphs import CLASSIFIER_OUTPUTS, EXPLAIN_OUTPUTS, ExplainingGraph

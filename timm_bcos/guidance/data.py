@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from ..data import ImageClassificationDataset, collate_skipping, decode_image
+from ..data.datasets import ImageClassificationDataset, collate_skipping, decode_image
 from .masks import decode_mask
 
 

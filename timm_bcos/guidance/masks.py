@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..data import open_image
+from ..data.datasets import open_image
 
 # grey stored as colour: channels this close count as equal (JPEG's chroma rounding)
 _GREY_TOLERANCE = 8

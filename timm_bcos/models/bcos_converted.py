@@ -12,7 +12,7 @@ from typing import Any
 from timm.models import generate_default_cfgs, get_pretrained_cfg, register_model
 
 from ..convert import HeadSpec
-from ..origin import CONVERTED_ARCHITECTURE
+from ..convert.origin import CONVERTED_ARCHITECTURE
 from ._builder import bcos_cfg, build_bcos
 
 # what a fresh model takes from its base architecture's cfg (a saved config carries its own)

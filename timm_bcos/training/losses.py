@@ -64,12 +64,4 @@ def smooth_targets(labels: Tensor, num_classes: int, smoothing: float, dtype=tor
     return target.scatter_(1, labels.long()[:, None], 1.0 - smoothing + off)
 
 
-def top_k_correct(logits: Tensor, labels: Tensor, ks=(1, 5)) -> dict[int, Tensor]:
-    """Number of samples whose label is among the top-k logits, for each k (k capped at C)."""
-    k_max = min(max(ks), logits.shape[-1])
-    top = logits.topk(k_max, dim=-1).indices
-    hit = top.eq(labels[:, None])
-    return {k: hit[:, : min(k, k_max)].any(dim=1).sum() for k in ks}
-
-
-__all__ = ["BcosBCELoss", "CrossEntropyLoss", "create_loss", "smooth_targets", "top_k_correct"]
+__all__ = ["BcosBCELoss", "CrossEntropyLoss", "create_loss", "smooth_targets"]

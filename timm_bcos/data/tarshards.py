@@ -29,8 +29,8 @@ import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from .atomic import atomic_path
-from .data import DataError
+from ..utils.atomic import atomic_path
+from .datasets import DataError
 
 WDS_PREFIX = "wds:"
 IMAGE_EXTS = ("jpg", "jpeg", "png", "webp")

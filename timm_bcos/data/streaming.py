@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
-from .data import (IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ImageClassificationDataset, ImageDatasetInfo,
+from .datasets import (IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ImageClassificationDataset, ImageDatasetInfo,
                    collate_skipping, eval_transform, find_column)
 from .tarshards import WDS_PREFIX, TarFields, read_table, resolve_split, shard_labels
 
