@@ -25,7 +25,7 @@ import torch  # noqa: E402
 from _timing import time_interleaved  # noqa: E402
 
 from timm_bcos.app import DEFAULT_MODEL, Explorer, load_image, load_model  # noqa: E402
-from timm_bcos.demo import SAMPLES  # noqa: E402
+from timm_bcos.cli.demo import SAMPLES  # noqa: E402
 
 
 def served_round_trips(explorer: Explorer, path: Path, topk: int, repeats: int) -> tuple[float, float]:

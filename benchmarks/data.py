@@ -106,7 +106,7 @@ def our_loader(folder: Path, model, batch: int, workers: int):
 
 def streaming_loader(source: str, model, batch: int, workers: int):
     from timm_bcos.data import build_transform
-    from timm_bcos.streaming import ShardStream, open_stream_split
+    from timm_bcos.data.streaming import ShardStream, open_stream_split
 
     stream = ShardStream(open_stream_split(source, "train"), build_transform(model, is_training=True, crop="rrc"),
                          batch_size=batch)

@@ -23,7 +23,7 @@ from _timing import time_interleaved  # noqa: E402
 
 def make_step(model, optimizer, x, labels, masks, annotated):
     import timm_bcos.guidance as G
-    from timm_bcos.losses import BcosBCELoss
+    from timm_bcos.training.losses import BcosBCELoss
 
     criterion = BcosBCELoss()
 

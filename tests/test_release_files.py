@@ -62,16 +62,3 @@ def test_hub_org_switch_after_import():
         set_hub_org(None)
     cfg = timm.models.get_pretrained_cfg("bcos_resnet18.bcos_v2_in1k")
     assert cfg.hf_hub_id is None and cfg.url.endswith("/resnet_18-68b4160fff.pth")
-
-
-def test_old_bcos_v2_module_still_imports_with_a_warning():
-    import importlib
-    import sys
-
-    import timm_bcos.weights as weights
-
-    sys.modules.pop("timm_bcos.bcos_v2", None)
-    with pytest.warns(DeprecationWarning, match="now timm_bcos.weights"):
-        old = importlib.import_module("timm_bcos.bcos_v2")
-    assert old.convert_bcos_v2_state_dict is weights.convert_bcos_v2_state_dict
-    assert old.bcos_v2_filter_fn is weights.bcos_v2_filter_fn
