@@ -13,7 +13,7 @@ process, interleaved, for each worker count:
 - ours: `timm_bcos.data.load_split` + `ImageClassificationDataset` (batched arrow reads, per-sample
   seeded augmentation, undecodable images skipped) + `EpochSampler` + `collate_skipping`, as
   train_scripts/train.py builds it;
-- ours --streaming: `timm_bcos.streaming.ShardStream` on the same shards (row groups read as it
+- ours --streaming: `timm_bcos.data.streaming.ShardStream` on the same shards (row groups read as it
   goes, the same per-sample seeding), as `train.py --streaming` builds it;
 - ours wds: the same stream over the same JPEGs written as webdataset tar shards (`wds/train-000i.tar`,
   one per parquet shard), as `train.py --dataset wds:...` builds it;
