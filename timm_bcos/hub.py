@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 from torch import nn
 
-from .runtime import bcos_state
+from .convert.runtime import bcos_state
 
 CARD_BODY = """# {repo_name}
 

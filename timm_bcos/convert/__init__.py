@@ -5,7 +5,7 @@ table: the generic rule table; families: what a model family registers (head, ow
 paths: where the stem, classifier and fixed terms are; model: `convert()` itself;
 verify: `verify()`, the per-module certificate y = J(x) x.
 """
-from ..runtime import HeadSpec
+from .runtime import HeadSpec
 from .families import register_family
 from .model import convert
 from .verify import NotDynamicLinearError, VerifyReport, verify

@@ -13,7 +13,7 @@ from typing import Mapping
 
 from torch import nn
 
-from ..runtime import HeadSpec
+from .runtime import HeadSpec
 from .walker import Rule
 
 

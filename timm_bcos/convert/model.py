@@ -3,7 +3,7 @@
 The walker applies the generic rule table, with the model family's own rules and the
 caller's on top; families whose head must change shape (v2: 1x1 B-cos classifier before
 global pooling) register a `HeadSpec`. Anything without a rule raises `ConversionError`
-naming its type and path. The converted model gets the runtime (`timm_bcos.runtime`).
+naming its type and path. The converted model gets the runtime (`timm_bcos.convert.runtime`).
 """
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from torch import nn
 
 from ..layers import learn_b
 from .origin import record_origin
-from ..recipes import Recipe, resolve_recipe
-from ..runtime import BcosModelMixin, BcosState, HeadSpec, attach_runtime
+from .recipes import Recipe, resolve_recipe
+from .runtime import BcosModelMixin, BcosState, HeadSpec, attach_runtime
 from . import paths
 from .families import block_rules, family_of
 from .table import GENERIC_RULES

@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from ..recipes import RECIPES, Recipe
+from .recipes import RECIPES, Recipe
 
 CONVERTED_ARCHITECTURE = "bcos_converted"
 

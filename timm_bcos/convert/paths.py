@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from ..runtime import HeadSpec
+from .runtime import HeadSpec
 from .walker import Context, import_class
 
 

@@ -16,7 +16,7 @@ from typing import Any, Callable, Mapping
 import torch
 from torch import nn
 
-from ..recipes import Recipe
+from .recipes import Recipe
 from .composites import is_certified
 
 

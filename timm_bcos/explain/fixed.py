@@ -29,7 +29,7 @@ class FixedTerms:
 
 def prepare(model: nn.Module, n: int) -> FixedTerms:
     terms = FixedTerms()
-    state = getattr(model, "bcos", None)  # a converted model's runtime state (timm_bcos.runtime.BcosState)
+    state = getattr(model, "bcos", None)  # a converted model's runtime state (timm_bcos.convert.runtime.BcosState)
     try:
         for path in getattr(state, "fixed_terms", ()):
             _prepare_term(model, path, n, terms)

@@ -10,8 +10,8 @@ import timm
 from timm.models import build_model_with_cfg, resolve_pretrained_cfg
 
 from ..convert import HeadSpec, convert
-from ..recipes import Recipe, resolve_recipe
-from ..runtime import BcosModelMixin
+from ..convert.recipes import Recipe, resolve_recipe
+from ..convert.runtime import BcosModelMixin
 from ..weights.catalogue import RELEASES, fetch_release, released_cfgs
 from ..weights.timm_filter import bcos_v2_filter_fn
 

@@ -1,6 +1,6 @@
 """torch.fx: the B-cos layers are leaves of timm's tracer (as timm's own layers with
 data-dependent branches are), so `create_feature_extractor` / timm's fx features work.
-The models' minimum-size check is skipped while tracing (timm_bcos.runtime.BcosModelMixin.forward_features)."""
+The models' minimum-size check is skipped while tracing (timm_bcos.convert.runtime.BcosModelMixin.forward_features)."""
 from timm.layers import register_notrace_module
 
 from ..layers import InputEncoding, LogitLayer

@@ -19,9 +19,9 @@ import torch.fx
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .explain.explain import explain
-from .explain.result import Explanation
-from .layers import InputEncoding, LogitLayer, default_logit_bias, explanation_mode
+from ..explain.explain import explain
+from ..explain.result import Explanation
+from ..layers import InputEncoding, LogitLayer, default_logit_bias, explanation_mode
 from .recipes import Recipe
 
 
