@@ -2,6 +2,7 @@
 two processes against one, kill + resume against uninterrupted, and bad input."""
 from __future__ import annotations
 
+import functools
 import io
 import json
 import math
@@ -32,12 +33,45 @@ def _env(tmp_path: Path) -> dict:
 
 def run_train(tmp_path: Path, *args: str, launcher: list[str] | None = None, check: bool = True,
               timeout: int = 600) -> subprocess.CompletedProcess:
-    cmd = (launcher or [sys.executable]) + [str(TRAIN), "--no-progress", "--no-tensorboard", "--workers", "0",
-                                            *args]
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), cwd=ROOT, timeout=timeout)
+    """train.py's result for `args`: with a `launcher` (several processes, a fault injector, or
+    [sys.executable] for a fresh interpreter) in a subprocess, else its `main` in this process (one
+    process, no loader workers), which spares each run the interpreter's start and its imports."""
+    argv = ["--no-progress", "--no-tensorboard", "--workers", "0", *args]
+    if launcher is None and _workers(argv) == 0:
+        proc = _main_in_process(tmp_path, argv)
+    else:
+        cmd = (launcher or [sys.executable]) + [str(TRAIN), *argv]
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(tmp_path), cwd=ROOT, timeout=timeout)
     if check and proc.returncode != 0:
         raise AssertionError(f"train.py failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}")
     return proc
+
+
+def _workers(argv: list[str]) -> int:
+    flags = [i for i, a in enumerate(argv) if a in ("--workers", "-j")]
+    return int(argv[flags[-1] + 1])
+
+
+def _main_in_process(tmp_path: Path, argv: list[str]) -> subprocess.CompletedProcess:
+    """train.py's `main(argv)` here, its output captured as a subprocess's would be (exit status, stdout,
+    stderr), its data set cache in `tmp_path` as `_env` puts a subprocess's, and Accelerate's process-wide
+    state reset afterwards so that the next run starts as in a fresh interpreter."""
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from accelerate.state import AcceleratorState, GradientState
+
+    if "--cache-dir" not in argv:
+        argv = [*argv, "--cache-dir", str(tmp_path / "hf_datasets")]
+    out, err, code = io.StringIO(), io.StringIO(), 0
+    with redirect_stdout(out), redirect_stderr(err):
+        try:
+            code = _train_module().main(argv)
+        except SystemExit as e:  # argparse's errors
+            code = e.code if isinstance(e.code, int) else 1
+        finally:
+            AcceleratorState._reset_state(reset_partial_state=True)
+            GradientState._reset_state()
+    return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
 def json_lines(text: str) -> list[dict]:
@@ -175,8 +209,9 @@ def _launch_two() -> list[str]:
             str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2"]
 
 
+@functools.lru_cache(maxsize=None)
 def _train_module():
-    """train_scripts/train.py imported as a module."""
+    """train_scripts/train.py imported as a module (once)."""
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("train_script", TRAIN)

@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 MODEL = "bcos_cifar10_w050_bnu"
-SAMPLES = Path(__file__).resolve().parent / "samples"
+SAMPLES = Path(__file__).resolve().parents[1] / "samples"  # timm_bcos/samples
 
 
 def load_samples(folder: Path = SAMPLES) -> tuple[torch.Tensor, list[str]]:
