@@ -205,8 +205,19 @@ def test_kill_and_resume_equals_uninterrupted(tmp_path):
 
 
 def _launch_two() -> list[str]:
+    """`accelerate launch` of two CPU processes, on a free port (Accelerate's default, 29500, would be
+    taken by a two-process run of the other test worker)."""
     return [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-            str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2"]
+            str(ROOT / "train_scripts" / "configs" / "accelerate" / "cpu2.yaml"), "--num_processes", "2",
+            "--main_process_port", str(free_port())]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @functools.lru_cache(maxsize=None)

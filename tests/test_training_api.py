@@ -9,7 +9,7 @@ import sys
 import textwrap
 
 import pytest
-from test_train import ACCUM, ROOT, _env, _gap_from_reference, load_weights, needs_cifar, run_train
+from test_train import ACCUM, ROOT, _env, _gap_from_reference, free_port, load_weights, needs_cifar, run_train
 
 from timm_bcos.training import ConfigError, TrainConfig, TrainError, build_parser, parse_args, train
 from timm_bcos.utils.options import flag
@@ -76,8 +76,8 @@ from accelerate import notebook_launcher
 from timm_bcos.training import parse_args, train
 
 # a notebook builds its TrainConfig in Python; here it is the CLI's, so that both runs are one recipe
-config = parse_args(sys.argv[1:])
-notebook_launcher(train, (config,), num_processes=2)
+config = parse_args(sys.argv[2:])
+notebook_launcher(train, (config,), num_processes=2, use_port=sys.argv[1])
 """
 
 
@@ -92,7 +92,7 @@ def test_api_in_a_notebook_launcher_reaches_the_cli_weights(tmp_path):
     script = tmp_path / "notebook.py"
     script.write_text(textwrap.dedent(NOTEBOOK))
     argv = [*ACCUM, "--cpu", "--workers", "0", "--no-progress", "--no-tensorboard", "--output", str(api)]
-    proc = subprocess.run([sys.executable, str(script), *argv], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, str(script), str(free_port()), *argv], capture_output=True, text=True,
                           env=_env(tmp_path), cwd=tmp_path, timeout=300)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     assert "2 process(es)" in proc.stdout

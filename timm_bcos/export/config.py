@@ -51,7 +51,8 @@ def export_config(model: nn.Module, data_config: dict, name: str, *, files: dict
     _, h, w = data_config["input_size"]
     n = "N (any)" if batch is None else batch
     images = {"name": "images", "shape": [n, 3, h, w], "dtype": dtype, "layout": "NCHW, RGB"}
-    graphs = {"classifier": {"file": files["classifier"], "inputs": [images], "outputs": CLASSIFIER_OUTPUTS}}
+    graphs = {"classifier": {"file": files["classifier"], "inputs": [images], "outputs": CLASSIFIER_OUTPUTS}} \
+        if "classifier" in files else {}
     if explain:
         inputs = [images] + ([{"name": "targets", "shape": [n, k], "dtype": "int64"}] if explain == "class" else [])
         graphs["explainer"] = {"file": files["explainer"], "explains": f"top-{k} classes" if explain == "topk"

@@ -30,27 +30,31 @@ class ExportError(RuntimeError):
 
 @dataclass
 class ExportedFiles:
-    classifier: Path
+    classifier: Path | None
     explainer: Path | None
     config: Path
 
 
 def export_model(model: nn.Module, out_dir: str | Path, *, fmt: str = "onnx", explain: str | None = "topk",
                  k: int = 1, dynamic_batch: bool = False, batch_size: int = 1, opset: int | None = None,
-                 dtype: str = "float32", name: str | None = None, optimize: bool = True) -> ExportedFiles:
+                 dtype: str = "float32", name: str | None = None, optimize: bool = True,
+                 classifier: bool = True) -> ExportedFiles:
     """Write `classifier<ext>`, with `explain` also `explainer<ext>` (the outputs of EXPLAIN_OUTPUTS
     for the `k` highest logits, or for given classes with explain="class"), and preprocessing.json.
 
     The graphs take `batch_size` images, or any number with `dynamic_batch`, of the model's input
     size. `optimize=False` skips onnxscript's graph optimiser (about half of an ONNX export's time;
-    onnxruntime optimises the graph again when it loads it)."""
+    onnxruntime optimises the graph again when it loads it). `classifier=False` writes the explaining
+    graph alone (it returns the logits too)."""
     _check_options(model, fmt, explain, k, dtype, batch_size)
+    if not classifier and not explain:
+        raise ValueError("classifier=False needs an explaining graph (explain='topk' or 'class'): nothing to write")
     model = as_exported(model, dtype)
     name = name or (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
     data_config = _data_config(model)
     x = _example_images(model, data_config, 2 if dynamic_batch else batch_size, DTYPES[dtype])
     batch = torch.export.Dim("batch", min=1, max=65536) if dynamic_batch else None
-    graphs = {"classifier": (model, (x,), ({0: batch},) if batch else None)}
+    graphs = {"classifier": (model, (x,), ({0: batch},) if batch else None)} if classifier else {}
     if explain:
         targets = torch.zeros(x.shape[0], k, dtype=torch.long)
         explainer = ExplainingGraph(model, topk=k, by_class=explain == "class")
@@ -72,7 +76,7 @@ def export_model(model: nn.Module, out_dir: str | Path, *, fmt: str = "onnx", ex
     for stale in {out_dir / f"{role}{ext}" for role in ("classifier", "explainer") for ext in FORMATS.values()}:
         if stale not in paths.values():  # an earlier export's graph, not described by the new config
             stale.unlink(missing_ok=True)
-    return ExportedFiles(paths["classifier"], paths.get("explainer"), config_path)
+    return ExportedFiles(paths.get("classifier"), paths.get("explainer"), config_path)
 
 
 def _check_options(model: nn.Module, fmt: str, explain: str | None, k: int, dtype: str, batch_size: int) -> None:
