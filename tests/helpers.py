@@ -171,3 +171,26 @@ def write_tar_shards(root, cifar, *, train: int, test: int, shards: int, info: b
     if info:
         (root / "_info.json").write_text(json.dumps({"name": "cifar10", "splits": splits}))
     return root
+
+
+# conventional module types that must not survive a conversion
+CONVENTIONAL = (torch.nn.Conv2d, torch.nn.Linear, torch.nn.ReLU, torch.nn.GELU, torch.nn.SiLU, torch.nn.Hardswish,
+                torch.nn.MaxPool2d, torch.nn.Sigmoid)
+
+
+def leftovers(model) -> list[str]:
+    """'path: type' of every conventional module a conversion left in `model`."""
+    from timm_bcos import layers as L
+
+    fixed = tuple(f"{path}." for path in getattr(getattr(model, "bcos", None), "fixed_terms", ()))
+    out = []
+    for name, m in model.named_modules():
+        if name.startswith(fixed):
+            continue  # inside an input-independent term (a position encoding): accounted as a fixed share
+        if isinstance(m, L.BcosAttention):
+            continue  # its qkv is a plain linear by design (q, k only shape the detached attention)
+        if name.endswith(".qkv") and isinstance(m, torch.nn.Linear):
+            continue
+        if type(m) in CONVENTIONAL or (isinstance(m, torch.nn.BatchNorm2d) and not isinstance(m, L.BatchNormUncentered2d)):
+            out.append(f"{name}: {type(m).__name__}")
+    return out

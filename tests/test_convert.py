@@ -4,48 +4,17 @@ import timm
 import torch
 from torch import nn
 
-from helpers import calibrate_bn, model_contributions, rel_err
+from helpers import calibrate_bn, leftovers, model_contributions, rel_err
 from timm_bcos import ConversionError, convert, verify
 from timm_bcos import layers as L
 
-# family -> (timm model, kwargs, input size); the README's table mirrors this list
+# the families' conversion, leftovers, completeness and `verify` run in test_families.py (at 64 px
+# where a network reduces by 32); here a ViT without class token or position embedding, whose
+# explanation has no fixed term
 FAMILIES = {
-    "resnet": ("test_resnet", {}, 64),
-    "resnetv2": ("resnetv2_18", {}, 64),
-    "res2net": ("res2net50_14w_8s", {}, 64),
-    "densenet": ("densenet121", {}, 64),
-    "vgg": ("vgg11", dict(mlp_ratio=1 / 16), 64),  # a 256-wide head, not 4096
-    "inception_v3": ("inception_v3", {}, 75),
-    "convnext": ("test_convnext", {}, 64),
-    "efficientnet": ("test_efficientnet", {}, 64),
-    "mobilenetv3": ("mobilenetv3_small_050", {}, 64),
-    "regnet": ("regnety_002", {}, 64),
-    "rexnet": ("rexnet_100", {}, 64),
-    "ghostnet": ("ghostnet_100", {}, 64),
-    "dla": ("dla34", {}, 64),
-    "cspnet": ("cspresnet50", {}, 64),
-    "dpn": ("dpn68", {}, 64),
-    "xception": ("xception41", {}, 64),
-    "hrnet": ("hrnet_w18_small", {}, 64),
-    "swin": ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(2, 1, 1, 1)), 56),  # block 2 shifts its windows
     "vit (no class token, no position embedding)": (
         "test_vit", dict(class_token=False, pos_embed="none", global_pool="avg", img_size=32), 32),
 }
-
-# conventional module types that must not survive a conversion
-CONVENTIONAL = (nn.Conv2d, nn.Linear, nn.ReLU, nn.GELU, nn.SiLU, nn.Hardswish, nn.MaxPool2d, nn.Sigmoid)
-
-
-def _leftovers(model):
-    out = []
-    for name, m in model.named_modules():
-        if isinstance(m, L.BcosAttention):
-            continue  # its qkv is a plain linear by design (q, k only shape the detached attention)
-        if name.endswith(".qkv") and isinstance(m, nn.Linear):
-            continue
-        if type(m) in CONVENTIONAL or (isinstance(m, nn.BatchNorm2d) and not isinstance(m, L.BatchNormUncentered2d)):
-            out.append(f"{name}: {type(m).__name__}")
-    return out
 
 
 @pytest.mark.parametrize("family", list(FAMILIES))
@@ -53,13 +22,13 @@ def test_family_converts_and_is_dynamic_linear(family):
     name, kwargs, size = FAMILIES[family]
     torch.manual_seed(0)
     model = convert(timm.create_model(name, num_classes=5, **kwargs)).double()
-    assert not _leftovers(model), _leftovers(model)
+    assert not leftovers(model), leftovers(model)
     x = torch.rand(2, 3, size, size, dtype=torch.float64)
     calibrate_bn(model, x)
     contrib, pre, _ = model_contributions(model, x, torch.tensor([0, 3]))
     assert (pre != 0).all()
     assert rel_err(contrib, pre) <= 1e-4
-    verify(model, x)  # also certifies the composites these models use (test_bcosify.py counts them)
+    verify(model, x)
 
 
 def test_vit_position_embedding_and_class_token_are_input_independent_terms():
