@@ -22,7 +22,7 @@ COMPLETE = {
     "mobilenetv4": ("mobilenetv4_conv_small", {}, 32), "mnasnet": ("mnasnet_small", {}, 32),
     "lcnet": ("lcnet_050", {}, 32), "regnet": ("regnety_002", {}, 64),
     "rexnet": ("rexnet_100", {}, 64), "ghostnet": ("ghostnet_050", {}, 64),
-    "ghostnetv2": ("ghostnetv2_100", {}, 64), "dla": ("dla46_c", {}, 64),
+    "ghostnetv2": ("ghostnetv2_100", {}, 64), "dla": ("dla46_c", {}, 64), "dla_basic": ("dla34", {}, 64),
     "cspnet": ("cspresnet50", {}, 64), "darknet": ("cspdarknet53", {}, 32),
     "dpn": ("dpn68", {}, 64), "xception": ("xception41", {}, 64),
     "hrnet": ("hrnet_w18_small", {}, 64), "vovnet": ("ese_vovnet19b_slim", {}, 32),
