@@ -137,15 +137,18 @@ def _resume_from(tmp_path, data: Path, full: Path, step: int, *extra: str, launc
     return cut
 
 
-@pytest.mark.parametrize("processes", [1, 2])
-def test_train_streaming_resumes_exactly(shards, tmp_path, processes):
-    launcher = _launch_two() if processes == 2 else None
-    extra = ["--cpu", "--workers", "2"] if processes == 2 else ["--workers", "2"]
+def test_train_streaming_resumes_exactly(shards, tmp_path):
+    """Two processes with two loader workers each, resumed mid-epoch: the same weights as the uninterrupted
+    run. (One process is the same code with world 1: a worker restarted at the wrong batch gives a gap of
+    order 1 here as it would there.)"""
+    processes = 2
+    launcher = _launch_two()
+    extra = ["--cpu", "--workers", "2"]
     full = tmp_path / "full"
     proc = run_train(tmp_path, *STREAM_RUN, *extra, "--dataset", str(shards), "--output", str(full),
                      launcher=launcher, timeout=400)
     assert f"{ROWS} train (streamed)" in proc.stdout and f"{processes} process(es)" in proc.stdout
-    per_epoch = ROWS // 16  # 18 updates (1 x 16 or 2 x 8 images each)
+    per_epoch = ROWS // 16  # 18 updates (2 x 8 images each)
     meta = json.loads((full / "checkpoints" / "step_000000023" / "train_meta.json").read_text())
     assert meta["epoch"] == 1 and meta["batches_in_epoch"] == 23 - per_epoch
     # killed mid-epoch 2 after 5 batches (the resumed loader's first turn falls on worker 1's batch)
@@ -153,20 +156,20 @@ def test_train_streaming_resumes_exactly(shards, tmp_path, processes):
     a, b = load_weights(full / "export" / "model.safetensors"), load_weights(cut / "export" / "model.safetensors")
     assert a.keys() == b.keys()
     # float64, the same batches in the same order: equal up to the summation order of the two
-    # processes' gradients (bitwise on one process); 1e-9 of the distance moved since step 1
+    # processes' gradients; 1e-9 of the distance moved since step 1
     first = load_weights(full / "checkpoints" / "step_000000001" / "model.safetensors")
     moved = torch.cat([(a[k] - first[k]).flatten() for k in a if a[k].is_floating_point()]).norm()
     apart = torch.cat([(a[k] - b[k]).flatten() for k in a if a[k].is_floating_point()]).norm()
     assert moved > 1e-3 and apart <= 1e-9 * moved, (float(apart), float(moved))
-    # another worker count gives another order: refused, not silently different; so is a map-style resume
-    other = run_train(tmp_path, *STREAM_RUN, *extra[:-1], "1", "--dataset", str(shards), "--output", str(cut),
-                      "--resume", "latest", launcher=launcher, check=False, timeout=400)
+    # another worker count or process count gives another order: refused, not silently different; so is
+    # a map-style resume
+    other = run_train(tmp_path, *STREAM_RUN, "--dataset", str(shards), "--output", str(cut), "--resume", "latest",
+                      check=False)
     assert other.returncode != 0 and "streaming" in other.stdout + other.stderr
-    if processes == 1:
-        plain = [a for a in STREAM_RUN if a not in ("--streaming", "--shuffle-buffer", "50")]
-        mapped = run_train(tmp_path, *plain, "--dataset", str(shards), "--output", str(cut), "--resume", "latest",
-                           check=False, timeout=400)
-        assert mapped.returncode != 0 and "streaming" in mapped.stdout + mapped.stderr
+    plain = [a for a in STREAM_RUN if a not in ("--streaming", "--shuffle-buffer", "50")]
+    mapped = run_train(tmp_path, *plain, "--dataset", str(shards), "--output", str(cut), "--resume", "latest",
+                       check=False)
+    assert mapped.returncode != 0 and "streaming" in mapped.stdout + mapped.stderr
 
 
 def test_parquet_rows_read_like_the_arrow_data_set(shards):
