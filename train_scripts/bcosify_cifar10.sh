@@ -50,7 +50,7 @@ finetune() {  # name recipe lr [field=value,...]
 import json, sys
 from pathlib import Path
 import timm, timm_bcos
-from timm_bcos.cli import load_weights_file
+from timm_bcos.cli.common import load_weights_file
 from timm_bcos.hub import save_pretrained
 run = Path(sys.argv[1])
 metas = {p.parent: json.loads(p.read_text()) for p in (run / "checkpoints").glob("*/train_meta.json")}
