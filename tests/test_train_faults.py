@@ -77,12 +77,12 @@ def test_resuming_refuses_when_no_checkpoint_is_complete(tmp_path):
 
 
 @needs_cifar
-@pytest.mark.parametrize("processes", [1, 2])
-def test_a_full_disk_while_checkpointing_stops_cleanly(tmp_path, processes):
+def test_a_full_disk_while_checkpointing_stops_cleanly(tmp_path):
+    """On two processes (one is the same write with nobody to wait for): both stop with one clear error,
+    no temporary folder is left, the last checkpoint is whole, and the run resumes from it (here on one
+    process: a map-style checkpoint does not depend on the process count)."""
     out = tmp_path / "run"
-    two = ["--cpu"] if processes == 2 else []
-    proc = _faulty(tmp_path, ".tmp_step_000000010", *RUN, *two, "--output", str(out),
-                   launcher=_launch_two() if processes == 2 else None)
+    proc = _faulty(tmp_path, ".tmp_step_000000010", *RUN, "--cpu", "--output", str(out), launcher=_launch_two())
     assert proc.returncode != 0
     assert "no space left on the device of" in proc.stderr and ".tmp_step_000000010 while writing a checkpoint" \
         in proc.stderr and "it needs about" in proc.stderr and "free" in proc.stderr, proc.stderr[-3000:]
@@ -91,8 +91,7 @@ def test_a_full_disk_while_checkpointing_stops_cleanly(tmp_path, processes):
     meta = json.loads((checkpoints / "step_000000005" / "train_meta.json").read_text())
     assert meta["files"] and all((checkpoints / "step_000000005" / f).stat().st_size == n
                                  for f, n in meta["files"].items())
-    resumed = run_train(tmp_path, *RUN, *two, "--output", str(out), "--resume", "latest",
-                        launcher=_launch_two() if processes == 2 else None, timeout=300)
+    resumed = run_train(tmp_path, *RUN, "--output", str(out), "--resume", "latest")
     assert "resumed from" in resumed.stdout and (out / "export" / "model.safetensors").is_file()
 
 
