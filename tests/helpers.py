@@ -94,18 +94,22 @@ def model_contributions(model, x: torch.Tensor, classes: torch.Tensor):
 
 
 def shallow(name: str) -> dict:
-    """create_model kwargs that keep a registered model's wiring at a fraction of the cost: the B
-    and L ViTs with 2 blocks (each block is the S/Ti block at another width), VGG with a 256-wide
-    hidden layer in its 7x7 head (4096: 100M weights). The full-depth ViTs still run forward in
-    test_features_only; the full VGG in timm's own suite and the VGG parity test."""
-    if re.search(r"vit\w*_[bl]_patch", name):
-        return dict(depth=2)
+    """create_model kwargs that keep a registered model's wiring at a fraction of the cost: the ViTs
+    built for 112 px (49 tokens, not 196: the same blocks), the B and L ViTs with 2 blocks (each block
+    is the S/Ti block at another width), VGG with a 256-wide hidden layer in its 7x7 head (4096: 100M
+    weights). The full-size ViTs still run forward in test_features_only; the full VGG in timm's own
+    suite and the VGG parity test."""
+    if "vit" in name:
+        return dict(img_size=VIT_SIZE, **(dict(depth=2) if re.search(r"vit\w*_[bl]_patch", name) else {}))
     return dict(mlp_ratio=1 / 16) if "vgg" in name else {}
 
 
+VIT_SIZE = 112
+
+
 def image_size(name: str) -> int:
-    """A small input each registered model accepts."""
-    return 224 if "vit" in name else 75 if "inception" in name else 32 if "cifar" in name else 64
+    """A small input each registered model, built with `shallow(name)`, accepts."""
+    return VIT_SIZE if "vit" in name else 75 if "inception" in name else 32 if "cifar" in name else 64
 
 
 def without_position_embedding(model):

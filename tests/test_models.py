@@ -77,7 +77,8 @@ def test_reset_classifier(name):
 @pytest.mark.parametrize("name", MODELS)
 def test_features_only(name):
     model = timm.create_model(name, features_only=True)
-    size = 299 if "inception" in name else image_size(name)  # unpadded convs: nominal reductions only at 299
+    # unpadded convs: nominal reductions only at 299; the ViTs at the full size they are built for here
+    size = 299 if "inception" in name else 224 if "vit" in name else image_size(name)
     x = torch.rand(1, 3, size, size)
     outs = model(x)
     assert [o.shape[1] for o in outs] == model.feature_info.channels()
@@ -165,3 +166,13 @@ def test_cifar_network_with_uncentered_batch_norm():
     calibrate_bn(model, x)
     contrib, pre, _ = model_contributions(model, x, torch.tensor([0, 1, 2]))
     assert rel_err(contrib, pre) <= 1e-8
+
+
+@pytest.mark.parametrize("name", ["bcos_simple_vit_ti_patch16_224", "bcos_vitc_ti_patch1_14_bcosified"])
+def test_a_vit_built_for_another_input_size_takes_it(name):
+    """train.py --img-size builds a fixed-size ViT with img_size=...: its cfg (input and minimum size)
+    follows, so that the model takes the images it was built for."""
+    model = timm.create_model(name, img_size=96, num_classes=3)
+    assert model.pretrained_cfg["input_size"] == (3, 96, 96) == model.pretrained_cfg["min_input_size"]
+    assert model(torch.rand(2, 3, 96, 96)).shape == (2, 3)
+    assert timm.create_model(name).pretrained_cfg["input_size"] == (3, 224, 224)

@@ -134,7 +134,19 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+def _sized(kwargs: dict) -> dict:
+    """A ViT built for another input size (`img_size=`, as train.py --img-size builds one) takes and
+    expects that size: its cfg's input and minimum size follow (an overlay given explicitly wins)."""
+    size = kwargs.get("img_size")
+    if size is None:
+        return kwargs
+    h, w = (size, size) if isinstance(size, int) else tuple(size)
+    overlay = {"input_size": (3, h, w), "min_input_size": (3, h, w), **(kwargs.get("pretrained_cfg_overlay") or {})}
+    return {**kwargs, "pretrained_cfg_overlay": overlay}
+
+
 def _create(variant: str, pretrained: bool, **kwargs):
+    kwargs = _sized(kwargs)
     return build_bcos(variant, pretrained, conventional=_simple_vit, recipe="v2",
                       conventional_kwargs=_ARCHS[variant], feature_cfg=dict(feature_cls="getter"), **kwargs)
 
@@ -144,6 +156,7 @@ def _create_bcosified(variant: str, pretrained: bool, **kwargs):
     B-cosified with recipe "bcosify" (gated GELU, weight-only centered LayerNorms, normalised
     [x, 1-x] input, B-cos linears without weight norm) and the head on every token."""
     arch = {**_ARCHS[variant.removesuffix("_bcosified")], "head_per_token": True}
+    kwargs = _sized(kwargs)
     kwargs.setdefault("input_mean", IMAGENET_DEFAULT_MEAN)  # what the B-cos v2 conventional ViTs were trained on
     kwargs.setdefault("input_std", IMAGENET_DEFAULT_STD)
     return build_bcos(variant, pretrained, conventional=_simple_vit, recipe="bcosify", conventional_kwargs=arch,
