@@ -31,7 +31,7 @@ def test_registry_lists_every_model():
 
 
 @pytest.mark.parametrize("name", MODELS)
-def test_forward_backward_and_default_cfg(name):
+def test_forward_backward_default_cfg_and_reset_classifier(name):
     model = timm.create_model(name, **shallow(name), num_classes=7)
     cfg = model.pretrained_cfg
     sd = model.state_dict()
@@ -57,21 +57,19 @@ def test_forward_backward_and_default_cfg(name):
     assert pre.shape == (2, getattr(model, "head_hidden_size", model.num_features))
     assert torch.allclose(model.forward_head(feats), out, rtol=1e-5, atol=1e-6)
 
-
-@pytest.mark.parametrize("name", MODELS)
-def test_reset_classifier(name):
-    model = timm.create_model(name, **shallow(name)).eval()
-    x = torch.rand(2, 3, image_size(name), image_size(name))
-    feats = model.forward_features(x)
-    model.reset_classifier(5)
-    assert model(x).shape == (2, 5)
-    assert math.isclose(model.logit_layer.logit_bias.item(), -math.log(4), rel_tol=1e-6)
-    assert type(model.get_classifier()).__name__ in ("BcosConv2d", "BcosLinear")
-    model.reset_classifier(0)
-    assert model(x).shape == (2, getattr(model, "head_hidden_size", model.num_features))
-    if "vgg" not in name:  # timm's VGG head keeps its conv MLP whatever the pooling
-        model.reset_classifier(0, "")
-        assert model(x).shape == feats.shape
+    # the same model in eval mode, its classifier reset (one model built per registered name)
+    model.eval()
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        model.reset_classifier(5)
+        assert model(x).shape == (2, 5)
+        assert math.isclose(model.logit_layer.logit_bias.item(), -math.log(4), rel_tol=1e-6)
+        assert type(model.get_classifier()).__name__ in ("BcosConv2d", "BcosLinear")
+        model.reset_classifier(0)
+        assert model(x).shape == (2, getattr(model, "head_hidden_size", model.num_features))
+        if "vgg" not in name:  # timm's VGG head keeps its conv MLP whatever the pooling
+            model.reset_classifier(0, "")
+            assert model(x).shape == feats.shape
 
 
 @pytest.mark.parametrize("name", MODELS)
