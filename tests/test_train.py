@@ -329,21 +329,6 @@ def test_grad_accumulation_remainder_is_one_update_of_its_own_mean(tmp_path):
     assert all(torch.equal(again[k], got[k]) for k in got)
 
 
-@needs_cifar
-def test_two_processes_accumulate_like_the_hand_computed_reference(tmp_path):
-    """ACCUM on two processes: each micro-batch of 4 split 2 + 2, gradients all-reduced only in
-    the backward that closes a group (the remainder group's too). Were every micro-batch run
-    under no_sync, each process would step on its own half: a gap of 2.8. (None under no_sync
-    gives the same result, only slower: the mean is linear.)"""
-    two = tmp_path / "two"
-    proc = run_train(tmp_path, *ACCUM, "--cpu", "--output", str(two), launcher=_launch_two(), timeout=240)
-    assert "2 process(es)" in proc.stdout and "3 steps/epoch" in proc.stdout
-    init, weights, ema, _ = _accumulation_reference(tmp_path, _train_module())
-    got = load_weights(two / "checkpoints" / f"step_{6:09d}" / "model.safetensors")
-    assert _gap_from_reference(got, weights, init) < 1e-9
-    assert _gap_from_reference(load_weights(two / "export" / "model.safetensors"), ema, init) < 1e-9
-
-
 def test_accumulation_from_accelerates_config_is_refused(tmp_path):
     """train.py counts the accumulation itself: Accelerate's own would divide every loss once more."""
     env = {**_env(tmp_path), "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}

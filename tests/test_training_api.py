@@ -83,9 +83,13 @@ notebook_launcher(train, (config,), num_processes=2, use_port=sys.argv[1])
 
 @needs_cifar
 def test_api_in_a_notebook_launcher_reaches_the_cli_weights(tmp_path):
-    """ACCUM (float64, plain SGD) through the CLI on one process and through `train` under Accelerate's
-    notebook_launcher on two: the same weights after every update and the same export (a wrong
-    all-reduce, a lost option or another seed gives gaps of order 1)."""
+    """ACCUM (float64, plain SGD, micro-batches of 4 in groups of 2 + 2 + 1) through the CLI on one process
+    and through `train` under Accelerate's notebook_launcher on two (each micro-batch split 2 + 2, the
+    gradients all-reduced only in the backward that closes a group): the same weights after every
+    update and the same export. The one-process run equals the hand-computed reference
+    (test_grad_accumulation_remainder_is_one_update_of_its_own_mean), so the two-process one does too.
+    Were every micro-batch run under no_sync, each process would step on its own half: a gap of 3.0;
+    a lost option or another seed gives gaps of order 1 too."""
     cli = tmp_path / "cli"
     run_train(tmp_path, *ACCUM, "--output", str(cli))
     api = tmp_path / "api"
