@@ -56,7 +56,7 @@ def join_restarted_workers(cpu: bool) -> None:
 
 
 def shut_down(accelerator) -> None:
-    """Every process done, trackers closed, the process group destroyed (a notebook can train again)."""
+    """Every process done, trackers closed, the process group destroyed."""
     accelerator.wait_for_everyone()
     accelerator.end_training()
     if accelerator.num_processes > 1:
