@@ -7,7 +7,7 @@ from timm.models.inception_v3 import InceptionB, InceptionD
 import torch
 
 import timm_bcos  # noqa: F401  (registers the entrypoints)
-from helpers import calibrate_bn, image_size, shallow, model_contributions, rel_err, without_position_embedding
+from helpers import calibrate_bn, image_size, model_contributions, rel_err, shallow
 
 MODELS = timm.list_models("bcos_*")
 EXPECTED = {
@@ -167,10 +167,21 @@ def test_cifar_network_with_uncentered_batch_norm():
 
 
 @pytest.mark.parametrize("name", ["bcos_simple_vit_ti_patch16_224", "bcos_vitc_ti_patch1_14_bcosified"])
-def test_a_vit_built_for_another_input_size_takes_it(name):
+def test_a_vit_built_for_another_input_size_takes_it(name, tmp_path):
     """train.py --img-size builds a fixed-size ViT with img_size=...: its cfg (input and minimum size)
     follows, so that the model takes the images it was built for."""
-    model = timm.create_model(name, img_size=96, num_classes=3)
+    model = timm.create_model(name, img_size=96, num_classes=3).eval()
     assert model.pretrained_cfg["input_size"] == (3, 96, 96) == model.pretrained_cfg["min_input_size"]
-    assert model(torch.rand(2, 3, 96, 96)).shape == (2, 3)
+    x = torch.rand(2, 3, 96, 96)
+    with torch.no_grad():
+        out = model(x)
+    assert out.shape == (2, 3)
     assert timm.create_model(name).pretrained_cfg["input_size"] == (3, 224, 224)
+    # what train.py exports loads back through timm for the size it was built for, with the same outputs
+    from timm_bcos.hub import save_pretrained
+
+    save_pretrained(model, tmp_path / "m")
+    loaded = timm.create_model(f"local-dir:{tmp_path / 'm'}", pretrained=True).eval()
+    assert loaded.pretrained_cfg["input_size"] == (3, 96, 96)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), out)

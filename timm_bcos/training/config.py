@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..utils.options import add_options, flag, missing_required, option, option_names
+from ..utils.options import add_options, missing_required, option, option_names
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GUIDANCE = "guidance (training with explanations: timm_bcos.guidance)"

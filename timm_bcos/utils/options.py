@@ -8,8 +8,6 @@ import dataclasses
 from collections.abc import Callable
 from typing import Any
 
-_NO_DEFAULT = object()
-
 
 def option(default: Any = None, help: str = "", *aliases: str, group: str = "", parse: Callable | None = None,
            choices=None, nargs=None, const=None, metavar: str | None = None, factory: Callable | None = None,
