@@ -9,7 +9,7 @@ types and apply wherever those blocks appear: the family's bcos_* entrypoint,
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Callable, Mapping, Union
 
 from torch import nn
 
@@ -17,17 +17,25 @@ from .runtime import HeadSpec
 from .walker import Rule
 
 
+# A family's head: a fixed layout, or one chosen per model: (model, carry_weights) -> HeadSpec | None
+HeadChoice = Union[HeadSpec, None, Callable[[nn.Module, bool], Union[HeadSpec, None]]]
+
+
 @dataclass(frozen=True)
 class Family:
-    head: HeadSpec | None = None    # the v2 head layout pool(classifier(before(x))); None: keep the family's head
+    head: HeadChoice = None         # the v2 head layout pool(classifier(before(x))); None: keep the family's head
     rules: Mapping[type, Rule] = field(default_factory=dict)  # keyed by the family's block types
+
+    def head_for(self, model: nn.Module, carry_weights: bool) -> HeadSpec | None:
+        """The head layout for this model; with carry_weights, one that keeps B=1 equal to the model."""
+        return self.head(model, carry_weights) if callable(self.head) else self.head
 
 
 _FAMILIES: dict[type, Family] = {}
 _NONE = Family()
 
 
-def register_family(model_class: type, *, head: HeadSpec | None = None,
+def register_family(model_class: type, *, head: HeadChoice = None,
                     rules: Mapping[type, Rule] | None = None) -> None:
     """Convert every `model_class` (and subclass) with `head` and `rules` on top of the generic table."""
     if model_class in _FAMILIES:

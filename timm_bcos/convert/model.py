@@ -97,7 +97,8 @@ def convert(
         raise TypeError(f"convert(head=...) takes 'auto', None or a HeadSpec, got {head!r}")
     r = resolve_recipe(recipe, **overrides)
     family = family_of(model)
-    spec = family.head if head == "auto" else head
+    default = family.head_for(model, carry_weights=False)  # what a rebuild from the config gets
+    spec = family.head_for(model, carry_weights) if head == "auto" else head
     if not r.head_before_pool:
         spec = None
     if find_rule(model, rules or {}) is not None:
@@ -111,7 +112,7 @@ def convert(
         learn_b(model)
     if num_classes is None:
         num_classes = getattr(model, "num_classes", 0)
-    record_origin(model, r, spec, family.head)  # so that a saved config rebuilds it
+    record_origin(model, r, spec, default)  # so that a saved config rebuilds it
     reconvert = functools.partial(_convert_new, ctx=replace(ctx, carry_weights=False), rules=table)
     fixed_terms = paths.fixed_term_paths(model, ctx)  # explain() reports their shares beside the contributions
     return attach_runtime(model, BcosState(r, spec, reconvert, fixed_terms), num_classes)

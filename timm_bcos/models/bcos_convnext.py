@@ -5,12 +5,32 @@ like the reference (dwconv -> norm -> 1x1 -> 1x1 -> layer scale).
 """
 from timm.models import generate_default_cfgs, register_model
 from timm.models.convnext import ConvNeXt
+from torch import nn
 
 from ..convert import HeadSpec, register_family
 from ._builder import bcos_cfg, build_bcos, model_cfgs
 
-register_family(ConvNeXt, head=HeadSpec(classifier="head.fc", pool="head.global_pool", before=("head.norm",),
-                                        after=("head.flatten",)))
+
+def _head(model: ConvNeXt, carry_weights: bool) -> HeadSpec | None:
+    """The v2 layout pool(fc(norm(x))), as the v2 zoo's checkpoints have it, where it keeps the function.
+
+    timm's default head is pool -> norm -> fc. With weights carried over, moving fc before the pool
+    would move it across that LayerNorm (not exact at B=1 once the map is larger than 1x1), so the
+    family's own head stays. `head_norm_first=True` puts the norm in `norm_pre`, before the pool: the
+    v2 layout is exact there. A hidden head layer (`head_hidden_size`) keeps the family's head.
+    """
+    head = model.head
+    if not isinstance(getattr(head, "pre_logits", None), (nn.Identity, type(None))):
+        return None
+    norm = getattr(head, "norm", None)
+    if norm is None or isinstance(norm, nn.Identity):  # head_norm_first: the norm ran before the pool
+        return HeadSpec(classifier="head.fc", pool="head.global_pool", after=("head.flatten",))
+    if carry_weights:
+        return None
+    return HeadSpec(classifier="head.fc", pool="head.global_pool", before=("head.norm",), after=("head.flatten",))
+
+
+register_family(ConvNeXt, head=_head)
 
 
 def _cfg(url: str = "", **kwargs):
