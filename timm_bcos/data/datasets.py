@@ -31,13 +31,23 @@ class DataError(ValueError):
 @dataclass
 class ImageDatasetInfo:
     image_column: str
-    label_column: str
+    label_column: str | None  # None: an unlabeled data set (its samples' label is -1)
     num_classes: int
     label_names: list[str] | None
 
 
+UNLABELED = -1
+
+
+def labels_of(rows: dict, info: ImageDatasetInfo, count: int) -> list:
+    """The label column of a batch of rows, or UNLABELED for each row of an unlabeled data set."""
+    return rows[info.label_column] if info.label_column else [UNLABELED] * count
+
+
 def find_column(columns: Sequence[str], wanted: str | None, candidates: Sequence[str], what: str,
-                 source: str) -> str:
+                 source: str, required: bool = True) -> str | None:
+    """The column named `wanted`, else the first of `candidates` present; None if none is and the
+    column is not `required`."""
     if wanted is not None:
         if wanted not in columns:
             raise DataError(f"{source} has no {what} column {wanted!r}; its columns are {list(columns)}")
@@ -45,6 +55,8 @@ def find_column(columns: Sequence[str], wanted: str | None, candidates: Sequence
     for name in candidates:
         if name in columns:
             return name
+    if not required:
+        return None
     raise DataError(
         f"{source}: no {what} column found; expected one of {list(candidates)}, the columns are "
         f"{list(columns)}. Name it with --{what}-column."
@@ -52,11 +64,13 @@ def find_column(columns: Sequence[str], wanted: str | None, candidates: Sequence
 
 
 def load_split(source: str, split: str, *, cache_dir: str | None = None, image_column: str | None = None,
-               label_column: str | None = None, max_samples: int | None = None):
+               label_column: str | None = None, max_samples: int | None = None, require_labels: bool = True):
     """Load one split of a Hub data set or a local folder (parquet layout or class subfolders).
 
     `split` accepts `datasets` slicing ("train[:500]"). Returns (dataset, ImageDatasetInfo);
-    the image column is left undecoded (bytes/paths) for `ImageClassificationDataset`.
+    the image column is left undecoded (bytes/paths) for `ImageClassificationDataset`. Without
+    `require_labels`, a split with no label column (a folder of images without class folders) is
+    unlabeled: no label column, 0 classes.
     """
     import datasets
 
@@ -72,11 +86,14 @@ def load_split(source: str, split: str, *, cache_dir: str | None = None, image_c
         raise DataError(f"data set {source!r} has no split {base_split!r}; its splits are {splits}")
     ds = datasets.load_dataset(source, split=split, cache_dir=cache_dir)
     image_col = find_column(ds.column_names, image_column, IMAGE_COLUMNS, "image", f"data set {source!r}")
-    label_col = find_column(ds.column_names, label_column, LABEL_COLUMNS, "label", f"data set {source!r}")
+    label_col = find_column(ds.column_names, label_column, LABEL_COLUMNS, "label", f"data set {source!r}",
+                            required=require_labels)
     if max_samples is not None:
         ds = ds.select(range(min(max_samples, len(ds))))
-    feature = ds.features[label_col]
-    if isinstance(feature, datasets.ClassLabel):
+    feature = ds.features[label_col] if label_col else None
+    if feature is None:
+        num_classes, names = 0, None
+    elif isinstance(feature, datasets.ClassLabel):
         num_classes, names = feature.num_classes, list(feature.names)
     else:
         labels = ds[label_col]
@@ -132,7 +149,7 @@ class ImageClassificationDataset(Dataset):
         indices = [int(i) for i in indices]
         rows = self.data[indices]
         return [self.sample(i, img, label) for i, img, label in
-                zip(indices, rows[self.info.image_column], rows[self.info.label_column])]
+                zip(indices, rows[self.info.image_column], labels_of(rows, self.info, len(indices)))]
 
     def sample(self, index: int, value, label):
         """(transformed image, label) of split row `index` from its stored value; None if undecodable."""

@@ -14,13 +14,13 @@ resumed run starts each worker at its next batch without reading the batches bef
 from __future__ import annotations
 
 import bisect
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
 from .datasets import (IMAGE_COLUMNS, LABEL_COLUMNS, DataError, ImageClassificationDataset, ImageDatasetInfo,
-                   collate_skipping, eval_transform, find_column)
+                   collate_skipping, eval_transform, find_column, labels_of)
 from .tarshards import WDS_PREFIX, TarFields, read_table, resolve_split, shard_labels
 
 
@@ -115,7 +115,8 @@ def _count_classes(groups: tuple[RowGroup, ...], label: str) -> int:
 
 
 def open_parquet_split(source: str, split: str, *, image_column: str | None = None, label_column: str | None = None,
-                       max_samples: int | None = None, num_classes: int | None = None) -> StreamSplit:
+                       max_samples: int | None = None, num_classes: int | None = None,
+                       require_labels: bool = True) -> StreamSplit:
     """A split's row groups (from the shards' footers only) and its columns and classes."""
     import datasets
 
@@ -134,9 +135,12 @@ def open_parquet_split(source: str, split: str, *, image_column: str | None = No
     # the card's declared features first (a Hub card may declare ClassLabel names its shards lack)
     features = declared or datasets.Features.from_arrow_schema(schema)
     image = find_column(list(features), image_column, IMAGE_COLUMNS, "image", f"data set {source!r}")
-    label = find_column(list(features), label_column, LABEL_COLUMNS, "label", f"data set {source!r}")
+    label = find_column(list(features), label_column, LABEL_COLUMNS, "label", f"data set {source!r}",
+                        required=require_labels)
     kept, names = _clip(groups, start, stop), None
-    if isinstance(features[label], datasets.ClassLabel):
+    if label is None:  # unlabeled
+        num_classes = 0
+    elif isinstance(features[label], datasets.ClassLabel):
         num_classes, names = features[label].num_classes, list(features[label].names)
     elif num_classes is None:
         num_classes = _count_classes(kept, label)
@@ -144,11 +148,12 @@ def open_parquet_split(source: str, split: str, *, image_column: str | None = No
 
 
 def open_wds_split(source: str, split: str, *, image_column: str | None = None, label_column: str | None = None,
-                   max_samples: int | None = None, num_classes: int | None = None) -> StreamSplit:
+                   max_samples: int | None = None, num_classes: int | None = None,
+                   require_labels: bool = True) -> StreamSplit:
     """A `wds:` split's tar shards, one row group each. Their lengths come from the info file, or
     from reading the shards' headers and labels once (as do the classes, unless given)."""
     name, bracket, rest = split.partition("[")
-    fields = TarFields.of(image_column, label_column)
+    fields = replace(TarFields.of(image_column, label_column), require_label=require_labels)
     shards = resolve_split(source, name)
     num_classes = num_classes or shards.num_classes
     labels = None
@@ -246,7 +251,7 @@ class ShardStream(IterableDataset):
                 picked = torch.randperm(len(members), generator=self._generator(b + 1))[lo:hi].tolist()
                 rows = [members[j] for j in picked]
                 got = reader[rows]  # each of the block's row groups read once
-                yield from zip(rows, got[info.image_column], got[info.label_column])
+                yield from zip(rows, got[info.image_column], labels_of(got, info, len(rows)))
             pos += len(members)
             if pos >= stop:
                 return
@@ -298,12 +303,13 @@ class ShardRows:
             else:
                 if g.file not in self._files:
                     self._files[g.file] = _open(g.file)
-                table = self._files[g.file].read_row_group(g.index, columns=[info.image_column, info.label_column])
+                table = self._files[g.file].read_row_group(
+                    g.index, columns=[c for c in (info.image_column, info.label_column) if c])
             self._cached = (k, table.slice(g.offset, g.rows))
         return self._cached[1]
 
     def __getitem__(self, indices: list[int]) -> dict[str, list]:
-        columns = (self.split.info.image_column, self.split.info.label_column)
+        columns = tuple(c for c in (self.split.info.image_column, self.split.info.label_column) if c)
         by_group: dict[int, list[tuple[int, int]]] = {}  # row group -> (place in the answer, row in it)
         for place, i in enumerate(indices):
             if not 0 <= i < len(self):

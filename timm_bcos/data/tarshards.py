@@ -44,6 +44,7 @@ class TarFields:
     """The member extensions that hold a sample's image and label, first match wins."""
     image: tuple[str, ...] = IMAGE_EXTS
     label: tuple[str, ...] = LABEL_EXTS
+    require_label: bool = True  # False: a sample without a label member is unlabeled (-1)
 
     @classmethod
     def of(cls, image_column: str | None, label_column: str | None) -> TarFields:
@@ -207,6 +208,8 @@ def iter_samples(path: str, fields: TarFields, *, images: bool = True):
         if image_ext is None:  # no image: not a sample (e.g. a stray metadata member)
             return None
         label = next((found[e] for e in fields.label if e in found), None)
+        if label is None and not fields.require_label:
+            return key, found[image_ext], -1
         if label is None:
             raise DataError(f"{path}: sample {key!r} has no label member ({', '.join('.' + e for e in fields.label)})")
         try:

@@ -14,6 +14,7 @@ from ..utils.options import add_options, missing_required, option, option_names
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GUIDANCE = "guidance (training with explanations: timm_bcos.guidance)"
+ALIGN = "alignment (B-cosify without labels: timm_bcos.align)"
 
 
 class ConfigError(ValueError):
@@ -131,6 +132,23 @@ class TrainConfig:
     boxes_column: str | None = option(None, "data set column with boxes [[x0, y0, x1, y1], ...] in pixels",
                                       group=GUIDANCE)
     box_dilation: int = option(0, "grow each box by this many pixels", group=GUIDANCE)
+    # alignment
+    align_to: str | None = option(None, "B-cosify this conventional timm model (tag, local-dir:, hf-hub:) and align "
+                                  "the B-cos copy to it, the frozen teacher, on unlabeled images (ALOE); implies "
+                                  "--model bcos_converted", group=ALIGN)
+    align_loss: str = option("cosine", "loss on the features: cosine (ALOE) or mse (%(default)s)", group=ALIGN,
+                             choices=["cosine", "mse"])
+    align_layers: list | None = option(None, "module paths whose outputs are aligned besides the pooled features "
+                                       "(default: ALOE's depths L/3, 2L/3, L of timm's feature_info; 'none': "
+                                       "pooled only)", group=ALIGN, nargs="+")
+    align_layer_weight: float = option(1.0, "weight of each layer's loss (%(default)s)", group=ALIGN)
+    align_logits: str = option("kl", "logit distillation where the teacher has a head: kl (at "
+                               "--align-temperature), cosine (centred logits) or none (%(default)s)", group=ALIGN,
+                               choices=["kl", "cosine", "none"])
+    align_logit_weight: float = option(1.0, "weight of the logit loss (%(default)s)", group=ALIGN)
+    align_temperature: float = option(1.0, "temperature of the kl distillation (%(default)s)", group=ALIGN)
+    head_only: bool = option(False, "train the classifier only; every other weight stays frozen (e.g. a linear "
+                             "probe of a B-cos backbone)", group="optimisation")
     # checkpoints and output
     output: str = option("runs/train", "output folder (%(default)s)", group="checkpoints and output")
     checkpoint_every: int = option(0, "also save a checkpoint every N optimizer steps (0: only at epoch ends)",
@@ -148,6 +166,8 @@ class TrainConfig:
                                    group="checkpoints and output", parse=int)
 
     def __post_init__(self) -> None:
+        if self.align_to and self.model is None:
+            self.model = "bcos_converted"
         missing = missing_required(type(self), vars(self))
         if missing:
             raise ConfigError(f"{missing[0]} is required (on the command line or in --config)")
@@ -161,9 +181,12 @@ class TrainConfig:
         """ConfigError for options that do not go together."""
         if self.guidance:
             self._check_guidance()
-        if not isinstance(self.recipe_kwargs, dict) or (self.recipe_kwargs and not self.bcosify_from):
+        if self.align_to:
+            self._check_alignment()
+        source = self.bcosify_from or self.align_to
+        if not isinstance(self.recipe_kwargs, dict) or (self.recipe_kwargs and not source):
             raise ConfigError(f"--recipe-kwargs takes a JSON dict of recipe fields for --bcosify-from, got "
-                              f"{json.dumps(self.recipe_kwargs)}{'' if self.bcosify_from else ' without --bcosify-from'}")
+                              f"{json.dumps(self.recipe_kwargs)}{'' if source else ' without --bcosify-from'}")
         if self.compile_mode and self.compile != "inductor":
             given = f"--compile {self.compile}" if self.compile else "no --compile"
             raise ConfigError(f"--compile-mode is inductor's; it needs --compile (inductor), got {given}")
@@ -180,6 +203,21 @@ class TrainConfig:
             raise ConfigError(f"--guidance does not work with {', '.join(clash)} yet")
         if not 0 < self.annotated_fraction <= 1:
             raise ConfigError(f"--annotated-fraction must be in (0, 1], got {self.annotated_fraction}")
+
+    def _check_alignment(self) -> None:
+        # alignment needs no labels: what needs them cannot run with it
+        clash = [name for name, on in (("--guidance", self.guidance), ("--mixup/--cutmix", self.mixup or self.cutmix),
+                                       ("--smoothing", self.smoothing), ("--bcosify-from", self.bcosify_from),
+                                       ("--head-only", self.head_only), ("--compile", self.compile)) if on]
+        if clash:
+            why = ("they need labels, or --align-to already B-cosifies the teacher; --compile: the aligned "
+                   "layers are read by forward hooks")
+            raise ConfigError(f"--align-to does not work with {', '.join(clash)} ({why})")
+        if self.model != "bcos_converted":
+            raise ConfigError(f"--align-to trains the teacher's B-cosified copy (--model bcos_converted), got "
+                              f"--model {self.model}")
+        if self.align_temperature <= 0:
+            raise ConfigError(f"--align-temperature must be > 0, got {self.align_temperature}")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:

@@ -9,35 +9,40 @@ from .errors import fail
 
 
 def load_data(config: TrainConfig, accelerator):
-    """(train split, validation split or None, info), prepared once by the main process."""
+    """(train split, validation split or None, train info, validation info), prepared once by the main
+    process. Under --align-to the splits may be unlabeled; a validation split without labels is dropped."""
     from ..data.datasets import DataError, load_split
     from ..data.streaming import ShardRows, open_stream_split, shared_rows
 
-    columns = {"image_column": config.image_column, "label_column": config.label_column}
+    labels = not config.align_to
+    columns = {"image_column": config.image_column, "label_column": config.label_column, "require_labels": labels}
     try:
         with accelerator.main_process_first():  # one process downloads and prepares, the others reuse it
-            val_hf = None
+            val_hf, val_info = None, None
             if config.streaming:
                 train_hf = open_stream_split(config.dataset, config.train_split, **columns,
                                              max_samples=config.max_train_samples, num_classes=config.num_classes)
                 info = train_hf.info
                 if config.val_split:  # read on demand too: no download of the validation split either
                     val = open_stream_split(config.dataset, config.val_split, **columns,
-                                            max_samples=config.max_val_samples, num_classes=info.num_classes)
+                                            max_samples=config.max_val_samples, num_classes=info.num_classes or None)
                     if shared_rows(val, train_hf):
                         fail(f"--val-split {config.val_split!r} reads shards of --train-split {config.train_split!r}: "
                              "name another split ('{split}' in a wds: pattern) or pass --val-split ''")
-                    val_hf = ShardRows(val)
+                    val_hf, val_info = (ShardRows(val), val.info) if val.info.label_column else (None, None)
             else:
                 train_hf, info = load_split(config.dataset, config.train_split, cache_dir=config.cache_dir, **columns,
                                             max_samples=config.max_train_samples)
                 if config.val_split:
-                    val_hf, _ = load_split(config.dataset, config.val_split, cache_dir=config.cache_dir,
-                                           image_column=info.image_column, label_column=info.label_column,
-                                           max_samples=config.max_val_samples)
+                    val_hf, val_info = load_split(config.dataset, config.val_split, cache_dir=config.cache_dir,
+                                                  image_column=info.image_column,
+                                                  label_column=info.label_column or config.label_column,
+                                                  max_samples=config.max_val_samples, require_labels=labels)
+                    if not val_info.label_column:
+                        val_hf = None
     except DataError as e:
         fail(str(e))
-    return train_hf, val_hf, info
+    return train_hf, val_hf, info, val_info
 
 
 def training_dataset(config: TrainConfig, train_hf, info, transform, model):
@@ -80,7 +85,7 @@ def streaming_dataset(config: TrainConfig, split, transform):
                        world=state.num_processes, seed=config.seed, buffer=config.shuffle_buffer)
 
 
-def build_loaders(config: TrainConfig, model, train_hf, val_hf, info):
+def build_loaders(config: TrainConfig, model, train_hf, val_hf, info, val_info=None):
     """(training data set, its epoch sampler, training loader, validation loader or None)."""
     from ..data.datasets import EpochSampler, ImageClassificationDataset, collate_skipping
     from ..data.transforms import build_transform
@@ -111,7 +116,7 @@ def build_loaders(config: TrainConfig, model, train_hf, val_hf, info):
         fail(f"{len(train_ds)} training images are fewer than one batch of {per_step}")
     val_loader = None
     if val_hf is not None:
-        val_ds = ImageClassificationDataset(val_hf, info, build_transform(model, is_training=False,
+        val_ds = ImageClassificationDataset(val_hf, val_info or info, build_transform(model, is_training=False,
                                                                           img_size=config.img_size))
         val_loader = torch.utils.data.DataLoader(val_ds, batch_size=per_step, num_workers=config.workers,
                                                  collate_fn=collate_skipping, pin_memory=pin)

@@ -21,10 +21,10 @@ from .state import accumulation_group, updates_per_epoch
 
 
 class Window:
-    """Loss, hook losses and throughput between two log lines."""
+    """Loss, hook losses (and the alignment's terms) and throughput between two log lines."""
 
-    def __init__(self, hooks=()) -> None:
-        self.hook_names = [h.name for h in hooks]
+    def __init__(self, hooks=(), aligner=None) -> None:
+        self.hook_names = [h.name for h in hooks] + [f"align_{n}" for n in (aligner.names if aligner else ())]
         self.reset()
 
     def reset(self) -> None:
@@ -62,7 +62,14 @@ def forward_backward(run: Run, batch: dict, window: Window, scale: float) -> boo
         images, labels = run.mixup(images, labels)
     elif config.smoothing > 0:
         labels = smooth_targets(labels, run.num_classes, config.smoothing)
-    loss = run.criterion(run.train_forward(images), labels) * weight
+    if run.aligner is not None:  # no labels: the student's distance to its teacher
+        loss, parts = run.aligner(run.train_forward, images)
+        loss = loss * weight
+        for name, value in parts.items() if weight else ():
+            window.hook_sums[f"align_{name}"][0] += float(value.detach())
+            window.hook_sums[f"align_{name}"][1] += 1
+    else:
+        loss = run.criterion(run.train_forward(images), labels) * weight
     for hook in run.hooks if weight else ():
         extra = hook(accelerator.unwrap_model(model), images, batch)
         if extra is not None:
@@ -125,7 +132,7 @@ def train_epoch(run: Run, bar) -> tuple[bool, int]:
     Returns (stopped early, undecodable images this process met)."""
     config, state, epoch = run.config, run.state, run.state.epoch
     # checkpoints are taken after updates only, so a resumed epoch starts with a fresh group
-    window, skipped, group_has_gradients = Window(run.hooks), 0, False
+    window, skipped, group_has_gradients = Window(run.hooks, run.aligner), 0, False
     for batch in epoch_loader(run):
         skipped += int(batch["skipped"])
         size, closes = accumulation_group(state.batches_in_epoch, len(run.train_loader), config.grad_accum)

@@ -2,6 +2,7 @@
 weights, and what timm's train.py does to it after creation (checkpointing, sync BN, memory layout)."""
 from __future__ import annotations
 
+import copy
 import json
 
 import torch
@@ -47,24 +48,48 @@ def load_into(model: torch.nn.Module, state: dict[str, torch.Tensor], source: st
     model.load_state_dict(state)
 
 
-def create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
-    """--model (with --pretrained, --model-kwargs, --drop-path, --img-size), or --bcosify-from's B-cosified
-    model; then --checkpoint's weights."""
+def model_kwargs(config: TrainConfig) -> dict:
+    kwargs = dict(config.model_kwargs)
+    if config.drop_path is not None:
+        kwargs["drop_path_rate"] = config.drop_path
+    return kwargs
+
+
+def create_teacher(config: TrainConfig) -> torch.nn.Module:
+    """--align-to's conventional model, pretrained, frozen (eval mode, no gradients)."""
+    import timm
+
+    from ..align.aligner import freeze
+
+    check_model_name(config.align_to)
+    kwargs = {k: v for k, v in model_kwargs(config).items() if k != "drop_path_rate"}
+    try:
+        return freeze(timm.create_model(config.align_to, pretrained=True, **kwargs))
+    except RuntimeError as e:  # timm: no pretrained weights for this name
+        fail(f"--align-to {config.align_to}: {e} (a teacher needs trained weights: a pretrained tag, "
+             "local-dir:FOLDER or hf-hub:ID)")
+
+
+def create_model(config: TrainConfig, num_classes: int, teacher: torch.nn.Module | None = None) -> torch.nn.Module:
+    """--model (with --pretrained, --model-kwargs, --drop-path, --img-size), --bcosify-from's B-cosified
+    model or `teacher`'s B-cosified copy (--align-to); then --checkpoint's weights."""
     import timm
 
     from ..convert import convert
 
     check_model_name(config.model)
-    kwargs = dict(config.model_kwargs)
-    if config.drop_path is not None:
-        kwargs["drop_path_rate"] = config.drop_path
-    if config.bcosify_from:
-        check_model_name(config.bcosify_from)
-        conventional = timm.create_model(config.bcosify_from, pretrained=True, **kwargs)
+    kwargs = model_kwargs(config)
+    source = config.bcosify_from or config.align_to
+    if source:
+        if teacher is not None:
+            conventional = copy.deepcopy(teacher).train().requires_grad_(True)
+        else:
+            check_model_name(source)
+            conventional = timm.create_model(source, pretrained=True, **kwargs)
         try:
             model = convert(conventional, config.recipe, carry_weights=True, **config.recipe_kwargs)
         except (TypeError, ValueError) as e:  # an unknown recipe or field, or a field out of range
-            fail(f"B-cosifying {config.bcosify_from} (--recipe {config.recipe}, --recipe-kwargs "
+            fail(f"B-cosifying {source} (--recipe {config.recipe}, --recipe-kwargs "
                  f"{json.dumps(config.recipe_kwargs)}): {e}")
         if model.num_classes != num_classes:
             model.reset_classifier(num_classes)
@@ -77,6 +102,20 @@ def create_model(config: TrainConfig, num_classes: int) -> torch.nn.Module:
     if config.checkpoint:
         load_into(model, load_weights_file(config.checkpoint), config.checkpoint, config.model)
     return model
+
+
+def freeze_all_but_head(model: torch.nn.Module) -> None:
+    """--head-only: gradients for the classifier (and a learned logit layer) only; the optimiser takes
+    only what requires them."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if not isinstance(head, torch.nn.Module) or not any(True for _ in head.parameters()):
+        fail(f"--head-only: {type(model).__name__} has no classifier with weights to train (num_classes=0?)")
+    model.requires_grad_(False)
+    head.requires_grad_(True)
+    inside = set(head.modules())
+    for m in model.modules():  # the backbone's running statistics stay as they were (batches still normalise)
+        if m not in inside and isinstance(getattr(m, "momentum", None), float) and hasattr(m, "running_mean"):
+            m.momentum = 0.0
 
 
 def adapt_for_training(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:
@@ -95,4 +134,6 @@ def adapt_for_training(model: torch.nn.Module, config: TrainConfig) -> torch.nn.
             fail(f"--sync-bn: {e}")
     if config.channels_last:
         model = model.to(memory_format=torch.channels_last)
+    if config.head_only:
+        freeze_all_but_head(model)
     return model

@@ -11,7 +11,7 @@ from .config import TrainConfig
 from .errors import fail
 from .hooks import LossHook, loss_hooks
 from .loaders import build_loaders, load_data
-from .model import adapt_for_training, check_model_name, create_model
+from .model import adapt_for_training, check_model_name, create_model, create_teacher
 from .state import TrainState, run_meta, updates_per_epoch
 
 
@@ -29,6 +29,7 @@ class Run:
     model: torch.nn.Module  # prepared by Accelerate (DDP-wrapped on several processes)
     train_forward: Any  # `model`, or its torch.compile'd version (training forward only)
     hooks: list[LossHook]
+    aligner: Any  # timm_bcos.align.Aligner under --align-to (its loss replaces the classification loss)
     train_ds: Any
     sampler: Any
     train_loader: Any
@@ -91,6 +92,21 @@ def build_schedule(config: TrainConfig, optimizer, updates_per_epoch: int):
     return scheduler
 
 
+def build_aligner(config: TrainConfig, teacher, student, device, dtype):
+    from ..align import AlignConfig, AlignError, Aligner
+
+    layers = config.align_layers
+    if layers is not None and [v.lower() for v in layers] == ["none"]:
+        layers = []
+    try:
+        align = AlignConfig(loss=config.align_loss, layers=layers, layer_weight=config.align_layer_weight,
+                            logits=config.align_logits, logit_weight=config.align_logit_weight,
+                            temperature=config.align_temperature)
+        return Aligner(teacher, student, align).to(device, dtype)
+    except AlignError as e:
+        fail(f"--align-to {config.align_to}: {e}")
+
+
 def build_run(config: TrainConfig) -> Run:
     from accelerate.utils import set_seed
     from timm.data import Mixup
@@ -102,12 +118,18 @@ def build_run(config: TrainConfig) -> Run:
     accelerator, use_tb = create_accelerator(config)
     set_seed(config.seed)
     check_model_name(config.model)
-    train_hf, val_hf, info = load_data(config, accelerator)
+    train_hf, val_hf, info, val_info = load_data(config, accelerator)
     num_classes = config.num_classes or info.num_classes
     dtype = getattr(torch, config.dtype)
-    model = adapt_for_training(create_model(config, num_classes).to(dtype), config)
+    teacher = create_teacher(config) if config.align_to else None
+    if teacher is not None and config.num_classes is None:  # the student keeps the teacher's head
+        num_classes = getattr(teacher, "num_classes", 0) or 0
+    model = adapt_for_training(create_model(config, num_classes, teacher).to(dtype), config)
     hooks = loss_hooks(config, model)
-    train_ds, sampler, train_loader, val_loader = build_loaders(config, model, train_hf, val_hf, info)
+    aligner = build_aligner(config, teacher, model, accelerator.device, dtype) if teacher is not None else None
+    if num_classes == 0:  # a feature extractor: no accuracy to measure
+        val_hf = None
+    train_ds, sampler, train_loader, val_loader = build_loaders(config, model, train_hf, val_hf, info, val_info)
     mixup = None
     if config.mixup > 0 or config.cutmix > 0:
         mixup = Mixup(mixup_alpha=config.mixup, cutmix_alpha=config.cutmix, label_smoothing=config.smoothing,
@@ -132,7 +154,7 @@ def build_run(config: TrainConfig) -> Run:
                # use `model` itself, so their state-dict keys stay plain (no `_orig_mod.`)
                train_forward=torch.compile(model, backend=config.compile, mode=config.compile_mode)
                if config.compile else model,
-               hooks=hooks, train_ds=train_ds, sampler=sampler, train_loader=train_loader,
+               hooks=hooks, aligner=aligner, train_ds=train_ds, sampler=sampler, train_loader=train_loader,
                val_loader=val_loader, mixup=mixup, criterion=create_loss(config.loss), optimizer=optimizer,
                scheduler=build_schedule(config, optimizer, updates_per_epoch(len(train_loader), config.grad_accum)),
                ema=ema, state=state)
