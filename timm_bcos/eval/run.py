@@ -57,6 +57,11 @@ class EvalConfig:
     batch_size: int = option(64, "images per batch (%(default)s)")
     seed: int = option(0, "seed of the grids (%(default)s)")
     threads: int | None = option(None, "torch CPU threads", parse=int)
+    probe: list = option(help="backbone quality without the head: knn (weighted 20-NN on cosine similarity) and/or "
+                         "linear (logistic regression, L-BFGS), fitted on the frozen pooled features of "
+                         "--probe-train-split, scored on --split", nargs="*", choices=["knn", "linear"], factory=list)
+    probe_train_split: str = option("train", "the split the probes are fitted on (%(default)s; slicing works)")
+    knn_k: int = option(20, "neighbours of the k-NN probe (%(default)s)")
     out: str = option("reports/eval", "output folder (%(default)s)")
 
     def __post_init__(self) -> None:
@@ -135,6 +140,8 @@ def check_config(config: EvalConfig) -> dict[int, int]:
         message = unknown_model_message(spec, cutoff=0.6)
         if message:
             raise EvalError(message)
+    if config.knn_k < 1:
+        raise EvalError(f"--knn-k must be at least 1, got {config.knn_k}")
     if (config.streaming or config.dataset.startswith("wds:")) and (config.mask_column or config.boxes_column):
         raise EvalError("--mask-column / --boxes-column read the map-style data set: drop --streaming "
                         "(a wds: data set is always streamed)")
@@ -182,6 +189,8 @@ def evaluate_model(config, spec, name, device, num_grids, results) -> None:
     results["accuracy"][name] = {"model": spec, **scores}
     print(f"{name}: top-1 {scores['top1']:.2f}%, top-5 {scores['top5']:.2f}% on {scores['n']} images "
           f"({time.perf_counter() - t0:.1f}s on {device})", flush=True)
+    if config.probe:
+        results["probe"][name] = run_probes(config, model, cfg, loader, device)
     if (config.mask_column or config.boxes_column) and hasattr(model, "explain"):
         try:
             loc = results["localisation"][name] = localise(config, model, data, device)
@@ -197,6 +206,26 @@ def evaluate_model(config, spec, name, device, num_grids, results) -> None:
     play_pointing_game(config, name, model, images, candidates, num_grids, results["pointing"])
 
 
+def run_probes(config, model, cfg, test_loader, device) -> dict:
+    """k-NN and linear-probe top-1 of the frozen features (fitted on --probe-train-split)."""
+    from dataclasses import replace
+
+    from .probe import extract_features, knn_accuracy, linear_probe_accuracy
+
+    t0 = time.perf_counter()
+    _, train_loader, _ = open_split(replace(config, split=config.probe_train_split, max_samples=None), cfg)
+    train, train_labels = extract_features(model, train_loader, device)
+    test, test_labels = extract_features(model, test_loader, device)
+    scores = {"n_train": len(train_labels), "n": len(test_labels), "dim": train.shape[1]}
+    if "knn" in config.probe:
+        scores["knn"] = knn_accuracy(train, train_labels, test, test_labels, k=config.knn_k)
+    if "linear" in config.probe:
+        scores["linear"] = linear_probe_accuracy(train, train_labels, test, test_labels)
+    print(f"probes ({len(train_labels)} train / {len(test_labels)} test images, {train.shape[1]} features, "
+          f"{time.perf_counter() - t0:.0f}s): " + ", ".join(f"{k} {scores[k]:.2f}%" for k in config.probe), flush=True)
+    return scores
+
+
 def write_reports(config, results, command: str) -> None:
     """OUT/results.md, OUT/results.json and the box plots."""
     from .report import box_plot, markdown_table, summarise
@@ -207,6 +236,11 @@ def write_reports(config, results, command: str) -> None:
              "| model | weights | top-1 | top-5 | images |", "|---|---|---:|---:|---:|"]
     for name, acc in results["accuracy"].items():
         lines.append(f"| {name} | `{acc['model']}` | {acc['top1']:.2f} | {acc['top5']:.2f} | {acc['n']} |")
+    if results.get("probe"):
+        lines += ["", f"## Probes of the frozen features (fitted on {config.probe_train_split})", "",
+                  "| model | k-NN top-1 | linear top-1 | features | train / test images |", "|---|---:|---:|---:|---:|"]
+        lines += [f"| {name} | {p.get('knn', float('nan')):.2f} | {p.get('linear', float('nan')):.2f} | {p['dim']} | "
+                  f"{p['n_train']} / {p['n']} |" for name, p in results["probe"].items()]
     if results["localisation"]:
         lines += ["", f"## Localisation of the own explanation (label class) in `{config.mask_column or config.boxes_column}`",
                   "", "| model | energy pointing game | IoU | images |", "|---|---:|---:|---:|"]
@@ -222,7 +256,7 @@ def write_reports(config, results, command: str) -> None:
     if command:
         lines += ["", f"Command: `{command}`"]
     atomic_write(out / "results.md", "\n".join(lines) + "\n")
-    summary = {"accuracy": results["accuracy"], "localisation": results["localisation"],
+    summary = {"accuracy": results["accuracy"], "probe": results["probe"], "localisation": results["localisation"],
                "pointing_game": {f"{n}x{n}": {name: {m: summarise(s) for m, s in per.items()}
                                               for name, per in res.items()} for n, res in results["pointing"].items()}}
     atomic_write(out / "results.json", json.dumps(summary, indent=1))
@@ -238,7 +272,7 @@ def evaluate_models(config: EvalConfig, command: str = "") -> dict:
         torch.set_num_threads(config.threads)
     num_grids = check_config(config)
     device = resolve_device(config.device)
-    results = {"accuracy": {}, "localisation": {}, "pointing": {n: {} for n in config.grid}}
+    results = {"accuracy": {}, "probe": {}, "localisation": {}, "pointing": {n: {} for n in config.grid}}
     for spec, name in zip(config.models, config.names or config.models):
         evaluate_model(config, spec, name, device, num_grids, results)
     write_reports(config, results, command)
