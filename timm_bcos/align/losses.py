@@ -17,7 +17,10 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> tor
     if kind == "mse":
         return F.mse_loss(student, teacher)
     dim = 1 if student.dim() == 4 else -1
-    return (1 - F.cosine_similarity(student, teacher, dim=dim, eps=1e-12)).mean()
+    cos = F.cosine_similarity(student, teacher, dim=dim, eps=1e-12)
+    # two zero vectors (a position where every ReLU is off in both) agree: no loss there
+    agree = (student.abs().amax(dim) == 0) & (teacher.abs().amax(dim) == 0)
+    return (1 - torch.where(agree, torch.ones_like(cos), cos)).mean()
 
 
 def logit_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:

@@ -179,10 +179,10 @@ class TrainConfig:
 
     def check(self) -> None:
         """ConfigError for options that do not go together."""
+        if self.align_to:  # first: alignment has no labels for what guidance needs
+            self._check_alignment()
         if self.guidance:
             self._check_guidance()
-        if self.align_to:
-            self._check_alignment()
         source = self.bcosify_from or self.align_to
         if not isinstance(self.recipe_kwargs, dict) or (self.recipe_kwargs and not source):
             raise ConfigError(f"--recipe-kwargs takes a JSON dict of recipe fields for --bcosify-from, got "
