@@ -232,12 +232,35 @@ class _Squares(nn.Module):
         return self.conv(x) ** 2
 
 
-def test_a_composite_without_a_rule_is_refused_by_name():
+class _TwoPaths(nn.Module):
+    def __init__(self, channels):
+        super().__init__()
+        self.a, self.b = nn.Conv2d(channels, channels, 1), nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x):
+        return torch.cat([self.a(x), self.b(x)], 1)[:, ::2] + x
+
+
+def test_a_composite_without_a_rule_that_fails_the_probe_is_refused_by_name():
     model = timm.create_model("test_resnet", num_classes=5)
     model.layer1[0].act1 = nn.Sequential(_Squares())  # hide it inside a plain container
     model.layer1[0].act1[0].conv = nn.Conv2d(model.layer1[0].conv1.out_channels, model.layer1[0].conv1.out_channels, 1)
-    with pytest.raises(ConversionError, match=r"test_bcosify\._Squares \(at 'layer1\.0\.act1\.0'\)"):
+    with pytest.raises(ConversionError, match=r"test_bcosify\._Squares at 'layer1\.0\.act1\.0': \|y - J\(x\) x\|"):
         convert(model, "v2")
+
+
+def test_a_composite_without_a_rule_that_passes_the_probe_is_accepted():
+    """Not on the certified list, but its forward only combines its children linearly: certified on
+    a float64 probe of the model's input size, recorded in model.bcos.probed, explanations complete."""
+    model = timm.create_model("test_resnet", num_classes=5)
+    model.layer1[0].act1 = _TwoPaths(model.layer1[0].conv1.out_channels)
+    model = convert(model, "v2").double()
+    assert model.bcos.probed == ("layer1.0.act1",)
+    x = torch.rand(2, 3, 64, 64, dtype=torch.float64)
+    calibrate_bn(model, x)
+    expl = model.explain(x, target=torch.tensor([0, 3]))
+    assert rel_err(expl.contributions.sum((2, 3)), expl.explained) <= 1e-9
+    assert "layer1.0.act1" in verify(model, x[:1]).checked
 
 
 def test_a_container_subclass_with_its_own_forward_is_a_composite():

@@ -13,6 +13,8 @@ from timm_bcos import ConversionError, convert, verify
 # Swin's second block shifts its windows
 COMPLETE = {
     "resnet": ("test_resnet", {}, 64), "resnetv2": ("resnetv2_18", {}, 64),
+    # PreActBottleneck (BiT) and RepGhost's blocks are not on the certified list: certified on a probe
+    "resnetv2_bit": ("resnetv2_50", {}, 64), "repghost": ("repghostnet_050", {}, 64),
     "res2net": ("res2net50_14w_8s", {}, 64), "seresnext": ("seresnext26d_32x4d", {}, 32),
     "resnest": ("resnest14d", {}, 32), "densenet": ("densenet121", {}, 64),
     "densenetblur": ("densenetblur121d", {}, 32), "vgg": ("vgg11", dict(mlp_ratio=1 / 64), 64),

@@ -8,6 +8,7 @@ naming its type and path. The converted model gets the runtime (`timm_bcos.conve
 from __future__ import annotations
 
 import functools
+import itertools
 from dataclasses import replace
 from typing import Any, Mapping
 
@@ -18,6 +19,7 @@ from .origin import record_origin
 from .recipes import Recipe, resolve_recipe
 from .runtime import BcosModelMixin, BcosState, HeadSpec, attach_runtime
 from . import paths
+from .certify import certify_composites
 from .families import block_rules, family_of
 from .table import GENERIC_RULES
 from .walker import ConversionError, Context, Rule, convert_modules, find_rule
@@ -54,15 +56,15 @@ def _with_input_norm(r: Recipe, model: nn.Module) -> Recipe:
 
 
 def _refuse_uncertified(ctx: Context) -> None:
-    if not ctx.uncertified:
-        return
+    """A model on the meta device cannot run a probe: its unknown composites are refused unchecked."""
     types = {t: p for p, t in reversed(ctx.uncertified)}
     listed = "\n".join(f"  {t.__module__}.{t.__qualname__} (at '{p}')" for t, p in types.items())
     raise ConversionError(
-        "composite modules without a B-cos rule; their own forward may compute something that is not "
-        f"dynamic linear:\n{listed}\nIf a forward only combines its children linearly (sums, concatenations, "
-        "reshapes, detached gates), pass rules={Type: recurse, ...} (from timm_bcos.convert import recurse) to convert() and certify "
-        "the result with timm_bcos.verify(model, images)")
+        "composite modules without a B-cos rule, which a model without data (meta device) cannot certify on a "
+        f"probe; their own forward may compute something that is not dynamic linear:\n{listed}\nIf a forward only "
+        "combines its children linearly (sums, concatenations, reshapes, detached gates), pass rules={Type: "
+        "recurse, ...} (from timm_bcos.convert import recurse) to convert() and certify the result with "
+        "timm_bcos.verify(model, images)")
 
 
 def _convert_new(module: nn.Module, ctx, rules) -> nn.Module:
@@ -107,7 +109,9 @@ def convert(
     r = _with_input_norm(r, model)
     ctx = replace(_context(model, r, spec, carry_weights), rules=table)
     convert_modules(model, ctx, table)
-    _refuse_uncertified(ctx)
+    on_meta = any(t.is_meta for t in itertools.chain(model.parameters(), model.buffers()))
+    if ctx.uncertified and on_meta:
+        _refuse_uncertified(ctx)
     if r.learn_b:
         learn_b(model)
     if num_classes is None:
@@ -115,4 +119,7 @@ def convert(
     record_origin(model, r, spec, default)  # so that a saved config rebuilds it
     reconvert = functools.partial(_convert_new, ctx=replace(ctx, carry_weights=False), rules=table)
     fixed_terms = paths.fixed_term_paths(model, ctx)  # explain() reports their shares beside the contributions
-    return attach_runtime(model, BcosState(r, spec, reconvert, fixed_terms), num_classes)
+    model = attach_runtime(model, BcosState(r, spec, reconvert, fixed_terms), num_classes)
+    if ctx.uncertified:  # composites the list does not know: certified on a probe, or refused by name
+        model.bcos.probed = tuple(certify_composites(model, ctx.uncertified))
+    return model

@@ -45,6 +45,7 @@ class BcosState:
     convert_new: Callable[[nn.Module], nn.Module] = field(repr=False)  # converts modules added later (a new classifier) by the same rules
     fixed_terms: tuple[str, ...] = ()  # paths of input-independent additive terms; explain reports their shares
     model_args: dict[str, Any] = field(default_factory=dict)  # what save_pretrained writes as the config's model_args
+    probed: tuple[str, ...] = ()    # paths of composites not on the certified list, certified on a float64 probe
 
 
 class BcosModelMixin:

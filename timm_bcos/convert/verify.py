@@ -16,6 +16,7 @@ keeps: `model.bcos.fixed_terms`) are y = J(x) x + c by design and are listed as 
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
 import torch
@@ -46,15 +47,18 @@ class VerifyReport:
                 "not faithful:\n" + "\n".join(lines))
 
 
-def verify(model: nn.Module, x: Tensor, *, rtol: float = 1e-8, raise_on_failure: bool = True) -> VerifyReport:
-    """Check y = J(x) x for every module of `model` (a converted B-cos model) on the input `x`.
+def verify(model: nn.Module, x: Tensor, *, rtol: float = 1e-8, raise_on_failure: bool = True,
+           only: Collection[str] | None = None, skip_fixed: bool = True) -> VerifyReport:
+    """Check y = J(x) x for every module of `model` (a converted B-cos model), or for the modules at
+    the paths `only`, on the input `x`. `skip_fixed=False` checks the modules that hold an
+    input-independent term too (for a caller that has zeroed those terms).
 
     Runs in float64 and eval mode, then gives `model` back its dtypes and mode. Raises
     `NotDynamicLinearError` naming every failing module (path and type) unless
     `raise_on_failure=False`; returns the report (checked, failures, skipped).
     """
     with _in_float64_eval(model):
-        report = _verify(model, x.detach().double(), rtol)
+        report = _verify(model, x.detach().double(), rtol, only, skip_fixed)
     if report.failures and raise_on_failure:
         raise NotDynamicLinearError(report.message())
     return report
@@ -78,10 +82,13 @@ def _in_float64_eval(model: nn.Module):
             m.training = mode
 
 
-def _verify(model64: nn.Module, x: Tensor, rtol: float) -> VerifyReport:
+def _verify(model64: nn.Module, x: Tensor, rtol: float, only: Collection[str] | None = None,
+            skip_fixed: bool = True) -> VerifyReport:
     calls = _record_calls(model64, x)
-    fixed = _fixed_owners(model64)
-    terms = tuple(f"{t}." for t in getattr(getattr(model64, "bcos", None), "fixed_terms", ()))
+    if only is not None:
+        calls = {path: call for path, call in calls.items() if path in set(only)}
+    fixed = _fixed_owners(model64) if skip_fixed else set()
+    terms = tuple(f"{t}." for t in getattr(getattr(model64, "bcos", None), "fixed_terms", ())) if skip_fixed else ()
     report = VerifyReport()
     for path, (module, inp, kwargs, out) in calls.items():
         why = "inside an input-independent term" if path.startswith(terms) else \
