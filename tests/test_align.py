@@ -212,3 +212,42 @@ def test_knn_probe_is_the_brute_force_vote_and_the_linear_probe_separates_what_i
     labels = torch.arange(3).repeat(20)
     points = centres[labels] + torch.randn(60, 4, dtype=torch.float64)
     assert linear_probe_accuracy(points[:45], labels[:45], points[45:], labels[45:]) == 100.0
+
+
+# foundation ViTs, tiny (2 blocks of width 64 at 32 px) with random weights and no head, as released
+FOUNDATION = {
+    "dinov3": "vit_small_patch16_dinov3",          # Eva: RoPE, register tokens, layer scale
+    "siglip2": "vit_base_patch16_siglip_224.v2_webli",  # attention-pool head (AttentionPoolLatent)
+    "clip": "vit_base_patch16_clip_224",           # CLIP's image tower: pre-norm, class token
+}
+
+
+@pytest.mark.parametrize("family", FOUNDATION)
+def test_foundation_vits_bcosify_verify_explain_completely_and_align(family):
+    from helpers import rel_err
+
+    from timm_bcos import verify
+
+    torch.manual_seed(0)
+    teacher = timm.create_model(FOUNDATION[family], num_classes=0, depth=3, embed_dim=64, num_heads=2,
+                                img_size=32).double().eval()
+    student = bcosified_student(teacher).double()
+    x = torch.rand(4, 3, 32, 32, dtype=torch.float64)
+    aligner = Aligner(teacher, student)
+    assert aligner.layers == ["blocks.0", "blocks.1", "blocks.2"] and not aligner.use_logits
+    first, _ = aligner(student, x)
+    first.backward()
+    params = [p for p in student.parameters() if p.grad is not None]
+    norm = torch.cat([p.grad.flatten() for p in params]).norm()
+    with torch.no_grad():  # one small step down the gradient (of norm 1e-3 in parameter space)
+        for p in params:
+            p -= 1e-3 * p.grad / norm
+        after, _ = aligner(student, x)
+    assert float(norm) > 0 and float(after) < float(first.detach())
+    student.reset_classifier(5)
+    student.eval()
+    report = verify(student, x[:1])
+    assert len(report.checked) >= 20 and not report.failures
+    expl = student.explain(x[:2], target=torch.tensor([0, 3]))
+    total = expl.contributions.sum((2, 3)) + expl.fixed_share
+    assert (expl.explained.abs() > 0).all() and rel_err(total, expl.explained) <= 1e-9

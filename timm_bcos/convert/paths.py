@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import nn
 
 from .runtime import HeadSpec
-from .walker import Context, import_class
+from .walker import Context, classes_by_name, import_class
 
 
 def first_conv_path(model: nn.Module) -> str | None:
@@ -54,7 +54,8 @@ FIXED_TERM_NAMES = frozenset({"cls_token", "reg_token", "dist_token", "pos_embed
 FIXED_TERM_MODULES = (import_class("timm.models.edgenext.PositionalEncodingFourier"),)
 # modules holding tables that only rotate queries and keys (detached): not additive terms
 _QK_ONLY = (import_class("timm.layers.pos_embed_sincos.RotaryEmbeddingCat"),
-            import_class("timm.layers.pos_embed_sincos.RotaryEmbedding"))
+            import_class("timm.layers.pos_embed_sincos.RotaryEmbedding"),
+            *classes_by_name({"timm.layers.pos_embed_sincos.RotaryEmbeddingDinoV3": None}, missing_ok=True))
 
 
 def fixed_term_paths(model: nn.Module, ctx: Context) -> tuple[str, ...]:

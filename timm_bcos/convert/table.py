@@ -111,7 +111,12 @@ _TIMM_MODELS: dict[str, Rule] = {
     "timm.models.efficientvit_mit.LiteMLA": A.lite_mla_rule,  # efficientvit: ReLU linear attention A(q, k) v, A detached
 }
 
+# classes of newer timm releases than the oldest one supported: used where this timm has them
+_TIMM_NEWER: dict[str, Rule] = {
+    "timm.layers.pos_embed_sincos.RotaryEmbeddingDinoV3": keep,  # DINOv3 (timm 1.0.20): rotates q and k only
+}
+
 GENERIC_RULES = RuleTable(
-    types={**_TORCH, **classes_by_name({**_TIMM_LAYERS, **_TIMM_MODELS})},
+    types={**_TORCH, **classes_by_name({**_TIMM_LAYERS, **_TIMM_MODELS}), **classes_by_name(_TIMM_NEWER, missing_ok=True)},
     markers={"fused_attn": A.functional_softmax_rule},  # timm marks its attention blocks with `fused_attn`
 )

@@ -96,12 +96,17 @@ def import_class(dotted: str) -> type:
         raise ImportError(f"timm_bcos converts {dotted}, which this timm does not have") from e
 
 
-def classes_by_name(names: Mapping[str, Rule]) -> dict[type, Rule]:
-    """{dotted class name: rule} -> {class: rule}; a name that does not import raises, and so
-    does a class named twice (one under two import paths)."""
+def classes_by_name(names: Mapping[str, Rule], missing_ok: bool = False) -> dict[type, Rule]:
+    """{dotted class name: rule} -> {class: rule}; a name that does not import raises (is skipped
+    with `missing_ok`), and so does a class named twice (one under two import paths)."""
     out: dict[type, Rule] = {}
     for dotted, rule in names.items():
-        cls = import_class(dotted)
+        try:
+            cls = import_class(dotted)
+        except ImportError:
+            if missing_ok:
+                continue
+            raise
         if cls in out:
             raise ValueError(f"{dotted} is named twice in one rule table")
         out[cls] = rule
