@@ -86,6 +86,9 @@ def test_losses_are_what_they_say_in_float64():
     kl = (p * (p / q).log()).sum() / 3 * 4
     assert abs(float(logit_loss(zs, zt, "kl", temperature=2.0)) - float(kl)) < 1e-12
     assert float(logit_loss(zs + 5.0, zs * 1, "cosine")) < 1e-12  # a shared offset (the logit bias) drops out
+    sig = torch.sigmoid(zs)
+    bce = -(p * sig.log() + (1 - p) * (1 - sig).log()).mean()  # Eq. 16 with the teacher's softmax as targets
+    assert abs(float(logit_loss(zs, zt, "bce", temperature=2.0)) - float(bce)) < 1e-12
     with pytest.raises(ValueError, match="do not match"):
         feature_loss(s, t[:, :4], "cosine")
 

@@ -25,7 +25,7 @@ class AlignConfig:
     layers: list[str] | None = None
     pooled_weight: float = 1.0           # the classifier's input (pre-logits), pooled
     layer_weight: float = 1.0            # each layer's loss (summed, as ALOE does)
-    logits: str = "kl"                   # kl, cosine (centred) or none; only where both have a head
+    logits: str = "bce"                  # bce (soft targets), kl, cosine (centred) or none; only where both have a head
     logit_weight: float = 1.0
     temperature: float = 1.0             # of the kl distillation
     extra: dict = field(default_factory=dict)

@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 FEATURE_LOSSES = ("cosine", "mse")
-LOGIT_LOSSES = ("kl", "cosine", "none")
+LOGIT_LOSSES = ("bce", "kl", "cosine", "none")
 
 
 def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
@@ -24,8 +24,14 @@ def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> tor
 
 
 def logit_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, temperature: float = 1.0) -> torch.Tensor:
-    """kl: Hinton's distillation, KL(teacher || student) of the softmaxes at `temperature`, times T^2;
-    cosine: 1 - cos of the centred logits (the logit bias and any shared offset drop out)."""
+    """bce: the B-cos loss (Eq. 16 of the B-cos paper) with the teacher's softmax at `temperature` as soft
+    targets, so the student's sigmoids say what the teacher's softmax says (a confident class gets
+    sigmoid > 0.5, as the pointing game and the explorer read it); kl: Hinton's distillation,
+    KL(teacher || student) of the softmaxes at `temperature`, times T^2 (blind to a shared offset);
+    cosine: 1 - cos of the centred logits (blind to offset and scale)."""
+    if kind == "bce":
+        targets = F.softmax(teacher / temperature, -1)
+        return F.binary_cross_entropy_with_logits(student, targets)
     if kind == "kl":
         t = temperature
         return F.kl_div(F.log_softmax(student / t, -1), F.log_softmax(teacher / t, -1), log_target=True,

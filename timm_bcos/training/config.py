@@ -142,11 +142,12 @@ class TrainConfig:
                                        "(default: ALOE's depths L/3, 2L/3, L of timm's feature_info; 'none': "
                                        "pooled only)", group=ALIGN, nargs="+")
     align_layer_weight: float = option(1.0, "weight of each layer's loss (%(default)s)", group=ALIGN)
-    align_logits: str = option("kl", "logit distillation where the teacher has a head: kl (at "
-                               "--align-temperature), cosine (centred logits) or none (%(default)s)", group=ALIGN,
-                               choices=["kl", "cosine", "none"])
+    align_logits: str = option("bce", "logit distillation where the teacher has a head: bce (the B-cos loss on the "
+                               "teacher's softmax as soft targets), kl (at --align-temperature), cosine (centred "
+                               "logits) or none (%(default)s)", group=ALIGN, choices=["bce", "kl", "cosine", "none"])
     align_logit_weight: float = option(1.0, "weight of the logit loss (%(default)s)", group=ALIGN)
-    align_temperature: float = option(1.0, "temperature of the kl distillation (%(default)s)", group=ALIGN)
+    align_temperature: float = option(1.0, "temperature of the teacher's softmax for bce and kl (%(default)s)",
+                                      group=ALIGN)
     head_only: bool = option(False, "train the classifier only; every other weight stays frozen (e.g. a linear "
                              "probe of a B-cos backbone)", group="optimisation")
     # checkpoints and output
