@@ -148,9 +148,10 @@ def write_parquet_shards(root, cifar, *, train: int, test: int, shards: int, row
     return root
 
 
-def write_tar_shards(root, cifar, *, train: int, test: int, shards: int, info: bool = False):
+def write_tar_shards(root, cifar, *, train: int, test: int, shards: int, info: bool = False, labels: bool = True):
     """The first `train` / `test` CIFAR-10 rows (stored JPEG bytes) as webdataset tar shards
-    `<split>-000i.tar`, members `<split>/<row>.jpg` and `.cls`; timm's `_info.json` when `info`."""
+    `<split>-000i.tar`, members `<split>/<row>.jpg` and `.cls` (none without `labels`); timm's
+    `_info.json` when `info`."""
     import io
     import json
     import tarfile
@@ -166,7 +167,8 @@ def write_tar_shards(root, cifar, *, train: int, test: int, shards: int, info: b
             chunk, files = table[i * per:(i + 1) * per], files + [f"{name}-{i:04d}.tar"]
             with tarfile.open(root / files[-1], "w") as tar:
                 for j, row in enumerate(chunk):
-                    for ext, data in (("jpg", row["image"]["bytes"]), ("cls", str(row["label"]).encode())):
+                    members = (("jpg", row["image"]["bytes"]), ("cls", str(row["label"]).encode()))
+                    for ext, data in members[:2 if labels else 1]:
                         member = tarfile.TarInfo(f"{name}/{i * per + j:06d}.{ext}")
                         member.size = len(data)
                         tar.addfile(member, io.BytesIO(data))

@@ -166,6 +166,30 @@ def test_align_on_unlabeled_parquet_two_processes_equal_one_and_resume_is_exact(
 
 
 @needs_cifar
+@pytest.mark.parametrize("source", ["parquet-stream", "wds"])
+def test_align_streams_unlabeled_shards(tmp_path, saved_teacher, source):
+    """--streaming parquet shards without a label column, and tar shards without label members."""
+    import pyarrow.parquet as pq
+    from helpers import write_parquet_shards, write_tar_shards
+
+    if source == "wds":
+        dataset = f"wds:{write_tar_shards(tmp_path / 'wds', CIFAR, train=48, test=16, shards=2, labels=False)}"
+    else:
+        root = write_parquet_shards(tmp_path / "pq", CIFAR, train=48, test=16, shards=2, row_group=16)
+        for f in (root / "data").glob("*.parquet"):
+            pq.write_table(pq.read_table(f).drop(["label"]), f)
+        dataset = str(root)
+    out = tmp_path / "o"
+    proc = run_train(tmp_path, *ALIGN, "--align-to", saved_teacher, "--dataset", dataset, "--streaming",
+                     "--val-split", "test", "--epochs", "1", "--output", str(out))
+    assert "train/align_pooled" in proc.stdout and "0 val images" in proc.stdout
+    assert (out / "export" / "model.safetensors").is_file()
+    labelled = run_train(tmp_path, "--model", "bcos_cifar10", "--dataset", dataset, "--streaming", "--val-split", "", "-b", "16",
+                         "--output", str(tmp_path / "l"), check=False)
+    assert labelled.returncode == 2 and "label" in labelled.stderr
+
+
+@needs_cifar
 def test_a_headless_teacher_aligns_on_a_folder_of_images_and_exports_a_feature_extractor(tmp_path):
     """A backbone with num_classes=0 (no head to distil) and images without class folders."""
     import pyarrow.parquet as pq

@@ -157,7 +157,7 @@ def open_wds_split(source: str, split: str, *, image_column: str | None = None, 
     shards = resolve_split(source, name)
     num_classes = num_classes or shards.num_classes
     labels = None
-    if shards.lengths is None or num_classes is None:
+    if shards.lengths is None or num_classes is None or not require_labels:  # (an unlabeled split: is it?)
         labels = [shard_labels(f, fields) for f in shards.files]
     lengths = shards.lengths if shards.lengths is not None else tuple(len(v) for v in labels)
     groups, first = [], 0
@@ -167,8 +167,9 @@ def open_wds_split(source: str, split: str, *, image_column: str | None = None, 
     _, start, stop = _slice_bounds(f"split{bracket}{rest}", first, max_samples)
     if num_classes is None:  # over the slice's rows, as the parquet and map-style paths count
         num_classes = max([v for shard in labels for v in shard][start:stop], default=-1) + 1
-    return StreamSplit(name, _clip(groups, start, stop), ImageDatasetInfo("image", "label", num_classes, None),
-                       tar=fields)
+    unlabeled = labels is not None and all(v < 0 for shard in labels for v in shard)
+    info = ImageDatasetInfo("image", None if unlabeled else "label", 0 if unlabeled else num_classes, None)
+    return StreamSplit(name, _clip(groups, start, stop), info, tar=fields)
 
 
 def open_stream_split(source: str, split: str, **kwargs) -> StreamSplit:

@@ -252,7 +252,7 @@ def _scan_key(path: str, fields: TarFields) -> str:
     fs, inner = fsspec.core.url_to_fs(path)
     info = fs.info(inner)
     stamp = next((str(info[k]) for k in ("mtime", "LastModified", "ETag", "etag", "last_commit") if info.get(k)), "")
-    ident = json.dumps([path, info.get("size"), stamp, fields.image, fields.label])
+    ident = json.dumps([path, info.get("size"), stamp, fields.image, fields.label, fields.require_label])
     return hashlib.sha256(ident.encode()).hexdigest()[:32]
 
 
