@@ -80,6 +80,11 @@ def test_losses_are_what_they_say_in_float64():
     assert abs(float(feature_loss(s, t, "cosine")) - float(by_hand)) < 1e-12
     tokens_s, tokens_t = s.flatten(2).transpose(1, 2), t.flatten(2).transpose(1, 2)  # [B, N, C]: cosine per token
     assert abs(float(feature_loss(tokens_s, tokens_t, "cosine")) - float(by_hand)) < 1e-12
+    nhwc = [v.permute(0, 2, 3, 1) for v in (s, t)]  # Swin's stages: channels last
+    assert abs(float(feature_loss(*nhwc, "cosine", channels_last=True)) - float(by_hand)) < 1e-12
+    assert Aligner(swin := timm.create_model("test_swin" if "test_swin" in timm.list_models() else
+                                             "swin_tiny_patch4_window7_224", img_size=56, depths=(1, 1, 1, 1)),
+                   bcosified_student(swin)).channels_last
     assert abs(float(feature_loss(s, t, "mse")) - float(((s - t) ** 2).mean())) < 1e-12
     zs, zt = torch.randn(3, 7, dtype=torch.float64), torch.randn(3, 7, dtype=torch.float64)
     p, q = F.softmax(zt / 2, -1), F.softmax(zs / 2, -1)
@@ -215,10 +220,13 @@ def test_a_headless_teacher_aligns_on_a_folder_of_images_and_exports_a_feature_e
 @needs_cifar
 def test_head_only_trains_the_classifier_and_nothing_else(tmp_path):
     out = tmp_path / "o"
-    run_train(tmp_path, "--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125}', "--dataset", str(CIFAR),
-              "--train-split", "train[:64]", "--val-split", "", *ALIGN[:-4], "--head-only", "--output", str(out))
+    # with batch norms: their running statistics must stay too (the backbone runs in eval mode)
+    run_train(tmp_path, "--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125, "norm": true}', "--dataset",
+              str(CIFAR), "--train-split", "train[:64]", "--val-split", "", *ALIGN[:-4], "--head-only",
+              "--output", str(out))
     torch.manual_seed(0)  # train.py's --seed 0 before creating the model
-    init = timm.create_model("bcos_cifar10", width=0.125).double().state_dict()
+    init = timm.create_model("bcos_cifar10", width=0.125, norm=True).double().state_dict()
+    assert any("running_var" in k for k in init)
     got = load_weights(out / "export" / "model.safetensors")
     changed = {k for k in got if not torch.equal(got[k], init[k])}
     assert changed and all(k.startswith("fc.") or k.startswith("classifier") for k in changed), changed

@@ -92,6 +92,8 @@ class Aligner:
         t_classes, s_classes = (getattr(m, "num_classes", 0) or 0 for m in (teacher, student))
         self.use_logits = config.logits != "none" and t_classes > 0 and t_classes == s_classes
         self.names = (["pooled"] + [f"layer:{p}" for p in self.layers] + (["logits"] if self.use_logits else []))
+        self.channels_last = getattr(teacher, "output_fmt", "NCHW") == "NHWC"  # Swin, MambaOut: [B, H, W, C] maps
+        self.has_head = t_classes > 0
         self.scale, self.shift = _input_change(teacher, student)
 
     def to(self, device, dtype) -> Aligner:
@@ -110,10 +112,17 @@ class Aligner:
         with tapped(self.student, self.layers) as s_taps:
             s_out = forward(images)
         # without a classifier, a model's output is its pooled features
+        missing = [p for p in self.layers if p not in s_taps or p not in t_taps]
+        if missing:
+            raise AlignError(f"layers {missing} were not called by the forward (gradient checkpointing runs blocks "
+                             "past their hooks): align other layers or train without it")
+        if self.has_head and ("pooled" not in s_taps or "pooled" not in t_taps):
+            raise AlignError("the classifier's input could not be tapped (a model whose get_classifier() is not one "
+                             "module, e.g. a distilled DeiT): align it with num_classes=0")
         s_pooled, t_pooled = s_taps.get("pooled", s_out), t_taps.get("pooled", t_out)
         parts = {"pooled": feature_loss(s_pooled, t_pooled, c.loss)}
         for path in self.layers:
-            parts[f"layer:{path}"] = feature_loss(s_taps[path], t_taps[path], c.loss)
+            parts[f"layer:{path}"] = feature_loss(s_taps[path], t_taps[path], c.loss, self.channels_last)
         if self.use_logits:
             parts["logits"] = logit_loss(s_out, t_out, c.logits, c.temperature)
         total = c.pooled_weight * parts["pooled"] + c.layer_weight * sum(

@@ -9,14 +9,15 @@ FEATURE_LOSSES = ("cosine", "mse")
 LOGIT_LOSSES = ("bce", "kl", "cosine", "none")
 
 
-def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str) -> torch.Tensor:
+def feature_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str, channels_last: bool = False) -> torch.Tensor:
     """Mean over positions (or tokens) of 1 - cos along the channels; or the mean squared error.
-    Channels are dim 1 of a map [B, C, H, W] and the last dim of tokens [B, N, C] or vectors [B, C]."""
+    Channels are dim 1 of a map [B, C, H, W] (the last dim with `channels_last`: Swin's [B, H, W, C])
+    and the last dim of tokens [B, N, C] or vectors [B, C]."""
     if student.shape != teacher.shape:
         raise ValueError(f"student features {tuple(student.shape)} do not match the teacher's {tuple(teacher.shape)}")
     if kind == "mse":
         return F.mse_loss(student, teacher)
-    dim = 1 if student.dim() == 4 else -1
+    dim = 1 if student.dim() == 4 and not channels_last else -1
     cos = F.cosine_similarity(student, teacher, dim=dim, eps=1e-12)
     # two zero vectors (a position where every ReLU is off in both) agree: no loss there
     agree = (student.abs().amax(dim) == 0) & (teacher.abs().amax(dim) == 0)

@@ -66,6 +66,7 @@ def certify_composites(model: nn.Module, uncertified: list[tuple[str, type]]) ->
     in and one out)."""
     paths = [path for path, _ in uncertified]
     x = torch.rand(1, *probe_size(model), generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    x = x.to(next(model.parameters()).device)
     try:
         with _branches_on(model), _fixed_terms_zeroed(model):
             report = verify(model, x, raise_on_failure=False, only=paths, skip_fixed=False)

@@ -84,9 +84,7 @@ def _in_float64_eval(model: nn.Module):
 
 def _verify(model64: nn.Module, x: Tensor, rtol: float, only: Collection[str] | None = None,
             skip_fixed: bool = True) -> VerifyReport:
-    calls = _record_calls(model64, x)
-    if only is not None:
-        calls = {path: call for path, call in calls.items() if path in set(only)}
+    calls = _record_calls(model64, x, only)
     fixed = _fixed_owners(model64) if skip_fixed else set()
     terms = tuple(f"{t}." for t in getattr(getattr(model64, "bcos", None), "fixed_terms", ())) if skip_fixed else ()
     report = VerifyReport()
@@ -106,8 +104,9 @@ def _verify(model64: nn.Module, x: Tensor, rtol: float, only: Collection[str] | 
     return report
 
 
-def _record_calls(model: nn.Module, x: Tensor) -> dict:
-    """path -> (module, input, kwargs, output) of each module's first call in a forward of x."""
+def _record_calls(model: nn.Module, x: Tensor, only: Collection[str] | None = None) -> dict:
+    """path -> (module, input, kwargs, output) of each module's (or each of `only`'s) first call in a
+    forward of x."""
     calls: dict = {}
     hooks = []
 
@@ -124,7 +123,10 @@ def _record_calls(model: nn.Module, x: Tensor) -> dict:
                 calls[path][3] = output.detach() if isinstance(output, Tensor) else output
         return hook
 
+    wanted = None if only is None else set(only)
     for path, module in model.named_modules():
+        if wanted is not None and path not in wanted:
+            continue
         hooks.append(module.register_forward_pre_hook(pre(path), with_kwargs=True))
         hooks.append(module.register_forward_hook(post(path), with_kwargs=True))
     try:

@@ -11,7 +11,7 @@ from .attribution import Normalised, model_device
 
 @torch.no_grad()
 def extract_features(model: torch.nn.Module, loader, device=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """(pooled pre-logits features [N, D] in float64, labels [N]) of every image of `loader` (batches of
+    """(pooled pre-logits features [N, D] in float32, labels [N]) of every image of `loader` (batches of
     [0, 1] images as `open_split` gives), the model behind its own mean/std normalisation."""
     net = Normalised(model.eval())
     device = device or model_device(model)
@@ -19,7 +19,7 @@ def extract_features(model: torch.nn.Module, loader, device=None) -> tuple[torch
     for batch in loader:
         images = batch["images"].to(device)
         x = (images - net.mean) / net.std
-        feats.append(model.forward_head(model.forward_features(x), pre_logits=True).flatten(1).double().cpu())
+        feats.append(model.forward_head(model.forward_features(x), pre_logits=True).flatten(1).float().cpu())
         labels.append(batch["labels"].cpu())
     if not feats:
         raise ValueError("no images to compute features of")
@@ -46,6 +46,7 @@ def linear_probe_accuracy(train: torch.Tensor, train_labels: torch.Tensor, test:
     """Top-1 (%) of a multinomial logistic regression on standardised features, fitted full-batch
     with L-BFGS in float64 (deterministic: no learning rate or epochs to tune)."""
     classes = int(max(train_labels.max(), test_labels.max())) + 1
+    train, test = train.double(), test.double()
     mean, std = train.mean(0), train.std(0).clamp_min(1e-12)
     train, test = (train - mean) / std, (test - mean) / std
     linear = torch.nn.Linear(train.shape[1], classes, dtype=torch.float64)

@@ -61,6 +61,8 @@ class EvalConfig:
                          "linear (logistic regression, L-BFGS), fitted on the frozen pooled features of "
                          "--probe-train-split, scored on --split", nargs="*", choices=["knn", "linear"], factory=list)
     probe_train_split: str = option("train", "the split the probes are fitted on (%(default)s; slicing works)")
+    probe_max_samples: int | None = option(None, "fit the probes on the first N images of --probe-train-split",
+                                           parse=int)
     knn_k: int = option(20, "neighbours of the k-NN probe (%(default)s)")
     out: str = option("reports/eval", "output folder (%(default)s)")
 
@@ -183,6 +185,11 @@ def evaluate_model(config, spec, name, device, num_grids, results) -> None:
     model = timm.create_model(spec, pretrained=config.pretrained or hub_folder).eval().to(device)
     cfg = model.pretrained_cfg
     data, loader, info = open_split(config, cfg)
+    if not getattr(model, "num_classes", 1):  # a feature extractor (a headless aligned backbone): probes only
+        if not config.probe:
+            raise EvalError(f"{spec} has no classifier (num_classes=0): evaluate its features with --probe knn linear")
+        results["probe"][name] = run_probes(config, model, cfg, loader, device)
+        return
     images = LazyImages(data, cfg["input_size"])  # grids and examples decode only the images they use
     t0 = time.perf_counter()
     scores, candidates = accuracy_and_confidence(Normalised(model).eval(), loader, device=device)
@@ -213,7 +220,8 @@ def run_probes(config, model, cfg, test_loader, device) -> dict:
     from .probe import extract_features, knn_accuracy, linear_probe_accuracy
 
     t0 = time.perf_counter()
-    _, train_loader, _ = open_split(replace(config, split=config.probe_train_split, max_samples=None), cfg)
+    _, train_loader, _ = open_split(replace(config, split=config.probe_train_split,
+                                            max_samples=config.probe_max_samples), cfg)
     train, train_labels = extract_features(model, train_loader, device)
     test, test_labels = extract_features(model, test_loader, device)
     scores = {"n_train": len(train_labels), "n": len(test_labels), "dim": train.shape[1]}

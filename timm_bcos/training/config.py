@@ -209,10 +209,11 @@ class TrainConfig:
         # alignment needs no labels: what needs them cannot run with it
         clash = [name for name, on in (("--guidance", self.guidance), ("--mixup/--cutmix", self.mixup or self.cutmix),
                                        ("--smoothing", self.smoothing), ("--bcosify-from", self.bcosify_from),
-                                       ("--head-only", self.head_only), ("--compile", self.compile)) if on]
+                                       ("--head-only", self.head_only), ("--compile", self.compile),
+                                       ("--drop-path", self.drop_path)) if on]
         if clash:
             why = ("they need labels, or --align-to already B-cosifies the teacher; --compile: the aligned "
-                   "layers are read by forward hooks")
+                   "layers are read by forward hooks; --drop-path: the student is the teacher's copy")
             raise ConfigError(f"--align-to does not work with {', '.join(clash)} ({why})")
         if self.model != "bcos_converted":
             raise ConfigError(f"--align-to trains the teacher's B-cosified copy (--model bcos_converted), got "

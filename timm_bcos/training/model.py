@@ -112,10 +112,14 @@ def freeze_all_but_head(model: torch.nn.Module) -> None:
         fail(f"--head-only: {type(model).__name__} has no classifier with weights to train (num_classes=0?)")
     model.requires_grad_(False)
     head.requires_grad_(True)
-    inside = set(head.modules())
-    for m in model.modules():  # the backbone's running statistics stay as they were (batches still normalise)
-        if m not in inside and isinstance(getattr(m, "momentum", None), float) and hasattr(m, "running_mean"):
-            m.momentum = 0.0
+    backbone = [m for m in model.modules() if m is not model and m not in set(head.modules())]
+
+    def backbone_in_eval(module, args):  # after every model.train(): norms, dropout, drop-path as in eval
+        if module.training:
+            for m in backbone:
+                m.training = False
+
+    model.register_forward_pre_hook(backbone_in_eval)
 
 
 def adapt_for_training(model: torch.nn.Module, config: TrainConfig) -> torch.nn.Module:

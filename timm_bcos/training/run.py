@@ -2,7 +2,7 @@
 the data, the model and its compiled forward, the optimiser, schedule, EMA and loss hooks."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -102,9 +102,13 @@ def build_aligner(config: TrainConfig, teacher, student, device, dtype):
         align = AlignConfig(loss=config.align_loss, layers=layers, layer_weight=config.align_layer_weight,
                             logits=config.align_logits, logit_weight=config.align_logit_weight,
                             temperature=config.align_temperature)
-        return Aligner(teacher, student, align).to(device, dtype)
+        aligner = Aligner(teacher, student, align).to(device, dtype)
     except AlignError as e:
         fail(f"--align-to {config.align_to}: {e}")
+    head = student.get_classifier() if hasattr(student, "get_classifier") else None
+    if not aligner.use_logits and isinstance(head, torch.nn.Module):
+        head.requires_grad_(False)  # no loss reaches it (and DDP needs every trained parameter used)
+    return aligner
 
 
 def build_run(config: TrainConfig) -> Run:
@@ -129,6 +133,8 @@ def build_run(config: TrainConfig) -> Run:
     aligner = build_aligner(config, teacher, model, accelerator.device, dtype) if teacher is not None else None
     if num_classes == 0:  # a feature extractor: no accuracy to measure
         val_hf = None
+    if teacher is not None and info.num_classes != num_classes:  # the teacher's classes are not the data's
+        val_hf, info = None, replace(info, label_names=None)
     train_ds, sampler, train_loader, val_loader = build_loaders(config, model, train_hf, val_hf, info, val_info)
     mixup = None
     if config.mixup > 0 or config.cutmix > 0:
