@@ -8,7 +8,8 @@
 # TEACHER_FOLDER: a save_pretrained folder of the conventional model (train.py's OUTPUT/export).
 # Knobs (environment): EPOCHS (10), FRACTIONS ("100 10 1"), SCRATCH ("10": fractions trained from scratch
 # with labels), ALIGN_FLAGS (more train.py flags for the aligned runs, e.g. "--align-logits cosine"),
-# PROBE_SPLIT ("train[:10000]"), GRIDS ("100 30"), WORKERS (1), EXTRA (more flags for every run, e.g. "--cpu").
+# PROBE_SPLIT ("train[:10000]"), GRIDS ("100 30"), EVAL_EPOCHS (epochs of the full run evaluated, default all),
+# WORKERS (1), EXTRA (more flags for every run, e.g. "--cpu").
 # Each stage is skipped when its output exists, so a rerun continues after the last finished stage.
 set -euo pipefail
 TEACHER=${1:?usage: align_cifar10.sh TEACHER_FOLDER OUT [DATASET]}
@@ -22,6 +23,7 @@ PROBE_SPLIT=${PROBE_SPLIT:-train[:10000]}
 GRIDS=${GRIDS:-100 30}
 WORKERS=${WORKERS:-1}
 EXTRA=${EXTRA:-}
+EVAL_EPOCHS=${EVAL_EPOCHS:-$(seq 1 "$EPOCHS")}
 HERE=$(cd "$(dirname "$0")" && pwd)
 mkdir -p "$OUT"
 split() { if [ "$1" = 100 ]; then echo train; else echo "train[:$1%]"; fi; }
@@ -62,7 +64,7 @@ if run.is_dir():
 PY
 # 4. evaluation: accuracy (own head), probes, pointing game of the own explanations
 models=("local-dir:$TEACHER") names=("teacher (conventional)")
-for e in $(seq 1 "$EPOCHS"); do
+for e in $EVAL_EPOCHS; do
   [ -d "$OUT/aligned_100/epoch$e" ] && models+=("local-dir:$OUT/aligned_100/epoch$e") && names+=("aligned 100%, epoch $e")
 done
 for f in $FRACTIONS; do [ "$f" != 100 ] && models+=("local-dir:$OUT/aligned_$f/export") && names+=("aligned $f%"); done
