@@ -10,9 +10,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 CIFAR = ROOT.parent / "shared" / "datasets" / "cifar10"
 RECORD = ROOT / "reports" / "cifar10_shipped_sample.json"
-# each model shipped with weights in the package, and the test-split count recorded when it was shipped
-RECORDS = {"bcos_cifar10_w050_bnu": RECORD,
-           "bcos_cifar10_w050_bcosified": ROOT / "reports" / "cifar10_bcosified_sample.json"}
+# each model (name.tag) shipped with weights in the package, and the test-split count recorded when it was shipped
+RECORDS = {"bcos_cifar10_w050_bnu.cpu30e_cifar10": RECORD,
+           "bcos_cifar10_w050_bcosified.bcosify_cpu10e_cifar10": ROOT / "reports" / "cifar10_bcosified_sample.json",
+           "bcos_cifar10_w050_bcosified.aloe_cpu6e_cifar10": ROOT / "reports" / "cifar10_aligned_sample.json"}
 
 
 def shipped_model(name: str = "bcos_cifar10_w050_bnu"):
@@ -24,13 +25,14 @@ def shipped_model(name: str = "bcos_cifar10_w050_bnu"):
 
 
 @pytest.mark.parametrize("name, tag, recipe", [("bcos_cifar10_w050_bnu", "cpu30e_cifar10", "v1"),
-                                               ("bcos_cifar10_w050_bcosified", "bcosify_cpu10e_cifar10", "bcosify")])
+                                               ("bcos_cifar10_w050_bcosified", "bcosify_cpu10e_cifar10", "bcosify"),
+                                               ("bcos_cifar10_w050_bcosified", "aloe_cpu6e_cifar10", "bcosify")])
 def test_shipped_model_loads_offline_as_its_tag_with_its_labels(name, tag, recipe, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import timm
 
-    model = shipped_model(name)
-    assert model.pretrained_cfg["tag"] == tag and RECORDS[name].exists()
+    model = shipped_model(f"{name}.{tag}")
+    assert model.pretrained_cfg["tag"] == tag and RECORDS[f"{name}.{tag}"].exists()
     assert model.bcos.recipe.name == recipe
     assert model.pretrained_cfg["label_names"][3] == "cat"
     random_init = timm.create_model(name).state_dict()
@@ -48,7 +50,7 @@ def test_shipped_models_reach_their_recorded_accuracy_on_the_test_split(tmp_path
     assert len({r["split"] for r in records.values()}) == 1, "one split for all: decoded once"
     images, labels, _, _ = load_image_tensors(str(CIFAR), next(iter(records.values()))["split"])
     for name, record in sorted(records.items()):
-        assert record["model"].split(".")[0] == name
+        assert record["model"].split(".")[0] == name.split(".")[0]
         model = shipped_model(name)
         with torch.no_grad():
             pred = torch.cat([model(images[i:i + 250]).argmax(1) for i in range(0, len(images), 250)])

@@ -112,6 +112,12 @@ default_cfgs = generate_default_cfgs({
         notes=("reports/bcosification.md: cifar_convnet (width 0.5) trained 20 epochs (SGD), B-cosified with "
                "recipe 'bcosify' and fine-tuned 10 epochs (Adam 1e-3, BCE)",),
     ),
+    "bcos_cifar10_w050_bcosified.aloe_cpu6e_cifar10": _cfg(  # B-cosified, aligned 6 epochs without labels
+        file=str(SHIPPED_WEIGHTS / "bcos_cifar10_w050_bcosified.aloe_cpu6e.safetensors"),
+        label_names=CIFAR10_LABELS, origin_url="train_scripts/align_cifar10.sh",
+        notes=("reports/alignment.md: cifar_convnet (width 0.5, 30 epochs, 85.94%) B-cosified with recipe "
+               "'bcosify' and aligned to it for 6 epochs without labels (train.py --align-to, Adam 1e-3)",),
+    ),
     "bcos_cifar10_w050_bcosified.untrained": _cfg(),
     "cifar_convnet.untrained": _cfg(mean=CIFAR10_MEAN, std=CIFAR10_STD),
 })
