@@ -14,45 +14,40 @@ from .walker import ConversionError
 
 
 @contextlib.contextmanager
-def _branches_on(model: nn.Module):
-    """Near-zero parameters (zero-init last norms, layer scales of 1e-5) made O(1) for the probe and
-    restored afterwards: a branch that contributes nothing would certify any forward vacuously."""
-    small = [(p, p.detach().clone()) for p in model.parameters() if p.numel() and p.detach().abs().max() <= 1e-4]
-    gen = torch.Generator().manual_seed(0)
+def _overwritten(values: dict):
+    """{tensor: its value for the probe}: set in place, each tensor's own value restored afterwards."""
+    saved = [(t, t.detach().clone()) for t in values]
     with torch.no_grad():
-        for p, _ in small:
-            p.copy_(torch.rand(p.shape, generator=gen, dtype=p.dtype).to(p.device) + 0.5)
-    try:
-        yield
-    finally:
-        with torch.no_grad():
-            for p, saved in small:
-                p.copy_(saved)
-
-
-@contextlib.contextmanager
-def _fixed_terms_zeroed(model: nn.Module):
-    """Every input-independent term (kept biases, tokens, embeddings: `model.bcos.fixed_terms`) at zero
-    for the probe and restored afterwards: what a composite's forward does with its children does not
-    depend on their values, and without them y = J(x) x must hold exactly (a B=1 model with its biases,
-    the B-cosification premise, is affine otherwise)."""
-    tensors = {}
-    for path in model.bcos.fixed_terms:
-        owner, _, name = path.rpartition(".")
-        module = model.get_submodule(owner) if owner else model
-        t = getattr(module, name, None)
-        found = [t] if isinstance(t, torch.Tensor) else [*t.parameters(), *t.buffers()] if isinstance(t, nn.Module) else []
-        tensors.update({id(x): x for x in found if x.is_floating_point()})
-    saved = [(t, t.detach().clone()) for t in tensors.values()]
-    with torch.no_grad():
-        for t, _ in saved:
-            t.zero_()
+        for t, value in values.items():
+            t.copy_(value)
     try:
         yield
     finally:
         with torch.no_grad():
             for t, value in saved:
                 t.copy_(value)
+
+
+def _branches_on(model: nn.Module):
+    """Near-zero parameters (zero-init last norms, layer scales of 1e-5) made O(1) for the probe:
+    a branch that contributes nothing would certify any forward vacuously."""
+    gen = torch.Generator().manual_seed(0)
+    small = [p for p in model.parameters() if p.numel() and p.detach().abs().max() <= 1e-4]
+    return _overwritten({p: torch.rand(p.shape, generator=gen, dtype=p.dtype).to(p.device) + 0.5 for p in small})
+
+
+def _fixed_terms_zeroed(model: nn.Module):
+    """Every input-independent term (kept biases, tokens, embeddings: `model.bcos.fixed_terms`) at zero
+    for the probe: what a composite's forward does with its children does not depend on their values,
+    and without them y = J(x) x must hold exactly (a B=1 model with its biases, the B-cosification
+    premise, is affine otherwise)."""
+    tensors = {}
+    for path in model.bcos.fixed_terms:
+        owner, _, name = path.rpartition(".")
+        t = getattr(model.get_submodule(owner) if owner else model, name, None)
+        found = [t] if isinstance(t, torch.Tensor) else [*t.parameters(), *t.buffers()] if isinstance(t, nn.Module) else []
+        tensors.update({id(x): x for x in found if x.is_floating_point()})
+    return _overwritten({t: torch.zeros_like(t) for t in tensors.values()})
 
 
 def probe_size(model: nn.Module) -> tuple[int, ...]:
