@@ -21,9 +21,11 @@ def main(argv: list[str] | None = None) -> int:
 
     add_explain_parser(sub)
     from .app.cli import add_app_parser
+    from .atlas.cli import add_atlas_parser
     from .export.cli import add_export_parser
 
     add_app_parser(sub)
+    add_atlas_parser(sub)
     add_export_parser(sub)
     args = parser.parse_args(argv)
     try:

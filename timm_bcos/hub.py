@@ -7,15 +7,13 @@ or, once uploaded, `timm.create_model("hf-hub:ORG/REPO")` (after `import timm_bc
 """
 from __future__ import annotations
 
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Sequence
 
 from torch import nn
 
 from .convert.runtime import bcos_state
+from .utils.atomic import atomic_folder
 
 CARD_BODY = """# {repo_name}
 
@@ -116,48 +114,22 @@ def save_pretrained(
             raise ValueError(f"{len(label_names)} label names for a model with {args['num_classes']} classes")
         cfg_overlay["label_names"] = list(label_names)
     original_cfg = dict(getattr(model, "pretrained_cfg", {}) or {})
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        model.pretrained_cfg = {**original_cfg, **cfg_overlay}
-        for key in ("url", "file", "hf_hub_id", "source", "state_dict"):
-            model.pretrained_cfg.pop(key, None)
-        model_config: dict[str, Any] = {"timm_bcos": REGISTRATION_MARKER}
-        if label_names is not None:
-            model_config["label_names"] = list(label_names)
-        save_for_hf(model, str(tmp), model_args={k: v for k, v in args.items() if v is not None},
-                    model_config=model_config, safe_serialization=True)
-        text = card or model_card(model, repo_id or f"ORG/{folder.name}", metrics=metrics, dataset=dataset,
-                                  dataset_split=dataset_split, licence=licence, licence_text=licence_text)
-        (tmp / "README.md").write_text(text)
-        _readable_by_others(tmp)
-        _replace_dir(tmp, folder)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with atomic_folder(folder) as tmp:
+            model.pretrained_cfg = {**original_cfg, **cfg_overlay}
+            for key in ("url", "file", "hf_hub_id", "source", "state_dict"):
+                model.pretrained_cfg.pop(key, None)
+            model_config: dict[str, Any] = {"timm_bcos": REGISTRATION_MARKER}
+            if label_names is not None:
+                model_config["label_names"] = list(label_names)
+            save_for_hf(model, str(tmp), model_args={k: v for k, v in args.items() if v is not None},
+                        model_config=model_config, safe_serialization=True)
+            text = card or model_card(model, repo_id or f"ORG/{folder.name}", metrics=metrics, dataset=dataset,
+                                      dataset_split=dataset_split, licence=licence, licence_text=licence_text)
+            (tmp / "README.md").write_text(text)
     finally:
         model.pretrained_cfg = original_cfg
     return folder
-
-
-def _readable_by_others(folder: Path) -> None:
-    """mkdtemp makes a 0700 folder: give the export the usual 0755 / 0644 (less what the umask removes)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o755 & ~umask)
-    for f in folder.iterdir():
-        f.chmod(0o644 & ~umask)
-
-
-def _replace_dir(src: Path, dst: Path) -> None:
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old")
-        shutil.rmtree(old, ignore_errors=True)
-        dst.rename(old)
-        src.rename(dst)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        src.rename(dst)
 
 
 def push_to_hub(folder: str | Path, repo_id: str, *, private: bool = False, token: str | None = None,

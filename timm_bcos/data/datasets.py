@@ -218,11 +218,12 @@ class EpochSampler(Sampler[int]):
 def load_eval_dataset(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
                       interpolation: str = "bilinear", max_samples: int | None = None,
                       cache_dir: str | None = None, image_column: str | None = None,
-                      label_column: str | None = None) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
+                      label_column: str | None = None,
+                      require_labels: bool = True) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
     """One split as a lazily decoded data set of plain [0, 1] RGB tensors (timm's eval resize +
     centre crop, no mean/std: put the model behind its own normalisation)."""
     ds, info = load_split(source, split, cache_dir=cache_dir, image_column=image_column,
-                          label_column=label_column, max_samples=max_samples)
+                          label_column=label_column, max_samples=max_samples, require_labels=require_labels)
     return ImageClassificationDataset(ds, info, eval_transform(input_size, crop_pct, interpolation)), info
 
 

@@ -328,9 +328,10 @@ class ShardRows:
 
 def load_eval_stream(source: str, split: str, *, input_size=(3, 32, 32), crop_pct: float = 1.0,
                      interpolation: str = "bilinear", max_samples: int | None = None, image_column: str | None = None,
-                     label_column: str | None = None) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
+                     label_column: str | None = None,
+                     require_labels: bool = True) -> tuple[ImageClassificationDataset, ImageDatasetInfo]:
     """`data.load_eval_dataset` read from the split's parquet or tar shards on demand (no download ahead)."""
     opened = open_stream_split(source, split, image_column=image_column, label_column=label_column,
-                               max_samples=max_samples)
+                               max_samples=max_samples, require_labels=require_labels)
     transform = eval_transform(input_size, crop_pct, interpolation)
     return ImageClassificationDataset(ShardRows(opened), opened.info, transform), opened.info

@@ -111,8 +111,9 @@ def localise(config, model, data, device) -> dict:
     return {k: summarise(v) for k, v in scores.items()}
 
 
-def open_split(config, cfg: dict):
-    """The split at the model's eval size, decoded lazily: (data set, loader, info)."""
+def open_split(config, cfg: dict, require_labels: bool = True):
+    """The split at the model's eval size, decoded lazily: (data set, loader, info). `config` names the
+    data (dataset, split, streaming, max_samples, image/label_column, batch_size, workers)."""
     from ..data.datasets import DataError, IndexedSamples, collate_indexed, load_eval_dataset
     from ..data.streaming import load_eval_stream
 
@@ -120,7 +121,8 @@ def open_split(config, cfg: dict):
     try:
         data, info = load(config.dataset, config.split, input_size=cfg["input_size"], crop_pct=cfg.get("crop_pct", 1.0),
                           interpolation=cfg.get("interpolation", "bilinear"), max_samples=config.max_samples,
-                          image_column=config.image_column, label_column=config.label_column)
+                          image_column=config.image_column, label_column=config.label_column,
+                          require_labels=require_labels)
     except DataError as e:
         raise EvalError(str(e)) from None
     loader = torch.utils.data.DataLoader(IndexedSamples(data), batch_size=config.batch_size, num_workers=config.workers,

@@ -42,7 +42,8 @@ def _as_targets(target, n: int, scores: Tensor, topk: int | None) -> Tensor:
     return t
 
 
-def _submodule(model: nn.Module, layer: str) -> nn.Module:
+def named_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The submodule `layer` of `model`; a ValueError naming close names when there is none."""
     try:
         return model.get_submodule(layer)
     except AttributeError:
@@ -52,7 +53,7 @@ def _submodule(model: nn.Module, layer: str) -> nn.Module:
         raise ValueError(f"{type(model).__name__} has no layer {layer!r}{hint}") from None
 
 
-def _spatial_scores(out: Tensor) -> tuple[Tensor, Tensor | None]:
+def channel_maxima(out: Tensor) -> tuple[Tensor, Tensor | None]:
     """Per-channel activation used to pick neurons: [N, C] max over positions, and argmax positions."""
     if out.dim() == 4:
         n, c, h, w = out.shape
@@ -88,7 +89,7 @@ def _select_delta(pre_bias: Tensor, logits: Tensor, *, temperature: Tensor, delt
 
 def _select_neurons(out: Tensor, logits: Tensor, *, target, topk, position) -> _Selection:
     n = out.shape[0]
-    scores, argpos = _spatial_scores(out.detach())
+    scores, argpos = channel_maxima(out.detach())
     targets = _as_targets(target, n, scores, topk)
     if out.dim() != 4:
         return _Selection(targets, out.gather(1, targets))
@@ -112,7 +113,7 @@ def _mode(model: nn.Module, target, topk, layer, position, delta) -> tuple[nn.Mo
         temperature = model.logit_layer.logit_temperature
         return model.logit_layer, True, partial(_select_delta, temperature=temperature, delta=delta)
     if layer is not None:
-        return _submodule(model, layer), False, partial(_select_neurons, target=target, topk=topk, position=position)
+        return named_layer(model, layer), False, partial(_select_neurons, target=target, topk=topk, position=position)
     temperature = model.logit_layer.logit_temperature
     return model.logit_layer, True, partial(_select_classes, temperature=temperature, target=target, topk=topk)
 
