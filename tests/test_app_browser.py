@@ -43,7 +43,7 @@ def hook(event, args):
             print("{NETWORK_MARK}", event, host, file=sys.stderr, flush=True)
 sys.addaudithook(hook)
 from timm_bcos.__main__ import main
-sys.exit(main(["app", "--port", sys.argv[1]]))
+sys.exit(main(["app", "--port", sys.argv[1], "--atlas", sys.argv[2]]))
 """
 
 
@@ -65,14 +65,26 @@ def _wait_for(port: int, proc: subprocess.Popen, log: Path, timeout: float = 90.
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory):
+def atlas(tmp_path_factory) -> Path:
+    """An atlas of the shipped model's last layer over the 8 sample images, for the Atlas tab."""
+    from timm_bcos.__main__ import main
+
+    out = tmp_path_factory.mktemp("atlas") / "features_7"
+    assert main(["atlas", "--model", "bcos_cifar10_w050_bnu", "--pretrained", "--layer", "features.7.0",
+                 "--dataset", str(SAMPLES), "--split", "test", "--neurons", "0-3", "--top", "3", "-j", "0",
+                 "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, atlas):
     """URL of the app in a subprocess; on teardown, its log must show no network access."""
     port = _free_port()
     log = tmp_path_factory.mktemp("app") / "server.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "HF_HUB_OFFLINE": "1", "PYTHONUNBUFFERED": "1",
            "OMP_NUM_THREADS": "1"}
     with open(log, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port)], cwd=REPO, env=env,
+        proc = subprocess.Popen([sys.executable, "-c", SERVER, str(port), str(atlas)], cwd=REPO, env=env,
                                 stdout=out, stderr=subprocess.STDOUT)
     try:
         _wait_for(port, proc, log)
@@ -142,13 +154,13 @@ def _launch_chromium(p):
                     f"install it with `apt-get install chromium` (make test does)")
 
 
-def test_the_served_app(server, expected, tmp_path):
+def test_the_served_app(server, expected, atlas, tmp_path):
     """One server for both checks (pytest -n 2 would otherwise start one per worker)."""
     eight_concurrent_clients_are_all_answered_correctly(server, expected)
-    a_user_in_a_real_browser(server, expected, tmp_path)
+    a_user_in_a_real_browser(server, expected, atlas, tmp_path)
 
 
-def a_user_in_a_real_browser(server, expected, tmp_path):
+def a_user_in_a_real_browser(server, expected, atlas, tmp_path):
     try:
         from playwright.sync_api import sync_playwright
     except ImportError as e:
@@ -210,8 +222,44 @@ def a_user_in_a_real_browser(server, expected, tmp_path):
         page.locator("#samples .gallery-item").nth(7).click()
         page.wait_for_function(f"document.querySelector('#predictions').innerText.split('\\n')[1] === "
                                f"{expected[samples[7].name]!r}", timeout=60_000)
+        the_atlas_tab(page, atlas)
         browser.close()
     assert external == [], f"the page tried to reach the network: {external}"
+
+
+def the_atlas_tab(page, atlas: Path) -> None:
+    """The Atlas tab shows the first neuron's images; another neuron changes them; a click on an image
+    opens it in the Explain tab with the neuron's layer and channel set, and the model explains it."""
+    import json
+
+    index = json.loads((atlas / "index.json").read_text())
+    page.get_by_role("tab", name="Atlas").click()
+    first = index["neurons"][0]
+    page.wait_for_function(f"document.querySelector('#atlas-summary').innerText.includes("
+                           f"'channel {first['channel']}:')")
+    items = page.locator("#atlas-gallery img")
+    items.first.wait_for(timeout=30_000)
+    assert items.count() == len(first["examples"])
+    page.wait_for_function("[...document.querySelectorAll('#atlas-gallery img')]"
+                           ".every(i => i.complete && i.naturalWidth > 0)", timeout=60_000)
+    second = index["neurons"][1]
+    page.locator("#atlas-neuron input").click()
+    page.get_by_role("option", name=f"channel {second['channel']}:").click()
+    page.wait_for_function(f"document.querySelector('#atlas-summary').innerText.includes("
+                           f"'channel {second['channel']}:')")
+    example = second["examples"][1]
+    page.locator("#atlas-gallery img").nth(1).click()
+    page.get_by_role("tab", name="Explain", selected=True).wait_for(timeout=30_000)
+    page.wait_for_function(f"document.querySelector('#input-image img').src.endsWith('/{example['index']}.png')",
+                           timeout=30_000)
+    predicted = index["class_names"][example["prediction"]]
+    page.wait_for_function(f"document.querySelector('#predictions').innerText.split('\\n')[1] === {predicted!r}",
+                           timeout=60_000)
+    page.get_by_text("Neuron: what a unit").click()  # the accordion was set to this neuron: explain it
+    assert page.input_value("#neuron-channel input") == str(second["channel"])
+    page.click("#neuron-button")
+    page.wait_for_function(f"document.querySelector('#message').innerText.includes("
+                           f"'features.7.0 channel {second['channel']}')", timeout=60_000)
 
 
 def _screenshot_path() -> Path:

@@ -23,11 +23,17 @@ def app_main(args: argparse.Namespace) -> int:
     pretrained = args.pretrained or (default and not args.checkpoint)
     if not (pretrained or args.checkpoint):
         print(f"note: {name} has random weights; give --pretrained or --checkpoint for a trained model")
+    from .atlas_tab import load_atlases
+
     try:
         model = load_model(name, pretrained=pretrained, checkpoint=args.checkpoint)
+        atlases = load_atlases(args.atlas or [])
     except (ValueError, FileNotFoundError, RuntimeError) as e:
         raise SystemExit(f"error: {e}") from None
-    launch(Explorer(model, name), host=args.host, port=args.port)
+    for index in atlases.values():
+        if index["model"] != name:
+            print(f"note: the atlas {index['folder']} was built with {index['model']}; the explorer serves {name}")
+    launch(Explorer(model, name), host=args.host, port=args.port, atlases=atlases)
     return 0
 
 
@@ -41,5 +47,7 @@ def add_app_parser(sub) -> None:
     src.add_argument("--checkpoint", help="a .safetensors (or trusted .pth) state dict for the model")
     p.add_argument("--host", default="127.0.0.1", help="address to serve on (default: this machine only)")
     p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--atlas", nargs="+", metavar="DIR",
+                   help="atlas folders (python -m timm_bcos atlas ... --out DIR) to browse in the Atlas tab")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's own choice)")
     p.set_defaults(func=app_main)

@@ -13,6 +13,7 @@ import gradio as gr  # noqa: E402
 
 from ..cli.demo import SAMPLES  # noqa: E402
 from . import callbacks as cb  # noqa: E402
+from .atlas_tab import build_atlas_tab  # noqa: E402
 from .engine import Explorer  # noqa: E402
 
 MAX_UPLOAD = "100mb"  # larger uploads are refused by Gradio before they reach the model
@@ -48,7 +49,7 @@ def _controls(explorer: Explorer) -> dict:
     with gr.Accordion("Neuron: what a unit of a B-cos layer responds to (Figs. 8, 10)", open=False):
         c["layer"] = gr.Dropdown(explorer.layers, value=explorer.layers[-1] if explorer.layers else None,
                                  label="layer")
-        c["channel"] = gr.Number(-1, precision=0, label="channel (-1: most activated)")
+        c["channel"] = gr.Number(-1, precision=0, label="channel (-1: most activated)", elem_id="neuron-channel")
         c["neuron"] = gr.Button("explain unit", elem_id="neuron-button")
     return c
 
@@ -74,18 +75,22 @@ def _results() -> dict:
     return r
 
 
-def build_app(explorer: Explorer) -> gr.Blocks:
-    """The page; its API endpoint `/analyse` takes an image and returns everything the page shows."""
+def build_app(explorer: Explorer, atlases: dict | None = None) -> gr.Blocks:
+    """The page; its API endpoint `/analyse` takes an image and returns everything the page shows.
+    `atlases` ({label: index}, atlas_tab.load_atlases) fill the Atlas tab."""
     # delete_cache: uploads and result pictures older than an hour go, hourly
     age = int(cb.ANSWER_MAX_AGE_S)
     with gr.Blocks(title="B-cos explorer", analytics_enabled=False, delete_cache=(3600, age)) as app:
         gr.Markdown(f"## B-cos explorer: {explorer.name}\n{INTRO}")
         state = gr.State(dict(cb.EMPTY))
-        with gr.Row():
-            with gr.Column(scale=1):
-                c = _controls(explorer)
-            with gr.Column(scale=2):
-                r = _results()
+        with gr.Tabs(elem_id="tabs") as tabs:
+            with gr.Tab("Explain", id="explain", elem_id="explain-tab"):
+                with gr.Row():
+                    with gr.Column(scale=1):
+                        c = _controls(explorer)
+                    with gr.Column(scale=2):
+                        r = _results()
+            build_atlas_tab(atlases or {}, c, explorer.layers, tabs)
         pics = [r["explanation"], r["contributions"], r["numbers"]]
         display = [c["smooth"], c["percentile"]]
         analysis = [r["message"], r["seen"], r["scores"], r["target"], *pics, state]
@@ -147,11 +152,12 @@ def _bound_the_heap(arenas: int = 2, every_s: float = TRIM_EVERY_S) -> None:
     threading.Thread(target=loop, name="malloc-trim", daemon=True).start()
 
 
-def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, **kwargs):
+def launch(explorer: Explorer, host: str = "127.0.0.1", port: int = 7860, atlases: dict | None = None, **kwargs):
     """Serve the page on host:port (local only by default); requests queue and are answered in turn."""
-    app = build_app(explorer)
+    app = build_app(explorer, atlases)
     _bound_the_heap()
     app.queue(default_concurrency_limit=1, max_size=MAX_QUEUE)
     kwargs.setdefault("state_session_capacity", MAX_SESSIONS)
-    return app.launch(server_name=host, server_port=port, allowed_paths=[str(SAMPLES)],
+    folders = [index["folder"] for index in (atlases or {}).values()]  # the atlases' pictures are served as they are
+    return app.launch(server_name=host, server_port=port, allowed_paths=[str(SAMPLES), *folders],
                       max_file_size=MAX_UPLOAD, footer_links=["api"], **kwargs)

@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import shlex
-import sys
 
 from ..utils.options import add_options, option_names
 
@@ -15,7 +13,7 @@ def atlas_main(args: argparse.Namespace) -> int:
 
     try:
         config = AtlasConfig(**{k: v for k, v in vars(args).items() if k in option_names(AtlasConfig)})
-        index = build_atlas(config, "python -m timm_bcos " + shlex.join(sys.argv[1:]))
+        index = build_atlas(config)
     except (AtlasError, DataError, FileNotFoundError) as e:
         raise SystemExit(f"error: {e}") from None
     print(f"scanned {index['images_scanned']} images in {index['seconds']}s; "

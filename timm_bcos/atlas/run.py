@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from ..utils.options import missing_required, option
+from ..utils.options import command_line, missing_required, option
 from .scan import AtlasError, scan_layer
 from .topk import ChannelTopK
 
@@ -147,7 +147,7 @@ def explain_neurons(config, model, data, tracker, neurons: list[dict], folder: P
             save_neuron_strip(folder / n["strip"], [e for (m, _), e in zip(slots, examples) if m is n])
 
 
-def build_atlas(config: AtlasConfig, command: str = "") -> dict:
+def build_atlas(config: AtlasConfig) -> dict:
     """Scan, explain, write: returns the index (as written to OUT/index.json). The folder is written
     beside OUT and swapped in when complete, so OUT is never half-written."""
     from ..eval.attribution import Normalised
@@ -179,7 +179,7 @@ def build_atlas(config: AtlasConfig, command: str = "") -> dict:
         index = {"format": FORMAT, "model": config.model, "layer": config.layer, "channels": tracker.channels,
                  "dataset": config.dataset, "split": config.split, "images_scanned": tracker.seen, "top": config.top,
                  "mix": config.mix, "sort": config.sort, "class_names": names,
-                 "seconds": round(time.perf_counter() - t0, 1), "command": command or f"build_atlas({config!r})",
+                 "seconds": round(time.perf_counter() - t0, 1), "command": command_line(config, "python -m timm_bcos atlas"),
                  "neurons": neurons}
         write_page(work, index)
     return index

@@ -63,3 +63,19 @@ def missing_required(config_class: type, values: dict[str, Any]) -> list[str]:
 
 def option_names(config_class: type) -> set[str]:
     return {f.name for f in dataclasses.fields(config_class) if "help" in f.metadata}
+
+
+def command_line(config: Any, program: str) -> str:
+    """The command line that fills `config`: `program` and a flag for each option not at its default."""
+    import shlex
+
+    parts = [program]
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if "help" not in f.metadata or value == _default(f):
+            continue
+        if value is True and _default(f) is False:
+            parts.append(flag(f.name))
+        else:
+            parts += [flag(f.name), *map(str, value if isinstance(value, (list, tuple)) else [value])]
+    return shlex.join(parts)
