@@ -139,6 +139,23 @@ def test_the_atlas_index(atlas):
                 assert (out / e[key]).is_file()
 
 
+def test_the_recorded_command_rebuilds_the_same_config(atlas):
+    import argparse
+    import shlex
+
+    from timm_bcos.atlas import AtlasConfig
+    from timm_bcos.atlas.cli import add_atlas_parser
+    from timm_bcos.utils.options import option_names
+
+    _, index = atlas
+    parser = argparse.ArgumentParser()
+    add_atlas_parser(parser.add_subparsers())
+    args = vars(parser.parse_args(shlex.split(index["command"])[3:]))  # after "python -m timm_bcos"
+    config = AtlasConfig(**{k: v for k, v in args.items() if k in option_names(AtlasConfig)})
+    assert (config.layer, config.split, config.neurons, config.top, config.mix, config.workers) == \
+        ("features.4.0", "test[:200]", ["0-5", "40"], 4, 10, 0)
+
+
 def test_crops_are_the_receptive_field(atlas):
     """features.4.0 follows five 3x3 convolutions, one of stride 2: a 15x15 receptive field around
     (2r, 2c) of its 16x16 map, clipped at the border. The crops are exactly that box."""
@@ -213,7 +230,8 @@ def test_an_unlabeled_folder_of_images(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "atlas"
     assert main(["atlas", "--model", SHIPPED, "--pretrained", "--layer", "features.7.0", "--dataset", str(folder),
-                 "--split", "train", "--neurons", "5", "--top", "3", "-j", "0", "--out", str(out)]) == 0
-    (neuron,) = json.loads((out / "index.json").read_text())["neurons"]
+                 "--split", "train", "--neurons", "0-9", "--max-neurons", "1", "--top", "3", "-j", "0",
+                 "--out", str(out)]) == 0
+    (neuron,) = json.loads((out / "index.json").read_text())["neurons"]  # the most class-specific of 0-9
     assert neuron["mix_source"] == "prediction" and neuron["label_mix"] is None and neuron["mix_of"] == 12
     assert len(neuron["examples"]) == 3 and all(e["label"] == -1 for e in neuron["examples"])

@@ -63,6 +63,7 @@ def build_atlas_tab(atlases: dict, explain_controls: dict, explain_layers: list[
         text, items = neuron_view(atlases, first, start)
         summary = gr.Markdown(text, elem_id="atlas-summary")
         gallery = gr.Gallery(items, label="most activating images | their explanations", columns=4, format="png",
+                             object_fit="contain", height="auto",
                              allow_preview=False, elem_id="atlas-gallery")
 
     def pick_layer(label):

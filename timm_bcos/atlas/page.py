@@ -31,14 +31,14 @@ def _scaled(array: np.ndarray, height: int = SHOWN_PX) -> Image.Image:
 
 
 def save_example(folder: Path, stem: str, example: Example, gap: int = 4) -> tuple[str, str, str]:
-    """The crop, its explanation, and both side by side (the explorer's gallery) as PNGs under
-    folder/crops; their paths relative to folder."""
+    """The crop and its explanation (at the input's resolution), and both side by side enlarged (the
+    explorer's gallery), as PNGs under folder/crops; their paths relative to folder."""
     crops = folder / "crops"
     crops.mkdir(exist_ok=True)
     image, expl, pair = f"crops/{stem}.png", f"crops/{stem}_explanation.png", f"crops/{stem}_pair.png"
+    Image.fromarray(example.image).save(folder / image)  # at the model's resolution: the page scales them
+    Image.fromarray(on_white(example.explanation)).save(folder / expl)
     left, right = _scaled(example.image), _scaled(on_white(example.explanation))
-    left.save(folder / image)
-    right.save(folder / expl)
     both = Image.new("RGB", (left.width + gap + right.width, SHOWN_PX), "white")
     both.paste(left, (0, 0))
     both.paste(right, (left.width + gap, 0))

@@ -36,6 +36,8 @@ class AtlasConfig:
                            factory=lambda: ["all"])
     top: int = option(7, "images shown and explained per neuron (%(default)s, as the paper's Fig. 10)")
     mix: int = option(30, "the class mix counts each neuron's MIX most activating images (%(default)s)")
+    max_neurons: int | None = option(None, "show only the first N neurons in page order (default: all chosen)",
+                                     parse=int)
     sort: str = option("specificity", "page order: specificity (most class-specific first) or channel",
                        choices=["specificity", "channel"])
     smooth: int = option(0, "opacity smoothing window of the explanations (pixels)")
@@ -49,8 +51,9 @@ class AtlasConfig:
         missing = missing_required(type(self), vars(self))
         if missing:
             raise AtlasError(f"{missing[0]} is required")
-        if self.top < 1 or self.mix < 1:
-            raise AtlasError(f"--top and --mix must be at least 1, got {self.top} and {self.mix}")
+        if min(self.top, self.mix, self.max_neurons or 1) < 1:
+            raise AtlasError(f"--top, --mix and --max-neurons must be at least 1, got {self.top}, {self.mix} "
+                             f"and {self.max_neurons}")
 
 
 def chosen_channels(spec: list, channels: int, layer: str) -> list[int]:
@@ -174,6 +177,7 @@ def build_atlas(config: AtlasConfig) -> dict:
                for c in chosen_channels(config.neurons, tracker.channels, config.layer)]
     if config.sort == "specificity":
         neurons.sort(key=lambda n: (-n["specificity"], -n["max_activation"]))
+    neurons = neurons[:config.max_neurons]
     with atomic_folder(out) as work:
         explain_neurons(config, model, data, tracker, neurons, work, norm.mean, norm.std)
         index = {"format": FORMAT, "model": config.model, "layer": config.layer, "channels": tracker.channels,

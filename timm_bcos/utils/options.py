@@ -69,7 +69,7 @@ def command_line(config: Any, program: str) -> str:
     """The command line that fills `config`: `program` and a flag for each option not at its default."""
     import shlex
 
-    parts = [program]
+    parts = []
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if "help" not in f.metadata or value == _default(f):
@@ -78,4 +78,4 @@ def command_line(config: Any, program: str) -> str:
             parts.append(flag(f.name))
         else:
             parts += [flag(f.name), *map(str, value if isinstance(value, (list, tuple)) else [value])]
-    return shlex.join(parts)
+    return " ".join([program, shlex.join(parts)])
