@@ -268,9 +268,11 @@ def test_cli_defaults_and_bad_model(monkeypatch, cb):
     from timm_bcos.app import layout
 
     seen = {}
-    monkeypatch.setattr(layout, "launch", lambda explorer, host, port: seen.update(e=explorer, host=host, port=port))
+    monkeypatch.setattr(layout, "launch", lambda explorer, host, port, atlases: seen.update(
+        e=explorer, host=host, port=port, atlases=atlases))
     assert main(["app"]) == 0
     assert seen["host"] == "127.0.0.1" and seen["port"] == 7860 and seen["e"].name == DEFAULT_MODEL
+    assert seen["atlases"] == {}
     threads = torch.get_num_threads()
     try:
         assert main(["app", "--threads", "3", "--port", "7999"]) == 0
@@ -281,6 +283,8 @@ def test_cli_defaults_and_bad_model(monkeypatch, cb):
         main(["app", "--model", "bcos_resnet5"])
     with pytest.raises(SystemExit, match="checkpoint not found"):
         main(["app", "--model", DEFAULT_MODEL, "--checkpoint", "missing.safetensors"])
+    with pytest.raises(SystemExit, match="tests is not an atlas folder .no index.json.; build one with python -m"):
+        main(["app", "--atlas", "tests"])
 
 
 def test_console_script_is_declared():
