@@ -139,6 +139,20 @@ def test_the_atlas_index(atlas):
                 assert (out / e[key]).is_file()
 
 
+def test_a_streamed_split_gives_the_same_atlas(atlas, tmp_path):
+    out, index = atlas
+    streamed = tmp_path / "streamed"
+    assert main(["atlas", "--model", SHIPPED, "--pretrained", "--layer", "features.4.0", "--dataset", str(CIFAR),
+                 "--split", "test[:200]", "--streaming", "--neurons", "0-5", "40", "--top", "4", "--mix", "10",
+                 "-j", "0", "--out", str(streamed)]) == 0
+    other = json.loads((streamed / "index.json").read_text())
+
+    def kept(ix):
+        return [(n["channel"], n["mix"], [(e["index"], e["position"], e["box"]) for e in n["examples"]])
+                for n in ix["neurons"]]
+    assert kept(other) == kept(index)
+
+
 def test_the_recorded_command_rebuilds_the_same_config(atlas):
     import argparse
     import shlex
@@ -206,7 +220,9 @@ def test_clear_errors(tmp_path, capsys):
     data = ["--dataset", str(CIFAR), "--split", "test[:8]", "--out", str(tmp_path / "a")]
     message = _atlas_error(capsys, "--layer", "features.7.1x", *data)
     assert "has no layer 'features.7.1x'" in message and "features.7.1" in message
-    message = _atlas_error(capsys, "--layer", "features.7.0", "--neurons", "3", "128", *data)
+    with pytest.MonkeyPatch.context() as m:  # refused on the first batch, before any image is kept
+        m.setattr(ChannelTopK, "update", lambda *a, **k: pytest.fail("the scan ran before --neurons was checked"))
+        message = _atlas_error(capsys, "--layer", "features.7.0", "--neurons", "3", "128", *data)
     assert "channel 128 is out of range: layer 'features.7.0' has 128 channels (0-127)" in message
     (tmp_path / "table").mkdir()
     (tmp_path / "table" / "rows.csv").write_text("text,label\nhello,0\nworld,1\n")
@@ -219,6 +235,59 @@ def test_clear_errors(tmp_path, capsys):
     message = _atlas_error(capsys, "--layer", "features.7.0", *data[:4], "--out", str(keep))
     assert "is not an atlas folder" in message and (keep / "notes.txt").read_text() == "mine"
     assert not list(tmp_path.glob(".a.*")) and not (tmp_path / "a").exists()  # nothing half-written
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    for i in range(3):
+        (broken / f"{i}.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
+    message = _atlas_error(capsys, "--layer", "features.7.0", "--dataset", str(broken), "--split", "train",
+                           "--out", str(tmp_path / "c"))
+    assert "the data set gave no decodable image" in message
+    assert "--max-neurons must be at least 1, got 0" in _atlas_error(capsys, "--layer", "x", *data, "--max-neurons", "0")
+
+
+@needs_cifar
+def test_a_failure_while_writing_leaves_the_previous_atlas(tmp_path, monkeypatch):
+    from timm_bcos.atlas import run
+
+    out = tmp_path / "atlas"
+    args = ["atlas", "--model", SHIPPED, "--pretrained", "--layer", "features.7.0", "--dataset", str(CIFAR),
+            "--split", "test[:16]", "--top", "2", "-j", "0", "--out", str(out), "--neurons"]
+    assert main([*args, "1"]) == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def disk_full(*a, **k):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(run, "write_strips", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        main([*args, "0-9"])
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["atlas"]  # no temporary folder left behind
+
+
+def test_no_class_mix_without_labels_or_classifier():
+    from timm_bcos.atlas.run import summarise_neuron
+
+    tracker = ChannelTopK(2, 5, ("label", "prediction"))
+    minus = torch.full((4,), -1)
+    tracker.update(torch.randn(4, 2), torch.arange(4), label=minus, prediction=minus)
+    n = summarise_neuron(tracker, 1, 3, ["a", "b"])
+    assert n["specificity"] is None and n["mix"] == {} and n["mix_source"] is None and n["mix_of"] == 3
+
+
+def test_the_explorer_sees_the_atlas_view_for_a_cropping_model():
+    """ImageNet-style models crop 87.5%: the image the Atlas tab opens goes through the explorer's
+    resize and centre crop and must come out as the view the atlas explained."""
+    from timm_bcos.app.engine import Explorer
+    from timm_bcos.atlas.page import explorer_image
+
+    model = timm.create_model(SHIPPED, pretrained=True)
+    for crop_pct in (0.875, 0.9, 0.95):
+        model.pretrained_cfg = {**model.pretrained_cfg, "crop_pct": crop_pct}
+        view = np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+        padded = explorer_image(view, model.pretrained_cfg)
+        assert padded.shape[0] > 32
+        assert np.array_equal(Explorer(model).prepare(Image.fromarray(padded)).seen, view), crop_pct
 
 
 def test_an_unlabeled_folder_of_images(tmp_path):
@@ -230,8 +299,8 @@ def test_an_unlabeled_folder_of_images(tmp_path):
         Image.fromarray(rng.integers(0, 255, (40, 48, 3), dtype=np.uint8)).save(folder / f"{i}.png")
     out = tmp_path / "atlas"
     assert main(["atlas", "--model", SHIPPED, "--pretrained", "--layer", "features.7.0", "--dataset", str(folder),
-                 "--split", "train", "--neurons", "0-9", "--max-neurons", "1", "--top", "3", "-j", "0",
-                 "--out", str(out)]) == 0
+                 "--split", "train", "--neurons", "0-9", "--max-neurons", "1", "--top", "3", "--mix", "2",
+                 "-j", "0", "--out", str(out)]) == 0
     (neuron,) = json.loads((out / "index.json").read_text())["neurons"]  # the most class-specific of 0-9
-    assert neuron["mix_source"] == "prediction" and neuron["label_mix"] is None and neuron["mix_of"] == 12
+    assert neuron["mix_source"] == "prediction" and neuron["label_mix"] is None and neuron["mix_of"] == 2
     assert len(neuron["examples"]) == 3 and all(e["label"] == -1 for e in neuron["examples"])

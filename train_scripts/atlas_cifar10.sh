@@ -19,6 +19,6 @@ MODELS=${MODELS:-bcos_cifar10_w050_bnu.cpu30e_cifar10 bcos_cifar10_w050_bcosifie
 for model in $MODELS; do
   for layer in features.4.0 features.7.0; do
     python -m timm_bcos atlas --model "$model" --pretrained --layer "$layer" --dataset "$DATA" --split test \
-      --top "$TOP" --mix "$MIX" "${limit[@]}" --workers 1 $EXTRA --out "$OUT/${model//./_}_${layer//./_}"
+      --top "$TOP" --mix "$MIX" ${limit[@]+"${limit[@]}"} --workers 1 $EXTRA --out "$OUT/${model//./_}_${layer//./_}"
   done
 done

@@ -60,7 +60,10 @@ def screenshots(page_atlas: Path, tab_atlas: Path) -> None:
             page = browser.new_page(viewport={"width": 1100, "height": 1500})
             page.goto((page_atlas / "index.html").as_uri())
             page.screenshot(path=str(REPORTS / "atlas_page.png"))
+            deadline = time.monotonic() + 180
             while "Running on local URL" not in log.read_text():
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the explorer did not start:\n{log.read_text()}")
                 time.sleep(0.5)
             page = browser.new_page(viewport={"width": 1280, "height": 900})
             page.goto(f"http://127.0.0.1:{port}/")

@@ -10,7 +10,7 @@ os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # before gradio is i
 
 import gradio as gr  # noqa: E402
 
-from ..atlas.page import read_atlas  # noqa: E402
+from ..atlas.page import neuron_title, read_atlas  # noqa: E402
 
 NO_ATLAS = ("No atlas loaded. Build one with `python -m timm_bcos atlas --model ... --layer ... --dataset ... "
             "--out DIR` and start the explorer with `--atlas DIR`.")
@@ -21,14 +21,25 @@ def load_atlases(folders: list[str]) -> dict[str, dict]:
     atlases: dict[str, dict] = {}
     for folder in folders:
         index = read_atlas(folder)
-        label = index["layer"] if index["layer"] not in atlases else f"{index['layer']} ({Path(folder).name})"
+        label, k = index["layer"], 1
+        while label in atlases:
+            k += 1
+            label = f"{index['layer']} ({Path(folder).name}{'' if k == 2 else f', {k}'})"
         atlases[label] = index
     return atlases
 
 
+def atlas_file(index: dict, relative: str) -> str:
+    """A file named by an atlas index, refused when the name leads out of the atlas folder."""
+    folder = Path(index["folder"]).resolve()
+    path = (folder / relative).resolve()
+    if folder not in path.parents:
+        raise ValueError(f"{relative!r} is outside the atlas folder {folder}")
+    return str(path)
+
+
 def neuron_choices(index: dict) -> list[tuple[str, int]]:
-    return [(f"channel {n['channel']}: {100 * n['specificity']:.0f}% {n['top_class_name']}", n["channel"])
-            for n in index["neurons"]]
+    return [(neuron_title(n), n["channel"]) for n in index["neurons"]]
 
 
 def _neuron(index: dict, channel) -> dict | None:
@@ -41,18 +52,20 @@ def neuron_view(atlases: dict, label: str | None, channel) -> tuple[str, list]:
     n = _neuron(index, channel) if index else None
     if n is None:
         return (NO_ATLAS if not atlases else "Pick a neuron."), []
-    names = index["class_names"]
+    names = index["class_names"] if n["mix_source"] == "prediction" else index.get("label_names") or []
     mix = ", ".join(f"{names[int(c)] if 0 <= int(c) < len(names) else c} {k}" for c, k in n["mix"].items())
-    text = (f"**{index['layer']} channel {n['channel']}**: {100 * n['specificity']:.0f}% {n['top_class_name']} "
-            f"among its {n['mix_of']} most activating of {index['images_scanned']} images ({n['mix_source']}s: "
-            f"{mix}). Click an image to explain it in the Explain tab.")
-    items = [(os.path.join(index["folder"], e["pair"]), f"#{e['rank']} activation {e['activation']:.3g}")
-             for e in n["examples"]]
+    counted = (f"{100 * n['specificity']:.0f}% {n['top_class_name']} among its {n['mix_of']} most activating of "
+               f"{index['images_scanned']} images ({n['mix_source']}s: {mix})" if n["mix_source"] else
+               f"its {n['mix_of']} most activating of {index['images_scanned']} images (no class mix)")
+    text = (f"**{index['layer']} channel {n['channel']}**: {counted}. "
+            f"Click an image to explain it in the Explain tab.")
+    items = [(atlas_file(index, e["pair"]), f"#{e['rank']} activation {e['activation']:.3g}") for e in n["examples"]]
     return text, items
 
 
-def build_atlas_tab(atlases: dict, explain_controls: dict, explain_layers: list[str], tabs: gr.Tabs) -> None:
-    """The tab's components and events; opening an image sets the Explain tab's image, layer and channel."""
+def build_atlas_tab(atlases: dict, explain_controls: dict, tabs: gr.Tabs) -> None:
+    """The tab's components and events; opening an image sets the Explain tab's image, layer and channel
+    (the explorer offers every atlas layer for neuron explanations: `Explorer.add_layers`)."""
     first = next(iter(atlases), None)
     choices = neuron_choices(atlases[first]) if first else []
     start = choices[0][1] if choices else None
@@ -66,21 +79,20 @@ def build_atlas_tab(atlases: dict, explain_controls: dict, explain_layers: list[
                              object_fit="contain", height="auto",
                              allow_preview=False, elem_id="atlas-gallery")
 
-    def pick_layer(label):
+    def pick_layer(label):  # the view too: the new first neuron may have the old one's number
         options = neuron_choices(atlases[label]) if label in atlases else []
-        return gr.update(choices=options, value=options[0][1] if options else None)
+        first_channel = options[0][1] if options else None
+        return (gr.update(choices=options, value=first_channel), *neuron_view(atlases, label, first_channel))
 
     def open_example(label, channel, evt: gr.SelectData):
         index = atlases.get(label or "")
         n = _neuron(index, channel) if index else None
         if n is None or not 0 <= evt.index < len(n["examples"]):
             return gr.skip(), gr.skip(), gr.skip(), gr.skip()
-        image = os.path.join(index["folder"], n["examples"][evt.index]["image"])
-        known = index["layer"] in explain_layers
-        return (image, gr.update(value=index["layer"]) if known else gr.skip(),
-                channel if known else gr.skip(), gr.Tabs(selected="explain"))
+        image = atlas_file(index, n["examples"][evt.index]["image"])
+        return image, gr.update(value=index["layer"]), channel, gr.Tabs(selected="explain")
 
-    layer.change(pick_layer, layer, neuron, api_visibility="private")
+    layer.change(pick_layer, layer, [neuron, summary, gallery], api_visibility="private")
     neuron.change(lambda label, c: neuron_view(atlases, label, c), [layer, neuron], [summary, gallery],
                   api_visibility="private")
     gallery.select(open_example, [layer, neuron], [explain_controls["image"], explain_controls["layer"],

@@ -28,12 +28,14 @@ def app_main(args: argparse.Namespace) -> int:
     try:
         model = load_model(name, pretrained=pretrained, checkpoint=args.checkpoint)
         atlases = load_atlases(args.atlas or [])
-    except (ValueError, FileNotFoundError, RuntimeError) as e:
+        explorer = Explorer(model, name)
+        explorer.add_layers([index["layer"] for index in atlases.values()])
+    except (ValueError, FileNotFoundError, RuntimeError, AttributeError) as e:
         raise SystemExit(f"error: {e}") from None
     for index in atlases.values():
         if index["model"] != name:
             print(f"note: the atlas {index['folder']} was built with {index['model']}; the explorer serves {name}")
-    launch(Explorer(model, name), host=args.host, port=args.port, atlases=atlases)
+    launch(explorer, host=args.host, port=args.port, atlases=atlases)
     return 0
 
 

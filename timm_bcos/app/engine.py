@@ -66,6 +66,13 @@ class Explorer:
         self.layers = bcos_layers(model)
         self._lock = threading.Lock()
 
+    def add_layers(self, names: list[str]) -> None:
+        """More layers to explain neurons of (an atlas's layer need not be a B-cos layer)."""
+        for name in names:
+            if name not in self.layers:
+                self.model.get_submodule(name)  # an AttributeError naming what is missing
+                self.layers.append(name)
+
     @property
     def logit_bias(self) -> float:
         return float(self.model.logit_layer.logit_bias)

@@ -77,7 +77,9 @@ def _results() -> dict:
 
 def build_app(explorer: Explorer, atlases: dict | None = None) -> gr.Blocks:
     """The page; its API endpoint `/analyse` takes an image and returns everything the page shows.
-    `atlases` ({label: index}, atlas_tab.load_atlases) fill the Atlas tab."""
+    `atlases` ({label: index}, atlas_tab.load_atlases) fill the Atlas tab; their layers join the
+    explorer's neuron layers."""
+    explorer.add_layers([index["layer"] for index in (atlases or {}).values()])
     # delete_cache: uploads and result pictures older than an hour go, hourly
     age = int(cb.ANSWER_MAX_AGE_S)
     with gr.Blocks(title="B-cos explorer", analytics_enabled=False, delete_cache=(3600, age)) as app:
@@ -90,7 +92,7 @@ def build_app(explorer: Explorer, atlases: dict | None = None) -> gr.Blocks:
                         c = _controls(explorer)
                     with gr.Column(scale=2):
                         r = _results()
-            build_atlas_tab(atlases or {}, c, explorer.layers, tabs)
+            build_atlas_tab(atlases or {}, c, tabs)
         pics = [r["explanation"], r["contributions"], r["numbers"]]
         display = [c["smooth"], c["percentile"]]
         analysis = [r["message"], r["seen"], r["scores"], r["target"], *pics, state]

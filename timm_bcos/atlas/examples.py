@@ -24,7 +24,7 @@ def receptive_boxes(weights: Tensor) -> list[tuple[int, int, int, int]]:
     """The box around the pixels with a non-zero weight, per image ([B, 6, H, W] -> B boxes).
 
     A neuron's dynamic weights are exactly zero outside the pixels it depends on, so this is its
-    receptive field as the input meets it (clipped by the image border; the whole image for a ViT)."""
+    receptive field as the input meets it (clipped by the image border)."""
     support = weights.detach().abs().sum(1) > 0  # [B, H, W]
     boxes = []
     for s in support:

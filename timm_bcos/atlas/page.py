@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import html
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +47,13 @@ def save_example(folder: Path, stem: str, example: Example, gap: int = 4) -> tup
     return image, expl, pair
 
 
-def save_neuron_strip(path: Path, examples: list[Example], gap: int = 4) -> None:
-    """One PNG per neuron: its top images (upper row) above their explanations (lower row)."""
-    tops = [_scaled(e.image) for e in examples]
-    bottoms = [_scaled(on_white(e.explanation)) for e in examples]
+def save_neuron_strip(path: Path, pairs: list[tuple[Path, Path]], gap: int = 4) -> None:
+    """One PNG per neuron: its top images (upper row) above their explanations (lower row), from the
+    saved crops (image file, explanation file) in rank order."""
+    tops = [_scaled(np.asarray(Image.open(image).convert("RGB"))) for image, _ in pairs]
+    bottoms = [_scaled(np.asarray(Image.open(expl).convert("RGB"))) for _, expl in pairs]
     width = sum(t.width for t in tops) + gap * (len(tops) - 1)
-    strip = Image.new("RGB", (width, 2 * SHOWN_PX + gap), "white")
+    strip = Image.new("RGB", (max(1, width), 2 * SHOWN_PX + gap), "white")
     x = 0
     for top, bottom in zip(tops, bottoms):
         strip.paste(top, (x, 0))
@@ -61,12 +63,26 @@ def save_neuron_strip(path: Path, examples: list[Example], gap: int = 4) -> None
     strip.save(path)
 
 
-def save_input(folder: Path, index: int, image: np.ndarray) -> str:
-    """The whole image as the model saw it (what the explorer opens), once per data-set index."""
+def explorer_image(view: np.ndarray, cfg: dict) -> np.ndarray:
+    """The model's view [H, W, 3] padded (edge pixels repeated) so that timm's eval transform, which the
+    explorer applies to what it opens (resize to floor(size / crop_pct), centre crop), gives the view
+    back unchanged: a click in the Atlas tab explains the image the atlas explained. Only for the
+    default centre crop of a square input; otherwise the view as it is."""
+    h, w = view.shape[:2]
+    crop_pct = cfg.get("crop_pct") or 0.875  # timm's default
+    if cfg.get("crop_mode", "center") != "center" or h != w or crop_pct >= 1:
+        return view
+    side = math.floor(h / crop_pct)
+    top = int(round((side - h) / 2.0))  # where torchvision's CenterCrop starts
+    return np.pad(view, ((top, side - h - top), (top, side - w - top), (0, 0)), mode="edge")
+
+
+def save_input(folder: Path, index: int, view: np.ndarray, cfg: dict) -> str:
+    """The whole image as the model saw it, as the explorer opens it (`explorer_image`), once per index."""
     rel = f"images/{index}.png"
     if not (folder / rel).exists():
         (folder / "images").mkdir(exist_ok=True)
-        Image.fromarray(image).save(folder / rel)
+        Image.fromarray(explorer_image(view, cfg)).save(folder / rel)
     return rel
 
 
@@ -92,24 +108,34 @@ def _mix_bar(mix: dict, of: int, names: list[str]) -> str:
     return f'<div class="mix">{"".join(parts)}</div>'
 
 
-def _neuron_html(n: dict, names: list[str]) -> str:
+def _name(names: list[str], i: int) -> str:
+    return names[i] if 0 <= i < len(names) else "-"
+
+
+def neuron_title(n: dict) -> str:
+    """"channel 17: 93% ship", or "channel 17" for a neuron without a class mix."""
+    if n["specificity"] is None:
+        return f"channel {n['channel']}"
+    return f"channel {n['channel']}: {100 * n['specificity']:.0f}% {n['top_class_name']}"
+
+
+def _neuron_html(n: dict, names: list[str], label_names: list[str]) -> str:
     e = html.escape
-    figures = []
-    for ex in n["examples"]:
-        label = names[ex["label"]] if 0 <= ex["label"] < len(names) else "-"
-        pred = names[ex["prediction"]] if 0 <= ex["prediction"] < len(names) else "-"
-        figures.append(
-            f'<figure class="ex"><a href="{e(ex["image"])}"><img src="{e(ex["crop"])}" alt="image {ex["index"]}">'
-            f'<img src="{e(ex["explanation"])}" alt="explanation of image {ex["index"]}"></a>'
-            f'<figcaption>#{ex["rank"]} {ex["activation"]:.3g}<br>label {e(label)}<br>pred {e(pred)}</figcaption></figure>')
-    labels = ""
-    if n["label_mix"]:
-        labels = f'<div class="meta">by label:</div>{_mix_bar(n["label_mix"], n["mix_of"], names)}'
-    return (f'<section class="neuron" id="channel-{n["channel"]}"><h2>channel {n["channel"]}: '
-            f'{100 * n["specificity"]:.0f}% {e(n["top_class_name"])}</h2>'
-            f'<div class="meta">{n["mix_of"]} most activating images by {n["mix_source"]}; '
+    figures = [
+        f'<figure class="ex"><a href="{e(ex["image"])}"><img src="{e(ex["crop"])}" alt="image {ex["index"]}">'
+        f'<img src="{e(ex["explanation"])}" alt="explanation of image {ex["index"]}"></a>'
+        f'<figcaption>#{ex["rank"]} {ex["activation"]:.3g}<br>label {e(_name(label_names, ex["label"]))}'
+        f'<br>pred {e(_name(names, ex["prediction"]))}</figcaption></figure>' for ex in n["examples"]]
+    bars = ""
+    if n["mix_source"]:  # the mix is counted in the model's classes, or in the labels where it has no head
+        bars = _mix_bar(n["mix"], n["mix_of"], names if n["mix_source"] == "prediction" else label_names)
+    if n["label_mix"] and n["mix_source"] == "prediction":
+        bars += f'<div class="meta">by label:</div>{_mix_bar(n["label_mix"], n["mix_of"], label_names)}'
+    counted = f" by {n['mix_source']}" if n["mix_source"] else " (no class mix: no labels, no classifier)"
+    return (f'<section class="neuron" id="channel-{n["channel"]}"><h2>{e(neuron_title(n))}</h2>'
+            f'<div class="meta">{n["mix_of"]} most activating images{counted}; '
             f'max activation {n["max_activation"]:.4g}; <a href="{e(n["strip"])}">PNG</a></div>'
-            f'{_mix_bar(n["mix"], n["mix_of"], names)}{labels}<div class="examples">{"".join(figures)}</div></section>')
+            f'{bars}<div class="examples">{"".join(figures)}</div></section>')
 
 
 def read_atlas(folder: str | Path) -> dict:
@@ -128,7 +154,7 @@ def write_page(folder: Path, index: dict) -> None:
     (folder / "index.json").write_text(json.dumps(index, indent=1))
     names = index["class_names"]
     e = html.escape
-    present = sorted({int(c) for n in index["neurons"] for c in n["mix"]})
+    present = sorted({int(c) for n in index["neurons"] if n["mix_source"] == "prediction" for c in n["mix"]})
     legend = "".join(f'<span><i class="sw" style="background:{_colour(i)}"></i> {e(names[i])}</span>'
                      for i in present[:len(PALETTE)] if 0 <= i < len(names)) if len(present) <= len(PALETTE) else ""
     head = (f'<h1>Atlas of {e(index["layer"])} in {e(index["model"])}</h1>'
@@ -138,7 +164,7 @@ def write_page(folder: Path, index: dict) -> None:
             f'explanation of the neuron at its most activated position (B-cos, Figs. 8 and 10 of the paper); '
             f'the bar is the class mix of its {index["mix"]} most activating images. '
             f'Built by <code>{e(index["command"])}</code>.</p><div class="legend">{legend}</div>')
-    body = "".join(_neuron_html(n, names) for n in index["neurons"])
+    body = "".join(_neuron_html(n, names, index["label_names"]) for n in index["neurons"])
     (folder / "index.html").write_text(
         f'<!doctype html><html lang="en"><head><meta charset="utf-8"><title>Atlas: {e(index["layer"])}</title>'
         f'<style>{STYLE}</style></head><body>{head}{body}</body></html>')

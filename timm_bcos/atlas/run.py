@@ -51,9 +51,13 @@ class AtlasConfig:
         missing = missing_required(type(self), vars(self))
         if missing:
             raise AtlasError(f"{missing[0]} is required")
-        if min(self.top, self.mix, self.max_neurons or 1) < 1:
-            raise AtlasError(f"--top, --mix and --max-neurons must be at least 1, got {self.top}, {self.mix} "
-                             f"and {self.max_neurons}")
+        counts = {"--top": self.top, "--mix": self.mix, "--batch-size": self.batch_size,
+                  "--max-neurons": 1 if self.max_neurons is None else self.max_neurons}
+        for name, value in counts.items():
+            if value < 1:
+                raise AtlasError(f"{name} must be at least 1, got {value}")
+        if self.workers < 0:
+            raise AtlasError(f"--workers must be 0 or more, got {self.workers}")
 
 
 def chosen_channels(spec: list, channels: int, layer: str) -> list[int]:
@@ -76,15 +80,15 @@ def chosen_channels(spec: list, channels: int, layer: str) -> list[int]:
 
 def summarise_neuron(tracker: ChannelTopK, channel: int, mix: int, class_names: list[str]) -> dict:
     """The class mix of a neuron's `mix` most activating images: by the model's prediction (no labeller
-    needed; by the label for a model without head) and, where the data has them, by label."""
-    source = "prediction" if (tracker.columns["prediction"][channel] >= 0).all() else "label"
-    kept = torch.isfinite(tracker.values[channel, :mix])
-    counts = Counter(tracker.columns[source][channel, :mix][kept].tolist())
-    labels = tracker.columns["label"][channel, :mix][kept]
+    needed), by the label for a model without head, and by label too where the data has labels. A
+    headless model on unlabeled data has no class mix (specificity None)."""
+    predictions, labels = tracker.columns["prediction"][channel, :mix], tracker.columns["label"][channel, :mix]
+    source = "prediction" if (predictions >= 0).all() else "label" if (labels >= 0).all() else None
+    counts = Counter((predictions if source == "prediction" else labels).tolist()) if source else Counter()
     top_class, top_count = counts.most_common(1)[0] if counts else (-1, 0)
-    name = class_names[top_class] if 0 <= top_class < len(class_names) else str(top_class)
-    return {"channel": channel, "mix_of": int(kept.sum()), "mix_source": source, "top_class": int(top_class),
-            "top_class_name": name, "specificity": top_count / max(1, int(kept.sum())),
+    return {"channel": channel, "mix_of": len(predictions), "mix_source": source, "top_class": int(top_class),
+            "top_class_name": class_names[top_class] if 0 <= top_class < len(class_names) else "",
+            "specificity": top_count / len(predictions) if source else None,
             "mix": {int(c): n for c, n in counts.most_common()},
             "label_mix": {int(c): n for c, n in Counter(labels.tolist()).most_common()} if (labels >= 0).all() else None,
             "max_activation": float(tracker.values[channel, 0])}
@@ -100,54 +104,68 @@ def load_atlas_model(config: AtlasConfig) -> torch.nn.Module:
     if message:
         raise AtlasError(message)
     hub_folder = config.model.startswith(("local-dir:", "hf-hub:"))
-    model = timm.create_model(config.model, pretrained=config.pretrained or hub_folder)
-    if config.checkpoint:
-        load_checkpoint(model, config.checkpoint)
+    try:
+        model = timm.create_model(config.model, pretrained=config.pretrained or hub_folder)
+        if config.checkpoint:
+            load_checkpoint(model, config.checkpoint)
+    except (RuntimeError, OSError, ValueError) as e:  # missing or unfitting weights
+        raise AtlasError(f"cannot load {config.model}: {e}") from None
     if not hasattr(model, "explain"):
         raise AtlasError(f"{config.model} is not a B-cos model (it has no explain()); expected a bcos_* model "
                          f"or one converted with timm_bcos.convert")
     return model.eval().to(resolve_device(config.device))
 
 
-def class_names_of(model, info) -> list[str]:
+def class_names_of(model, info) -> tuple[list[str], list[str]]:
+    """(names of the model's classes, names of the data's labels): each from its own source, so that a
+    model shown a data set with other classes names neither with the other's list."""
     names = (getattr(model, "pretrained_cfg", None) or {}).get("label_names")
     n = int(getattr(model, "num_classes", 0) or 0)
-    if names and len(names) == n:
-        return list(names)
-    if info.label_names:
-        return list(info.label_names)
-    return [str(i) for i in range(max(n, info.num_classes))]
+    classes = list(names) if names and len(names) == n else None
+    labels = list(info.label_names) if info.label_names else None
+    if labels is None and classes is not None and info.num_classes == n:
+        labels = classes  # the data's integer labels are the model's classes
+    return classes or [str(i) for i in range(n)], labels or [str(i) for i in range(info.num_classes)]
 
 
 def explain_neurons(config, model, data, tracker, neurons: list[dict], folder: Path, mean, std) -> None:
-    """Pass 2: explain each neuron's top images at their positions, save them, and add them to `neurons`."""
+    """Pass 2: explain each neuron's top images at their positions, save them, and add them to `neurons`.
+    Images are read in data-set order, so a streamed split reads each of its shards once."""
     from ..data.datasets import LazyImages
     from .examples import explain_examples
-    from .page import save_example, save_input, save_neuron_strip
+    from .page import save_example, save_input
     from .scan import progress
 
     images = LazyImages(data, model.pretrained_cfg["input_size"])
-    per_chunk = max(1, config.batch_size // config.top)  # neurons explained together in one batch
-    for start in progress(range(0, len(neurons), per_chunk), -(-len(neurons) // per_chunk), "explaining"):
-        chunk = neurons[start:start + per_chunk]
-        slots = [(n, r) for n in chunk for r in range(min(config.top, n["mix_of"]))]
-        idx = torch.stack([tracker.index[n["channel"], r] for n, r in slots])
+    slots = [(n, r) for n in neurons for r in range(min(config.top, tracker.values.shape[1]))]
+    slots.sort(key=lambda slot: int(tracker.index[slot[0]["channel"], slot[1]]))
+    step = config.batch_size
+    for start in progress(range(0, len(slots), step), -(-len(slots) // step), "explaining"):
+        batch = slots[start:start + step]
+        idx = torch.stack([tracker.index[n["channel"], r] for n, r in batch])
         x = images[idx]
-        examples = explain_examples(model, config.layer, x, torch.tensor([n["channel"] for n, _ in slots]),
-                                    torch.stack([tracker.positions[n["channel"], r] for n, r in slots]),
-                                    mean=mean, std=std, smooth=config.smooth, batch_size=config.batch_size)
-        seen = (x.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
-        for (n, r), ex, i, img in zip(slots, examples, idx.tolist(), seen):
+        examples = explain_examples(model, config.layer, x, torch.tensor([n["channel"] for n, _ in batch]),
+                                    torch.stack([tracker.positions[n["channel"], r] for n, r in batch]),
+                                    mean=mean, std=std, smooth=config.smooth, batch_size=step)
+        pixels = (x.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
+        for (n, r), ex, i, view in zip(batch, examples, idx.tolist(), pixels):
             c = n["channel"]
             crop, expl, pair = save_example(folder, f"c{c}_{r + 1}", ex)
             n.setdefault("examples", []).append({
                 "rank": r + 1, "index": i, "activation": float(tracker.values[c, r]), "explained": ex.explained,
                 "position": tracker.positions[c, r].tolist(), "label": int(tracker.columns["label"][c, r]),
                 "prediction": int(tracker.columns["prediction"][c, r]), "box": list(ex.box), "crop": crop,
-                "explanation": expl, "pair": pair, "image": save_input(folder, i, img)})
-        for n in chunk:
-            n["strip"] = f"neurons/channel_{n['channel']}.png"
-            save_neuron_strip(folder / n["strip"], [e for (m, _), e in zip(slots, examples) if m is n])
+                "explanation": expl, "pair": pair, "image": save_input(folder, i, view, model.pretrained_cfg)})
+
+
+def write_strips(folder: Path, neurons: list[dict]) -> None:
+    """Each neuron's examples in rank order, and its PNG strip (read back from the saved crops)."""
+    from .page import save_neuron_strip
+
+    for n in neurons:
+        n["examples"].sort(key=lambda e: e["rank"])
+        n["strip"] = f"neurons/channel_{n['channel']}.png"
+        save_neuron_strip(folder / n["strip"], [(folder / e["crop"], folder / e["explanation"]) for e in n["examples"]])
 
 
 def build_atlas(config: AtlasConfig) -> dict:
@@ -171,18 +189,19 @@ def build_atlas(config: AtlasConfig) -> dict:
         raise AtlasError(str(e)) from None
     t0 = time.perf_counter()
     tracker = scan_layer(model, config.layer, loader, max(config.top, config.mix), mean=norm.mean, std=norm.std,
-                         total=len(loader))
-    names = class_names_of(model, info)
+                         total=len(loader), check_channels=lambda c: chosen_channels(config.neurons, c, config.layer))
+    names, label_names = class_names_of(model, info)
     neurons = [summarise_neuron(tracker, c, config.mix, names)
                for c in chosen_channels(config.neurons, tracker.channels, config.layer)]
-    if config.sort == "specificity":
-        neurons.sort(key=lambda n: (-n["specificity"], -n["max_activation"]))
+    if config.sort == "specificity":  # (no class mix: by activation)
+        neurons.sort(key=lambda n: (-(n["specificity"] or 0), -n["max_activation"]))
     neurons = neurons[:config.max_neurons]
     with atomic_folder(out) as work:
         explain_neurons(config, model, data, tracker, neurons, work, norm.mean, norm.std)
+        write_strips(work, neurons)
         index = {"format": FORMAT, "model": config.model, "layer": config.layer, "channels": tracker.channels,
                  "dataset": config.dataset, "split": config.split, "images_scanned": tracker.seen, "top": config.top,
-                 "mix": config.mix, "sort": config.sort, "class_names": names,
+                 "mix": config.mix, "sort": config.sort, "class_names": names, "label_names": label_names,
                  "seconds": round(time.perf_counter() - t0, 1), "command": command_line(config, "python -m timm_bcos atlas"),
                  "neurons": neurons}
         write_page(work, index)

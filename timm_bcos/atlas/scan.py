@@ -3,7 +3,7 @@ layer, the images that activate it most (where: the position of the maximum) and
 prediction on them."""
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
@@ -26,10 +26,12 @@ def progress(iterable, total: int | None, desc: str):
 
 @torch.no_grad()
 def scan_layer(model: nn.Module, layer: str, batches: Iterable[dict], k: int, *, mean: torch.Tensor,
-               std: torch.Tensor, total: int | None = None) -> ChannelTopK:
+               std: torch.Tensor, total: int | None = None,
+               check_channels: Callable[[int], object] | None = None) -> ChannelTopK:
     """The top-k images of every channel of `layer` over `batches` ({"images": [0, 1] RGB [N, 3, H, W],
     "labels": [N], "indices": [N]}, as `open_split`'s loader gives), each image normalised by mean/std.
-    Kept per image: label (-1 when unlabeled) and the model's top class (-1 for a model without head)."""
+    Kept per image: label (-1 when unlabeled) and the model's top class (-1 for a model without head).
+    `check_channels(C)` runs on the first batch: a request the layer cannot meet fails before the pass."""
     try:
         module = named_layer(model, layer)
     except ValueError as e:
@@ -41,6 +43,8 @@ def scan_layer(model: nn.Module, layer: str, batches: Iterable[dict], k: int, *,
     tracker = None
     try:
         for batch in progress(batches, total, f"scanning {layer}"):
+            if batch["images"].numel() == 0:  # every image of the batch was undecodable
+                continue
             x = (batch["images"].to(device) - mean) / std
             logits = model(x)
             if "out" not in read:
@@ -50,11 +54,13 @@ def scan_layer(model: nn.Module, layer: str, batches: Iterable[dict], k: int, *,
             except ValueError as e:
                 raise AtlasError(f"layer {layer!r}: {e}") from None
             if tracker is None:
+                if check_channels is not None:
+                    check_channels(scores.shape[1])
                 tracker = ChannelTopK(scores.shape[1], k, ("label", "prediction"))
             prediction = logits.argmax(1) if has_head else torch.full_like(batch["labels"], -1)
             tracker.update(scores, batch["indices"], positions, label=batch["labels"], prediction=prediction)
     finally:
         hook.remove()
     if tracker is None:
-        raise AtlasError("the data set gave no decodable image")
+        raise AtlasError("the data set gave no decodable image (it is empty, or every image failed to decode)")
     return tracker
