@@ -139,12 +139,18 @@ def test_the_atlas_index(atlas):
                 assert (out / e[key]).is_file()
 
 
-def test_a_streamed_split_gives_the_same_atlas(atlas, tmp_path):
+@pytest.mark.parametrize("source", ["streaming", "wds"])
+def test_a_streamed_split_gives_the_same_atlas(atlas, tmp_path, source):
+    """The same 200 test images read from parquet shards on demand, or from webdataset tar shards."""
+    from helpers import write_tar_shards
+
     out, index = atlas
     streamed = tmp_path / "streamed"
-    assert main(["atlas", "--model", SHIPPED, "--pretrained", "--layer", "features.4.0", "--dataset", str(CIFAR),
-                 "--split", "test[:200]", "--streaming", "--neurons", "0-5", "40", "--top", "4", "--mix", "10",
-                 "-j", "0", "--out", str(streamed)]) == 0
+    data = (["--dataset", str(CIFAR), "--split", "test[:200]", "--streaming"] if source == "streaming" else
+            ["--dataset", f"wds:{write_tar_shards(tmp_path / 'wds', CIFAR, train=8, test=200, shards=1)}",
+             "--split", "test"])
+    assert main(["atlas", "--model", SHIPPED, "--pretrained", "--layer", "features.4.0", *data,
+                 "--neurons", "0-5", "40", "--top", "4", "--mix", "10", "-j", "0", "--out", str(streamed)]) == 0
     other = json.loads((streamed / "index.json").read_text())
 
     def kept(ix):
