@@ -235,6 +235,9 @@ def test_clear_errors(tmp_path, capsys):
     message = _atlas_error(capsys, "--layer", "features.7.0", "--dataset", str(tmp_path / "table"), "--split", "train",
                            "--out", str(tmp_path / "b"))
     assert "no image column found" in message
+    message = _atlas_error(capsys, "--layer", "features.7.0", "--dataset", str(ROOT / "README.md"), "--out",
+                           str(tmp_path / "b"))
+    assert "README.md is a file; expected a data set folder" in message
     keep = tmp_path / "mine"
     keep.mkdir()
     (keep / "notes.txt").write_text("mine")

@@ -128,7 +128,8 @@ def _neuron_html(n: dict, names: list[str], label_names: list[str]) -> str:
         f'<br>pred {e(_name(names, ex["prediction"]))}</figcaption></figure>' for ex in n["examples"]]
     bars = ""
     if n["mix_source"]:  # the mix is counted in the model's classes, or in the labels where it has no head
-        bars = _mix_bar(n["mix"], n["mix_of"], names if n["mix_source"] == "prediction" else label_names)
+        bars = (f'<div class="meta">by {n["mix_source"]}:</div>'
+                + _mix_bar(n["mix"], n["mix_of"], names if n["mix_source"] == "prediction" else label_names))
     if n["label_mix"] and n["mix_source"] == "prediction":
         bars += f'<div class="meta">by label:</div>{_mix_bar(n["label_mix"], n["mix_of"], label_names)}'
     counted = f" by {n['mix_source']}" if n["mix_source"] else " (no class mix: no labels, no classifier)"

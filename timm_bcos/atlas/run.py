@@ -27,7 +27,7 @@ class AtlasConfig:
                                required=True)
     dataset: str | None = option(None, "Hub data set id, local folder (labels optional), or webdataset tar shards "
                                  "(wds:FOLDER, always streamed)", required=True)
-    split: str = option("validation", "the split scanned (%(default)s; slicing works)")
+    split: str = option("validation", "the split scanned (default: %(default)s; slicing works, e.g. 'test[:2000]')")
     max_samples: int | None = option(None, "scan the first N images of the split", parse=int)
     streaming: bool = option(False, "read the split's parquet shards on demand (no download ahead)")
     image_column: str | None = option(None, "default: found automatically (image, img, ...)")
@@ -45,7 +45,8 @@ class AtlasConfig:
     workers: int = option(2, "data loader workers (%(default)s)", "-j")
     device: str | None = option(None, "cpu, cuda, cuda:1, ... (default: cuda where present, else cpu)")
     threads: int | None = option(None, "torch CPU threads", parse=int)
-    out: str | None = option(None, "output folder: index.html, index.json, neurons/*.png", required=True)
+    out: str | None = option(None, "output folder: index.html, index.json, neurons/*.png (strips), and the crops/ "
+                             "and images/ the page shows", required=True)
 
     def __post_init__(self) -> None:
         missing = missing_required(type(self), vars(self))

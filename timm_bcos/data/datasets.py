@@ -77,6 +77,9 @@ def load_split(source: str, split: str, *, cache_dir: str | None = None, image_c
     base_split = split.split("[")[0]
     local = Path(source)
     if not local.is_dir() and (local.suffix or source.startswith((".", "/"))):
+        if local.is_file():
+            raise DataError(f"data set {source} is a file; expected a data set folder (parquet shards, or images "
+                            f"with or without class subfolders), a Hub id such as ORG/NAME, or wds:FOLDER")
         raise DataError(f"data set folder not found: {source}")
     try:
         splits = datasets.get_dataset_split_names(source, cache_dir=cache_dir)

@@ -50,7 +50,8 @@ def named_layer(model: nn.Module, layer: str) -> nn.Module:
         names = [n for n, _ in model.named_modules() if n]
         close = difflib.get_close_matches(layer, names, n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise ValueError(f"{type(model).__name__} has no layer {layer!r}{hint}") from None
+        name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture") or type(model).__name__
+        raise ValueError(f"{name} has no layer {layer!r}{hint}") from None
 
 
 def channel_maxima(out: Tensor) -> tuple[Tensor, Tensor | None]:
