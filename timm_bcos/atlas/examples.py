@@ -41,18 +41,17 @@ def _to_uint8(a: np.ndarray) -> np.ndarray:
 
 
 def explain_examples(model: nn.Module, layer: str, images: Tensor, channels: Tensor, positions: Tensor | None, *,
-                     mean: Tensor, std: Tensor, smooth: int = 0, batch_size: int = 64) -> list[Example]:
-    """Explain channel `channels[i]` of `layer` at `positions[i]` (row, col) on `images[i]` ([0, 1] RGB),
-    in batches; one Example per image, cropped to the neuron's receptive field."""
-    out: list[Example] = []
-    for start in range(0, len(images), batch_size):
-        x = images[start:start + batch_size].to(mean.device)
-        target = channels[start:start + batch_size, None].to(mean.device)
-        pos = None if positions is None else positions[start:start + batch_size, None].to(mean.device)
-        expl = model.explain((x - mean) / std, target=target, layer=layer, position=pos).to("cpu")
-        rgba = weights_to_rgba(expl.weights[:, 0], expl.encoded_input, smooth=smooth)
-        for i, (t, l, b, r) in enumerate(receptive_boxes(expl.weights[:, 0])):
-            seen = x[i].detach().cpu().permute(1, 2, 0).numpy()
-            out.append(Example(image=_to_uint8(seen[t:b, l:r]), explanation=_to_uint8(rgba[i, t:b, l:r]),
-                               box=(t, l, b, r), explained=float(expl.explained[i, 0])))
+                     mean: Tensor, std: Tensor, smooth: int = 0) -> list[Example]:
+    """Explain channel `channels[i]` of `layer` at `positions[i]` (row, col) on `images[i]` ([0, 1] RGB), as
+    one batch (the caller cuts the batches); one Example per image, cropped to the neuron's receptive field."""
+    x = images.to(mean.device)
+    target = channels[:, None].to(mean.device)
+    pos = None if positions is None else positions[:, None].to(mean.device)
+    expl = model.explain((x - mean) / std, target=target, layer=layer, position=pos).to("cpu")
+    rgba = weights_to_rgba(expl.weights[:, 0], expl.encoded_input, smooth=smooth)
+    out = []
+    for i, (t, l, b, r) in enumerate(receptive_boxes(expl.weights[:, 0])):
+        seen = x[i].detach().cpu().permute(1, 2, 0).numpy()
+        out.append(Example(image=_to_uint8(seen[t:b, l:r]), explanation=_to_uint8(rgba[i, t:b, l:r]),
+                           box=(t, l, b, r), explained=float(expl.explained[i, 0])))
     return out

@@ -147,7 +147,7 @@ def explain_neurons(config, model, data, tracker, neurons: list[dict], folder: P
         x = images[idx]
         examples = explain_examples(model, config.layer, x, torch.tensor([n["channel"] for n, _ in batch]),
                                     torch.stack([tracker.positions[n["channel"], r] for n, r in batch]),
-                                    mean=mean, std=std, smooth=config.smooth, batch_size=step)
+                                    mean=mean, std=std, smooth=config.smooth)
         pixels = (x.clamp(0, 1).permute(0, 2, 3, 1) * 255).round().to(torch.uint8).numpy()
         for (n, r), ex, i, view in zip(batch, examples, idx.tolist(), pixels):
             c = n["channel"]

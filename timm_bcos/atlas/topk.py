@@ -48,8 +48,3 @@ class ChannelTopK:
         for name, col in columns.items():
             self.columns[name] = torch.cat([self.columns[name], col.cpu().long().expand(c, n)], 1).gather(1, keep)
         self.seen += n
-
-    def state_nbytes(self) -> int:
-        """Bytes held between batches (constant once k images were seen)."""
-        held = [self.values, self.index, self.positions, *self.columns.values()]
-        return sum(t.numel() * t.element_size() for t in held)
