@@ -223,6 +223,36 @@ def test_verify_names_a_module_that_is_not_dynamic_linear():
         verify(model, x)
 
 
+def test_verify_takes_a_plain_chain_from_its_links_only_when_each_passed_inside_it():
+    """An nn.Sequential is certified by the chain rule once each link passed within its own call (not
+    re-run); it is checked itself when a link failed, or was first called elsewhere (shared)."""
+    from timm_bcos.convert.verify import SEQUENTIAL_IMPLIED
+
+    torch.manual_seed(0)
+    x = torch.rand(2, 4, 5, 5, dtype=torch.float64)
+    links = lambda: [BcosConv2d(4, 4, 3, padding=1), nn.ReLU(), BcosConv2d(4, 4, 1)]  # noqa: E731
+    report = verify(nn.Sequential(nn.Sequential(*links(), nn.Sequential(*links()))), x)  # the root holds the logit bias
+    assert report.skipped["0"] == report.skipped["0.3"] == SEQUENTIAL_IMPLIED and "0" not in report.checked
+    assert {"0.0", "0.2", "0.3.0", "0.3.2"} <= set(report.checked) and not report.failures
+
+    squares = _Squares()
+    squares.conv = BcosConv2d(4, 4, 1)
+    failing = verify(nn.Sequential(nn.Sequential(BcosConv2d(4, 4, 1), squares)), x, raise_on_failure=False)
+    assert [path for path, _, _ in failing.failures] == ["0.1", "0"]  # the chain itself re-checked, and failing
+
+    class SharedFirst(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.chain = nn.Sequential(BcosConv2d(4, 4, 1), nn.ReLU())
+            object.__setattr__(self, "first", self.chain[0])  # unregistered: its only path is in the chain
+
+        def forward(self, x):
+            return self.chain(self.first(x))  # the link's first call, and so its check, is outside the chain
+
+    shared = verify(nn.Sequential(SharedFirst()), x)
+    assert "0.chain" in shared.checked and "0.chain" not in shared.skipped
+
+
 class _Squares(nn.Module):
     def __init__(self):
         super().__init__()

@@ -11,7 +11,8 @@ tensor is checked, in float64, on the inputs it sees in a forward pass of `x`. A
 that reads the raw image is checked with respect to the encoded image [x, 1-x] (the
 encoding itself is affine, and explanations start after it). Modules holding an
 input-independent term (the logit bias, class tokens, position embeddings, biases a recipe
-keeps: `model.bcos.fixed_terms`) are y = J(x) x + c by design and are listed as skipped.
+keeps: `model.bcos.fixed_terms`) are y = J(x) x + c by design and are listed as skipped. So is a
+plain `nn.Sequential` whose every link passed inside its own call: the chain rule certifies it.
 """
 from __future__ import annotations
 
@@ -88,39 +89,74 @@ def _verify(model64: nn.Module, x: Tensor, rtol: float, only: Collection[str] | 
     fixed = _fixed_owners(model64) if skip_fixed else set()
     terms = tuple(f"{t}." for t in getattr(getattr(model64, "bcos", None), "fixed_terms", ())) if skip_fixed else ()
     report = VerifyReport()
-    for path, (module, inp, kwargs, out) in calls.items():
+    chains = []
+    for path, (module, inp, kwargs, out, span) in calls.items():
         why = "inside an input-independent term" if path.startswith(terms) else \
             _skip_reason(path, module, inp, out, fixed)
         if why:
             report.skipped[path] = why
             continue
-        err = _euler_error(module, inp, kwargs)
-        if err is None:
-            report.skipped[path] = "detached in explanation mode (a gate; its parent's product is checked)"
+        if type(module) is nn.Sequential and len(module):
+            chains.append(path)  # decided once its children are
             continue
-        report.checked.append(path)
-        if not err <= rtol:  # NaN fails too
-            report.failures.append((path, f"{type(module).__module__}.{type(module).__qualname__}", err))
+        _check(report, path, module, inp, kwargs, rtol)
+    for path in reversed(chains):  # innermost first: a chain may hold chains
+        module, inp, kwargs, _, span = calls[path]
+        if _implied_by_children(path, module, span, calls, report):
+            report.skipped[path] = SEQUENTIAL_IMPLIED
+        else:
+            _check(report, path, module, inp, kwargs, rtol)
     return report
 
 
+# y = J2(h) h with h = J1(x) x gives y = J2 J1 x: a plain chain whose every link passed in this very call
+# passes too, so checking it again (re-running its whole subtree twice backwards) proves nothing more
+SEQUENTIAL_IMPLIED = "a chain (nn.Sequential) of modules each checked in this call: y = J(x) x follows"
+
+
+def _implied_by_children(path, module, span, calls, report) -> bool:
+    passed = set(report.checked) - {p for p, _, _ in report.failures}
+    for name, _ in module.named_children():
+        child = f"{path}.{name}" if path else name
+        if child not in passed and report.skipped.get(child) != SEQUENTIAL_IMPLIED:
+            return False
+        start, end = calls[child][4]
+        if end is None or span[1] is None or not span[0] < start < end < span[1]:  # first called elsewhere (a shared module)
+            return False
+    return True
+
+
+def _check(report: VerifyReport, path, module, inp, kwargs, rtol) -> None:
+    err = _euler_error(module, inp, kwargs)
+    if err is None:
+        report.skipped[path] = "detached in explanation mode (a gate; its parent's product is checked)"
+        return
+    report.checked.append(path)
+    if not err <= rtol:  # NaN fails too
+        report.failures.append((path, f"{type(module).__module__}.{type(module).__qualname__}", err))
+
+
 def _record_calls(model: nn.Module, x: Tensor, only: Collection[str] | None = None) -> dict:
-    """path -> (module, input, kwargs, output) of each module's (or each of `only`'s) first call in a
-    forward of x."""
+    """path -> (module, input, kwargs, output, (start, end)) of each module's (or each of `only`'s) first
+    call in a forward of x; start and end number the hooks' firings, so a call inside another lies within
+    its span."""
     calls: dict = {}
     hooks = []
+    clock = iter(range(1 << 62))
 
     def pre(path):
         def hook(module, args, kwargs):
             if path not in calls:
                 first = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
-                calls[path] = [module, None if first is None else first.detach().clone(), dict(kwargs), None]
+                calls[path] = [module, None if first is None else first.detach().clone(), dict(kwargs), None,
+                               (next(clock), None)]
         return hook
 
     def post(path):
         def hook(module, args, kwargs, output):
             if calls[path][3] is None:
                 calls[path][3] = output.detach() if isinstance(output, Tensor) else output
+                calls[path][4] = (calls[path][4][0], next(clock))
         return hook
 
     wanted = None if only is None else set(only)
