@@ -39,7 +39,8 @@ def test_larger_members_load_the_converted_reference_weights_key_for_key(bcos_na
 @pytest.mark.parametrize("bcos_name", [n for n in BCOS_V2_MODELS if n not in LARGER_MEMBERS])
 def test_converted_reference_weights_give_the_same_model(bcos_name):
     torch.manual_seed(0)
-    size = 224 if "vgg" in bcos_name or "vit" in bcos_name else 64
+    # VGG's 7x7 head conv (padding 3) on a 4x4 map uses every tap of its kernel at a third of 224 px's cost
+    size = 224 if "vit" in bcos_name else 128 if "vgg" in bcos_name else 64
     n = 1 if "vit" in bcos_name or "vgg" in bcos_name else 2  # float64 at 224 px is slow on 2 cores
     ref = reference_model(bcos_name)
     kwargs = {k: v for k, v in shallow(BCOS_V2_MODELS[bcos_name]).items() if k == "depth"}

@@ -9,7 +9,7 @@ Three things, all visible in the test report:
   (both tests take the same arguments, so only the test function is swapped).
 - EXCLUDED: the timm tests that cannot hold for B-cos models, one line of reason each;
   they are reported as skipped with that reason.
-- LARGER_MEMBERS: the time budget (skipped with that reason).
+- LARGER_MEMBERS and the untrained tags' cfg twins: the time budget (skipped with that reason).
 """
 from __future__ import annotations
 
@@ -35,8 +35,8 @@ EXCLUDED: dict[tuple[str, str], str] = {
 
 # Time budget (2 cores): the per-model tests that run real tensors (forward, backward, fx,
 # features) run on the smallest member of each family and recipe; the larger members share
-# its code and differ only in depth/width. Every tag of every model runs the cfg tests
-# (on the meta device, cheap).
+# its code and differ only in depth/width. Every tag of every model runs the cfg tests (on the meta
+# device; a B-cos forward there still costs seconds), but for an untrained tag with a released twin (CFG_FIELDS).
 HEAVY_TESTS = ("test_model_forward", "test_model_backward", "test_model_forward_fx", "test_model_backward_fx",
                "test_model_forward_features")
 LARGER_MEMBERS = (
@@ -44,6 +44,27 @@ LARGER_MEMBERS = (
     "bcos_densenet161", "bcos_densenet169", "bcos_densenet201", "bcos_convnext_base", "bcos_convnext_base_bnu",
     "bcos_simple_vit_[sbl]_*", "bcos_vitc_[sbl]_*", "bcos_resnet50_bcosified",
 )
+
+
+# What timm's cfg tests read from a pretrained cfg. Tags of one architecture with equal values build the same
+# model and run the same checks: one of them runs the cfg tests (a released tag before `untrained`).
+CFG_TESTS = ("test_model_default_cfgs", "test_model_default_cfgs_non_std")
+CFG_FIELDS = ("input_size", "pool_size", "num_classes", "first_conv", "classifier", "mean", "std", "crop_pct",
+              "fixed_input_size")
+
+
+def _cfg_twin(name: str, names: set[str]) -> str | None:
+    """The tag of `name`'s architecture that runs the cfg tests for `name`, when it is another one."""
+    from timm.models import get_pretrained_cfg
+
+    def key(n):
+        cfg = get_pretrained_cfg(n).to_dict()
+        return tuple(str(cfg.get(k)) for k in CFG_FIELDS)
+
+    arch = name.partition(".")[0]
+    twins = sorted((n for n in names if n.partition(".")[0] == arch and key(n) == key(name)),
+                   key=lambda n: (n.endswith(".untrained"), n))
+    return twins[0] if twins and twins[0] != name else None
 
 
 def pytest_configure(config):
@@ -56,11 +77,15 @@ def _model_name(item) -> str | None:
 
 
 def pytest_collection_modifyitems(config, items):
+    cfg_names = {_model_name(i) for i in items if i.originalname in CFG_TESTS}
     for item in items:
         name = _model_name(item)
         if name is None:
             continue
         func = item.originalname
+        twin = _cfg_twin(name, cfg_names) if func in CFG_TESTS else None
+        if twin:
+            item.add_marker(pytest.mark.skip(reason=f"time budget: {twin} has this cfg and runs this test"))
         if func == "test_model_default_cfgs" and any(fnmatch.fnmatch(name, p) for p in NON_STD_MODELS):
             item.obj = item.module.test_model_default_cfgs_non_std
         if func in HEAVY_TESTS and any(fnmatch.fnmatch(name, p) for p in LARGER_MEMBERS):
