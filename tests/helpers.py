@@ -98,9 +98,14 @@ def shallow(name: str) -> dict:
     built for 112 px (49 tokens, not 196: the same blocks), the B and L ViTs with 2 blocks (each block
     is the S/Ti block at another width), VGG with a 256-wide hidden layer in its 7x7 head (4096: 100M
     weights). The full-size ViTs still run forward in test_features_only; the full VGG in timm's own
-    suite and the VGG parity test."""
+    suite and the VGG parity test. ResNet-101/152 and ConvNeXt-B at the depth of ResNet-50 and ConvNeXt-T (the same
+    blocks, fewer repeats); their full depth runs in test_features_only and timm's suite."""
     if "vit" in name:
         return dict(img_size=VIT_SIZE, **(dict(depth=2) if re.search(r"vit\w*_[bl]_patch", name) else {}))
+    if re.fullmatch(r"bcos_resnet(101|152)", name):
+        return dict(layers=(3, 4, 6, 3))
+    if re.fullmatch(r"bcos_convnext_base(_bnu)?", name):
+        return dict(depths=(3, 3, 9, 3))
     return dict(mlp_ratio=1 / 16) if "vgg" in name else {}
 
 
