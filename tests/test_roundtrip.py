@@ -155,15 +155,12 @@ def test_train_bcosify_from_end_to_end(tmp_path):
     conventional = timm.create_model("cifar_convnet", width=0.125)
     save_for_hf(conventional, str(tmp_path / "conv"), safe_serialization=True)
     out = tmp_path / "run"
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hfd"),
-           "OMP_NUM_THREADS": "1", "PATH": "/usr/bin:/bin", "HOME": str(tmp_path)}
-    cmd = [sys.executable, str(ROOT / "train_scripts" / "train.py"), "--no-progress", "--no-tensorboard",
-           "--workers", "0", "--bcosify-from", f"local-dir:{tmp_path / 'conv'}", "--model", "bcos_converted",
-           "--dataset", str(CIFAR), "--train-split", "train[:64]", "--val-split", "test[:32]", "--crop", "pad",
-           "--batch-size", "32", "--epochs", "1", "--output", str(out), "--export", "last",
-           "--recipe-kwargs", '{"learn_b": true}']
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    from test_train import run_train  # train.py's main in this process (one process, no loader workers)
+
+    run_train(tmp_path, "--bcosify-from", f"local-dir:{tmp_path / 'conv'}", "--model", "bcos_converted",
+              "--dataset", str(CIFAR), "--train-split", "train[:64]", "--val-split", "test[:32]", "--crop", "pad",
+              "--batch-size", "32", "--epochs", "1", "--output", str(out), "--export", "last",
+              "--recipe-kwargs", '{"learn_b": true}')
     loaded = timm.create_model(f"local-dir:{out / 'export'}", pretrained=True).eval()
     config = json.loads((out / "export" / "config.json").read_text())
     assert config["model_args"]["base_model"] == "cifar_convnet" and config["model_args"]["width"] == 0.125
