@@ -249,6 +249,15 @@ def test_delta_and_neuron_modes(cb, explorer):
     assert cb.explain_delta(explorer, dict(cb.EMPTY), 0, 1, 0, 99.5)[0] == "**Load an image first.**"
 
 
+def test_delta_starts_with_the_image_s_top_two_classes(cb, explorer):
+    assert cb.delta_pair(dict(cb.EMPTY)) == (cb.gr.skip(), cb.gr.skip())  # no image yet: left as they are
+    for topk in (1, 3):  # the runner-up too when only the top class was explained
+        state = _analyse(cb, explorer, CAT, topk=topk)[-1]
+        first, second = state["topk"].logits[0].topk(2).indices.tolist()
+        assert cb.delta_pair(state) == (first, second) and first != second
+    assert explorer.class_names[first] == "cat"  # the sample's prediction comes first
+
+
 def test_png_grid(cb, explorer):
     state = _analyse(cb, explorer, CAT)[-1]
     stale = cb._grid_folder() / "stale"

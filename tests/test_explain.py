@@ -198,6 +198,40 @@ def test_weights_are_the_detached_map_not_the_plain_gradient(small):
     assert rel_err((plain * captured["e"]).flatten(1).sum(1), expl.explained[:, 0]) <= 1e-4  # up to eps terms
 
 
+def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, monkeypatch, capsys):
+    """Pretrained weights out of reach (offline, an empty cache) and an error no command words itself: one
+    line that says what failed; `--debug`, before or after the command, lets the exception through."""
+    import huggingface_hub.constants
+
+    from timm_bcos.__main__ import main
+    from timm_bcos.cli import explain as explain_cli
+
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+    image = tmp_path / "img.png"
+    from PIL import Image
+
+    Image.new("RGB", (40, 40)).save(image)
+    args = ["explain", "--model", "bcos_resnet18", "--pretrained", str(image), "--out", str(tmp_path / "g.png")]
+    with pytest.raises(SystemExit) as exit_info:
+        main(args)
+    message = str(exit_info.value.code)
+    assert message.startswith("error: cannot get the pretrained weights of bcos_resnet18: ") and "\n" not in message
+    assert "--checkpoint FILE" in message and "HF_HUB_OFFLINE=1" in message
+
+    def broken(args):
+        raise RuntimeError("something inside went wrong\n  with a second line")
+
+    monkeypatch.setattr(explain_cli, "explain_main", broken)
+    parse_only = ["explain", "--model", "bcos_cifar10", str(image), "--out", str(tmp_path / "g.png")]
+    with pytest.raises(SystemExit, match=r"^error: RuntimeError: something inside went wrong \(--debug shows the "
+                                         r"traceback\)$"):
+        main(parse_only)
+    for debug in (["--debug", *parse_only], [*parse_only, "--debug"]):
+        with pytest.raises(RuntimeError, match="second line"):
+            main(debug)
+
+
 def test_cli_explains_images_and_reports_bad_input(tmp_path, capsys):
     from PIL import Image
 

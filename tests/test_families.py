@@ -8,6 +8,12 @@ import torch
 from helpers import calibrate_bn, leftovers, rel_err
 from timm_bcos import ConversionError, convert, verify
 
+# xception41's blocks with its middle flow's 8 identical blocks as one
+XCEPTION_ONE_MIDDLE_BLOCK = [
+    dict(in_chs=64, out_chs=128, stride=2), dict(in_chs=128, out_chs=256, stride=2),
+    dict(in_chs=256, out_chs=728, stride=2), dict(in_chs=728, out_chs=728, stride=1),
+    dict(in_chs=728, out_chs=(728, 1024, 1024), stride=2),
+    dict(in_chs=1024, out_chs=(1536, 1536, 2048), stride=1, no_skip=True, start_with_relu=False)]
 # family -> (timm model, kwargs that only shrink it, input size, fixed terms expected). 64 px where the
 # network reduces by 32 gives a 2x2 last map (a 1x1 map would hide what pooling and head order do);
 # Swin's second block shifts its windows
@@ -26,7 +32,7 @@ COMPLETE = {
     "rexnet": ("rexnet_100", {}, 64), "ghostnet": ("ghostnet_050", {}, 64),
     "ghostnetv2": ("ghostnetv2_100", {}, 64), "dla": ("dla46_c", {}, 64), "dla_basic": ("dla34", {}, 64),
     "cspnet": ("cspresnet50", {}, 64), "darknet": ("cspdarknet53", {}, 32),
-    "dpn": ("dpn68", {}, 64), "xception": ("xception41", {}, 64),
+    "dpn": ("dpn68", {}, 64), "xception": ("xception41", dict(block_cfg=XCEPTION_ONE_MIDDLE_BLOCK), 64),
     "hrnet": ("hrnet_w18_small", {}, 64), "vovnet": ("ese_vovnet19b_slim", {}, 32),
     "byobnet": ("test_byobnet", {}, 32), "repvgg": ("repvgg_a0", {}, 32),
     "mobileone": ("mobileone_s0", {}, 32), "nfnet": ("test_nfnet", {}, 32),

@@ -329,11 +329,10 @@ def test_grad_accumulation_remainder_is_one_update_of_its_own_mean(tmp_path):
     assert all(torch.equal(again[k], got[k]) for k in got)
 
 
-def test_accumulation_from_accelerates_config_is_refused(tmp_path):
+def test_accumulation_from_accelerates_config_is_refused(tmp_path, monkeypatch):
     """train.py counts the accumulation itself: Accelerate's own would divide every loss once more."""
-    env = {**_env(tmp_path), "ACCELERATE_GRADIENT_ACCUMULATION_STEPS": "4"}
-    proc = subprocess.run([sys.executable, str(TRAIN), "--model", "bcos_cifar10", "--dataset", str(tmp_path)],
-                          capture_output=True, text=True, env=env, cwd=ROOT, timeout=120)
+    monkeypatch.setenv("ACCELERATE_GRADIENT_ACCUMULATION_STEPS", "4")
+    proc = run_train(tmp_path, "--model", "bcos_cifar10", "--dataset", str(tmp_path), check=False)
     assert proc.returncode == 2 and "gradient accumulation 4 in Accelerate's config" in proc.stderr
     assert "--grad-accum" in proc.stderr
 
@@ -398,8 +397,9 @@ def make_parquet_dataset(root: Path, splits: dict[str, int], *, image_col="image
     return root
 
 
-def test_help_shows_the_way_from_install_to_multi_gpu():
-    out = subprocess.run([sys.executable, str(TRAIN), "--help"], capture_output=True, text=True, check=True).stdout
+def test_help_shows_the_way_from_install_to_multi_gpu(tmp_path):
+    proc = run_train(tmp_path, "--help")
+    out = proc.stdout
     for needle in ("accelerate launch", "pip install", "8gpu.yaml", "--pretrained", "--resume", "--bcosify-from"):
         assert needle in out
 

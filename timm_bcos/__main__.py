@@ -12,7 +12,12 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # taken anywhere on the line, before or after the command
+    argv = [a for a in argv if a != "--debug"]
     parser = argparse.ArgumentParser(prog="python -m timm_bcos")
+    parser.add_argument("--debug", action="store_true",
+                        help="on an error, show the whole traceback (without it: one line saying what failed)")
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="the shipped CIFAR-10 B-cos model explains sample images (PNG grid)")
     demo.add_argument("--out", default="outputs/demo.png")
@@ -31,7 +36,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ImportError as e:  # an optional dependency: say what to install, in one line
+        if debug:
+            raise
         raise SystemExit(f"error: {e}") from None
+    except Exception as e:  # what no command turned into a message of its own: one line, not a traceback
+        if debug:
+            raise
+        from .cli.common import one_line
+
+        raise SystemExit(f"error: {one_line(e)} (--debug shows the traceback)") from None
 
 
 if __name__ == "__main__":

@@ -86,6 +86,16 @@ def rerender(explorer: Explorer, state, smooth, percentile) -> tuple:
     return _render(state, smooth, percentile, explorer)
 
 
+def delta_pair(state) -> tuple:
+    """The Delta controls' classes A and B after an upload: the image's two top classes (Fig. 9 contrasts the
+    prediction with its runner-up); left as they are while no image is explained."""
+    topk = (state or {}).get("topk")
+    if topk is None or topk.logits.shape[1] < 2:
+        return gr.skip(), gr.skip()
+    first, second = (int(t) for t in topk.logits[0].topk(2).indices)  # whatever top-k was explained
+    return first, second
+
+
 def explain_delta(explorer: Explorer, state, a, b, smooth, percentile) -> tuple:
     """Why class a rather than class b (Fig. 9)."""
     if not state or state.get("x") is None:

@@ -57,6 +57,12 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line: its type and the first line of its message."""
+    lines = str(error).strip().splitlines()
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+
+
 def load_model_from_args(args: argparse.Namespace):
     """The model of --model, --pretrained / --checkpoint and --num-classes, in eval mode; SystemExit with
     a clear message for an unknown name, a bad checkpoint or a model without explain()."""
@@ -68,7 +74,13 @@ def load_model_from_args(args: argparse.Namespace):
     kwargs = {}
     if args.num_classes is not None:
         kwargs["num_classes"] = args.num_classes
-    model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    try:
+        model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
+    except (OSError, RuntimeError) as e:  # the Hub out of reach (huggingface_hub's errors are OSErrors)
+        if not args.pretrained:
+            raise
+        raise SystemExit(f"error: cannot get the pretrained weights of {args.model}: {one_line(e)}. Without a "
+                         "network: --checkpoint FILE, or a filled Hugging Face cache and HF_HUB_OFFLINE=1") from None
     if args.checkpoint:
         try:
             load_checkpoint(model, args.checkpoint)
