@@ -197,6 +197,11 @@ def a_user_in_a_real_browser(server, expected, atlas, tmp_path):
 
         second = page.locator("#target label").nth(1)
         second_name = second.inner_text().strip()
+        # Delta's classes follow the image: its prediction against the runner-up, not classes 0 and 1
+        page.get_by_text("Delta: why class A rather than class B").click()  # open its accordion
+        page.locator("#delta-a input").wait_for(timeout=30_000)
+        page.wait_for_function(f"document.querySelector('#delta-a input').value === {expected[cat.name]!r} && "
+                               f"document.querySelector('#delta-b input').value === {second_name!r}", timeout=30_000)
         second.click()
         page.wait_for_function(f"document.querySelector('#numbers').innerText.startsWith({second_name!r} + ':')")
         time.sleep(0.5)  # the new picture loads after the text

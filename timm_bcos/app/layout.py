@@ -43,8 +43,8 @@ def _controls(explorer: Explorer) -> dict:
     c["percentile"] = gr.Slider(90, 100, value=99.5, step=0.1, label="colour scale (percentile)")
     with gr.Accordion("Delta: why class A rather than class B (Fig. 9)", open=False):
         choices = [(name, i) for i, name in enumerate(explorer.class_names)]
-        c["a"] = gr.Dropdown(choices, value=0, label="class A")
-        c["b"] = gr.Dropdown(choices, value=min(1, n - 1), label="class B")
+        c["a"] = gr.Dropdown(choices, value=0, label="class A", elem_id="delta-a")  # then the image's top two
+        c["b"] = gr.Dropdown(choices, value=min(1, n - 1), label="class B", elem_id="delta-b")
         c["delta"] = gr.Button("explain A - B", elem_id="delta-button")
     with gr.Accordion("Neuron: what a unit of a B-cos layer responds to (Figs. 8, 10)", open=False):
         c["layer"] = gr.Dropdown(explorer.layers, value=explorer.layers[-1] if explorer.layers else None,
