@@ -11,10 +11,8 @@ def _demo(args: argparse.Namespace) -> int:
     return run_demo(args)
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv  # taken anywhere on the line, before or after the command
-    argv = [a for a in argv if a != "--debug"]
+def build_parser() -> argparse.ArgumentParser:
+    """`python -m timm_bcos`'s parser: one subcommand per job."""
     parser = argparse.ArgumentParser(prog="python -m timm_bcos")
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the whole traceback (without it: one line saying what failed)")
@@ -32,7 +30,13 @@ def main(argv: list[str] | None = None) -> int:
     add_app_parser(sub)
     add_atlas_parser(sub)
     add_export_parser(sub)
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv  # taken anywhere on the line, before or after the command
+    args = build_parser().parse_args([a for a in argv if a != "--debug"])
     try:
         return args.func(args)
     except ImportError as e:  # an optional dependency: say what to install, in one line
