@@ -252,6 +252,21 @@ def test_verify_takes_a_plain_chain_from_its_links_only_when_each_passed_inside_
     shared = verify(nn.Sequential(SharedFirst()), x)
     assert "0.chain" in shared.checked and "0.chain" not in shared.skipped
 
+    class Gate(nn.Module):  # y = x where the mean is positive, else x * x: degree 1 at this input only
+        def forward(self, x):
+            return x if x.mean() > 0 else x * x
+
+    class Negate(nn.Module):
+        def forward(self, x):
+            return -x
+
+    gate = Gate()  # the same link twice: its second run (on -x, so x * x) was never checked by itself
+    twice = verify(nn.Sequential(nn.Sequential(gate, Negate(), gate)), x + 0.1, raise_on_failure=False)
+    assert [path for path, _, _ in twice.failures] == ["0"]
+    hooked = nn.Sequential(*links())  # a user's hook changes what the chain returns
+    hooked.register_forward_hook(lambda module, args, out: out * out)
+    assert [path for path, _, _ in verify(nn.Sequential(hooked), x, raise_on_failure=False).failures] == ["0"]
+
 
 class _Squares(nn.Module):
     def __init__(self):

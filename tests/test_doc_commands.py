@@ -56,29 +56,31 @@ def _script_parser(name: str) -> argparse.ArgumentParser:
     return module.build_parser()
 
 
-def _subcommand_parser(name: str) -> argparse.ArgumentParser:
+def _subcommand_flags(name: str) -> set[str]:
+    """The flags `python -m timm_bcos <name>` takes: its own and the top-level ones (--debug, anywhere)."""
     from timm_bcos.__main__ import build_parser
 
     parser = build_parser()
     choices = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction)).choices
     assert name in choices, f"no command {name!r} in python -m timm_bcos (has {sorted(choices)})"
-    return choices[name]
+    return _known(choices[name]) | _known(parser)
 
 
-def parsers_of(command: str) -> list[tuple[str, argparse.ArgumentParser]] | None:
-    """(the part of `command` each parser reads, that parser); None for another tool's command."""
+def flags_of(command: str) -> list[tuple[str, set[str]]] | None:
+    """(the part of `command` that a parser reads, the flags it knows); None for another tool's command."""
     words = shlex.split(command, comments=True)
     if words[:3] == ["python", "-m", "timm_bcos"] or words[:1] == ["timm-bcos"]:
-        sub = words[3] if words[0] == "python" else words[1]
-        return [(command.split(sub, 1)[1], _subcommand_parser(sub))]
+        rest = words[3:] if words[0] == "python" else words[1:]
+        sub = next(w for w in rest if not w.startswith("-"))  # top-level options may come first
+        return [(command, _subcommand_flags(sub))]
     scripts = [w for w in words if w.endswith(("train_scripts/train.py", "train_scripts/evaluate.py"))]
     if words[:2] == ["accelerate", "launch"] and scripts:
         from accelerate.commands.launch import launch_command_parser
 
         before, after = command.split(scripts[0], 1)
-        return [(before, launch_command_parser()), (after, _script_parser(Path(scripts[0]).name))]
+        return [(before, _known(launch_command_parser())), (after, _known(_script_parser(Path(scripts[0]).name)))]
     if words[:1] == ["python"] and scripts:
-        return [(command.split(scripts[0], 1)[1], _script_parser(Path(scripts[0]).name))]
+        return [(command.split(scripts[0], 1)[1], _known(_script_parser(Path(scripts[0]).name)))]
     return None
 
 
@@ -90,13 +92,13 @@ def _known(parser: argparse.ArgumentParser) -> set[str]:
 def test_every_flag_of_a_documented_command_exists(page):
     checked, unknown = 0, []
     for line, command, comments in shell_commands(page.read_text()):
-        parsers = parsers_of(command)
-        if parsers is None:
+        parts = flags_of(command)
+        if parts is None:
             continue
         checked += 1
-        for part, parser in parsers:
-            unknown += [(line, flag) for flag in FLAG.findall(part.split(" #", 1)[0]) if flag not in _known(parser)]
-        either = set().union(*(_known(p) for _, p in parsers))
+        for part, known in parts:
+            unknown += [(line, flag) for flag in FLAG.findall(part.split(" #", 1)[0]) if flag not in known]
+        either = set().union(*(known for _, known in parts))
         unknown += [(line, flag) for c in comments for flag in FLAG.findall(c) if flag not in either]
     assert not unknown, f"{page.name}: flags no parser knows (line, flag): {unknown}"
     assert page.name != "README.md" or checked >= 10, f"only {checked} commands found: the reader is broken"
@@ -108,8 +110,10 @@ def test_the_reader_finds_commands_continuations_and_flags():
     commands = shell_commands(text)
     assert [(n, c.split()[:2]) for n, c, _ in commands] == [(3, ["python", "train_scripts/train.py"]), (7, ["make", "test"])]
     assert commands[0][2] == ["#   or --resume latest"]
-    (part, parser), = parsers_of(commands[0][1])
-    assert FLAG.findall(part.split(" #", 1)[0]) == ["--epochs", "--lr"] and "--epochs" in _known(parser)
-    assert parsers_of("make test") is None
-    (part, parser), = parsers_of("python -m timm_bcos export --model m --dynamic-batch")
-    assert "--dynamic-batch" in _known(parser) and "--epochs" not in _known(parser)
+    (part, known), = flags_of(commands[0][1])
+    assert FLAG.findall(part.split(" #", 1)[0]) == ["--epochs", "--lr"] and "--epochs" in known
+    assert flags_of("make test") is None
+    for command in ("python -m timm_bcos export --model m --dynamic-batch --debug",
+                    "python -m timm_bcos --debug export --model m --dynamic-batch"):
+        (part, known), = flags_of(command)
+        assert {"--dynamic-batch", "--debug"} <= known and "--epochs" not in known

@@ -163,9 +163,51 @@ def test_post_hoc_methods_on_a_linear_model():
         gap = wrapped(x).gather(1, t[:, None]) - wrapped(torch.zeros_like(x)).gather(1, t[:, None])
     assert torch.allclose(maps["ig"].sum((1, 2)), gap.squeeze(1), rtol=0.05, atol=1e-3)
     with pytest.raises(ValueError, match="unknown attribution method"):
-        attribution_module.attribution_maps(model, x, t, "lime")
+        attribution_module.attribution_maps(model, x, t, "shap")
     with pytest.raises(TypeError, match="not a B-cos model"):
         attribution_module.attribution_maps(model, x, t, "own")
+
+
+class _Region(nn.Module):
+    """Two classes; class 1's logit is 12 x (the mean of the red channel over rows and columns 4..11) - 3:
+    only that 8x8 region of a 16x16 image matters."""
+
+    def forward(self, x):
+        z = 12 * x[:, 0, 4:12, 4:12].mean((1, 2)) - 3  # 0 at a region mean of 1/4
+        return torch.stack([torch.zeros_like(z), z], 1)
+
+
+def test_rise_is_its_formula_on_given_masks():
+    """RISE's estimate by hand: two masks, scores softmax([0, z])[1] = 1 / (1 + exp(-z)), p = 0.5."""
+    x = torch.full((1, 3, 16, 16), 0.5)
+    masks = torch.zeros(2, 1, 16, 16)
+    masks[0, :, :8] = 1  # the top half: half of the region kept
+    masks[1] = 1  # everything
+    z = torch.tensor([12 * 0.5 * 0.5 - 3, 12 * 0.5 - 3])  # region means 0.25 and 0.5
+    score = 1 / (1 + torch.exp(-z))
+    expected = (score[0] * masks[0, 0] + score[1] * masks[1, 0]) / (2 * 0.5)
+    got = attribution_module.rise_saliency(_Region(), x, torch.tensor([1]), masks, p=0.5)
+    assert torch.allclose(got[0], expected, rtol=1e-6, atol=0)
+    m = attribution_module.rise_masks(500, 4, 16, 16, p=0.5, generator=torch.Generator().manual_seed(0))
+    assert m.shape == (500, 1, 16, 16) and m.min() >= 0 and m.max() <= 1
+    assert abs(m.mean().item() - 0.5) < 0.05 and not torch.equal(m[0], m[1])
+
+
+@pytest.mark.parametrize("method", ["rise", "lime"])
+def test_perturbation_methods_find_the_region_that_decides(method):
+    """What decides class 1 is the 8x8 centre: there the map is higher than anywhere outside it, on
+    average by far; a pointing game would count the hit."""
+    torch.manual_seed(0)
+    model = _Region()
+    model.pretrained_cfg = {"mean": (0.0, 0.0, 0.0), "std": (1.0, 1.0, 1.0)}
+    x = torch.rand(2, 3, 16, 16) * 0.5 + 0.5
+    maps = attribution_module.attribution_maps(model, x, torch.tensor([1, 1]), method)
+    assert maps.shape == (2, 16, 16)
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[4:12, 4:12] = True
+    for a in maps:  # RISE's map is an expected score, positive everywhere: measured from its minimum
+        a = a - a.min()
+        assert inside.flatten()[a.argmax()] and a[inside].mean() > 1.5 * a[~inside].mean(), (method, a)
 
 
 def test_own_contributions_sum_to_the_logit_minus_bias():

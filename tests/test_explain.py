@@ -218,6 +218,17 @@ def test_cli_errors_are_one_line_and_debug_shows_the_traceback(tmp_path, monkeyp
     message = str(exit_info.value.code)
     assert message.startswith("error: cannot get the pretrained weights of bcos_resnet18: ") and "\n" not in message
     assert "--checkpoint FILE" in message and "HF_HUB_OFFLINE=1" in message
+    import timm
+
+    def mismatch(*a, **k):  # a failure that is not about the network gets no network hint
+        raise RuntimeError("size mismatch for fc.weight")
+
+    with monkeypatch.context() as m:
+        m.setattr(timm, "create_model", mismatch)
+        with pytest.raises(SystemExit, match=r"^error: RuntimeError: size mismatch for fc.weight \(--debug"):
+            main(args)
+        with pytest.raises(RuntimeError, match="size mismatch"):
+            main([*args, "--debug"])
 
     def broken(args):
         raise RuntimeError("something inside went wrong\n  with a second line")

@@ -40,8 +40,8 @@ def test_shipped_model_loads_offline_as_its_tag_with_its_labels(name, tag, recip
     assert all(not torch.equal(random_init[k], trained[k]) for k in trained if k.endswith("weight"))
 
 
-# the first SAMPLE test images, each model's prediction on each recorded when it was shipped (`predicted`:
-# one digit per image; `python tests/test_shipped.py` rewrites them from the packaged weights)
+# the first SAMPLE test images, each model's prediction on each (`predicted`: one digit per image, recorded
+# from the packaged weights by `python tests/test_shipped.py`, to be run again only when new weights ship)
 SAMPLE = 2000
 
 
@@ -66,9 +66,10 @@ def _sample(tmp_path):
 
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
 def test_shipped_models_give_their_recorded_predictions_on_the_test_split(tmp_path):
-    """Every shipped model on the first 2,000 test images, decoded once for all of them: image for image,
-    the predictions recorded when it was shipped (its full-split count is the published top-1). A change
-    to the weights, the preprocessing or the layers' arithmetic that moves one prediction in 1,000 fails."""
+    """Every shipped model on the first 2,000 test images, decoded once for all of them: image for image, the
+    recorded predictions (`predicted`, recorded from the shipped weights on 2026-12-07). A change to the
+    weights, the preprocessing or the layers' arithmetic that moves more than 2 of them fails. The recorded
+    sample must also agree with the published full-split top-1 (a binomial band of about 4.5 sigma)."""
     records, images, labels = _sample(tmp_path)
     for name, pred in _predictions(images).items():
         record = records[name]
@@ -78,7 +79,8 @@ def test_shipped_models_give_their_recorded_predictions_on_the_test_split(tmp_pa
         assert len(recorded) == len(labels) == SAMPLE
         # same weights, same images: a borderline image may flip across CPUs' float summation orders, not more
         assert int((pred != recorded).sum()) <= 2, (name, int((pred != recorded).sum()))
-        assert abs(int((pred == labels).sum()) - int((recorded == labels).sum())) <= 2
+        sample_top1 = 100.0 * float((recorded == labels).float().mean())
+        assert abs(sample_top1 - record["top1"]) <= 3.5, (name, sample_top1, record["top1"])
 
 
 def test_demo_explains_the_samples_with_the_shipped_model(tmp_path, capsys):

@@ -9,7 +9,8 @@ Three things, all visible in the test report:
   (both tests take the same arguments, so only the test function is swapped).
 - EXCLUDED: the timm tests that cannot hold for B-cos models, one line of reason each;
   they are reported as skipped with that reason.
-- LARGER_MEMBERS and the untrained tags' cfg twins: the time budget (skipped with that reason).
+- LARGER_MEMBERS and the cfg twins (tags of one architecture with equal cfg values): the time budget
+  (skipped with that reason).
 """
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ EXCLUDED: dict[tuple[str, str], str] = {
 # Time budget (2 cores): the per-model tests that run real tensors (forward, backward, fx,
 # features) run on the smallest member of each family and recipe; the larger members share
 # its code and differ only in depth/width. Every tag of every model runs the cfg tests (on the meta
-# device; a B-cos forward there still costs seconds), but for an untrained tag with a released twin (CFG_FIELDS).
+# device; a B-cos forward there still costs seconds), one tag per architecture and cfg (CFG_FIELDS).
 HEAVY_TESTS = ("test_model_forward", "test_model_backward", "test_model_forward_fx", "test_model_backward_fx",
                "test_model_forward_features")
 LARGER_MEMBERS = (

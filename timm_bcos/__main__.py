@@ -13,7 +13,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     """`python -m timm_bcos`'s parser: one subcommand per job."""
-    parser = argparse.ArgumentParser(prog="python -m timm_bcos")
+    parser = argparse.ArgumentParser(prog="python -m timm_bcos", allow_abbrev=False)
     parser.add_argument("--debug", action="store_true",
                         help="on an error, show the whole traceback (without it: one line saying what failed)")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -103,8 +103,7 @@ def build_app(explorer: Explorer, atlases: dict | None = None) -> gr.Blocks:
         c["image"].change(analyse, inputs, analysis, api_name="analyse", preprocess=False).then(
             cb.delta_pair, [state], [c["a"], c["b"]], api_visibility="private")
         c["topk"].release(analyse, inputs, analysis, api_name="analyse_topk", preprocess=False,
-                          api_visibility="private").then(cb.delta_pair, [state], [c["a"], c["b"]],
-                                                         api_visibility="private")
+                          api_visibility="private")  # the same image: Delta keeps the classes the user chose
         r["target"].input(cb.with_picture_files(partial(cb.pick_class, explorer), _names([*pics, state])),
                           [r["target"], state, *display], [*pics, state], api_name="pick_class")
         for i, s in enumerate(display):

@@ -63,6 +63,16 @@ def one_line(error: BaseException) -> str:
     return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
+def _out_of_reach(error: BaseException) -> bool:
+    """A download that failed for want of a network or a cached copy: an OSError (huggingface_hub's and
+    urllib's errors are) somewhere in the chain of causes."""
+    while error is not None:
+        if isinstance(error, OSError):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
 def load_model_from_args(args: argparse.Namespace):
     """The model of --model, --pretrained / --checkpoint and --num-classes, in eval mode; SystemExit with
     a clear message for an unknown name, a bad checkpoint or a model without explain()."""
@@ -76,9 +86,9 @@ def load_model_from_args(args: argparse.Namespace):
         kwargs["num_classes"] = args.num_classes
     try:
         model = timm.create_model(args.model, pretrained=args.pretrained, **kwargs)
-    except (OSError, RuntimeError) as e:  # the Hub out of reach (huggingface_hub's errors are OSErrors)
-        if not args.pretrained:
-            raise
+    except (OSError, RuntimeError) as e:
+        if not (args.pretrained and _out_of_reach(e)):
+            raise  # python -m timm_bcos words it in one line (--debug: the traceback)
         raise SystemExit(f"error: cannot get the pretrained weights of {args.model}: {one_line(e)}. Without a "
                          "network: --checkpoint FILE, or a filled Hugging Face cache and HF_HUB_OFFLINE=1") from None
     if args.checkpoint:

@@ -17,6 +17,7 @@ plain `nn.Sequential` whose every link passed inside its own call: the chain rul
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Collection
 from dataclasses import dataclass, field
 
@@ -90,73 +91,97 @@ def _verify(model64: nn.Module, x: Tensor, rtol: float, only: Collection[str] | 
     terms = tuple(f"{t}." for t in getattr(getattr(model64, "bcos", None), "fixed_terms", ())) if skip_fixed else ()
     report = VerifyReport()
     chains = []
-    for path, (module, inp, kwargs, out, span) in calls.items():
+    for path, call in calls.items():
         why = "inside an input-independent term" if path.startswith(terms) else \
-            _skip_reason(path, module, inp, out, fixed)
+            _skip_reason(path, call.module, call.input, call.output, fixed)
         if why:
             report.skipped[path] = why
-            continue
-        if type(module) is nn.Sequential and len(module):
-            chains.append(path)  # decided once its children are
-            continue
-        _check(report, path, module, inp, kwargs, rtol)
+        elif only is None and _plain_chain(call.module):
+            chains.append(path)  # decided once its links are
+        else:
+            _check(report, path, call, rtol)
     for path in reversed(chains):  # innermost first: a chain may hold chains
-        module, inp, kwargs, _, span = calls[path]
-        if _implied_by_children(path, module, span, calls, report):
+        if _implied_by_links(path, calls, report):
             report.skipped[path] = SEQUENTIAL_IMPLIED
         else:
-            _check(report, path, module, inp, kwargs, rtol)
+            _check(report, path, calls[path], rtol)
     return report
 
 
-# y = J2(h) h with h = J1(x) x gives y = J2 J1 x: a plain chain whose every link passed in this very call
-# passes too, so checking it again (re-running its whole subtree twice backwards) proves nothing more
+# y = J2(h) h with h = J1(x) x gives y = J2 J1 x: a plain chain whose every link passed on the very input the
+# chain gave it passes too (up to the links' rounding, which J2 may amplify), so re-running its whole subtree
+# twice backwards proves nothing more
 SEQUENTIAL_IMPLIED = "a chain (nn.Sequential) of modules each checked in this call: y = J(x) x follows"
 
 
-def _implied_by_children(path, module, span, calls, report) -> bool:
+@dataclass
+class _Call:
+    """A module's first call in the recorded forward; `start` < `end` number the hooks' firings, so a call
+    inside another lies within its span; `count`: how often the module ran in the whole forward."""
+    module: nn.Module
+    input: Tensor | None
+    kwargs: dict
+    output: object = None
+    start: int = 0
+    end: int | None = None
+    count: int = 1
+
+
+def _plain_chain(module: nn.Module) -> bool:
+    """An nn.Sequential whose output is its links' composition: no forward of its own, no hooks of a user."""
+    return (type(module) is nn.Sequential and len(module) > 0 and "forward" not in vars(module)
+            and not module._forward_hooks and not module._forward_pre_hooks)
+
+
+def _implied_by_links(path: str, calls: dict[str, _Call], report: VerifyReport) -> bool:
+    """Each link passed (or is an implied chain), ran once in the whole forward, inside this chain's call."""
+    from torch.nn.modules import module as torch_module
+
+    if torch_module._global_forward_hooks or torch_module._global_forward_pre_hooks:
+        return False  # a global hook could change what a chain returns
+    chain = calls[path]
     passed = set(report.checked) - {p for p, _, _ in report.failures}
-    for name, _ in module.named_children():
-        child = f"{path}.{name}" if path else name
-        if child not in passed and report.skipped.get(child) != SEQUENTIAL_IMPLIED:
+    for name, _ in chain.module.named_children():
+        link = f"{path}.{name}" if path else name
+        if link not in passed and report.skipped.get(link) != SEQUENTIAL_IMPLIED:
             return False
-        start, end = calls[child][4]
-        if end is None or span[1] is None or not span[0] < start < end < span[1]:  # first called elsewhere (a shared module)
-            return False
+        call = calls[link]
+        if call.count != 1 or None in (call.end, chain.end) or not chain.start < call.start < call.end < chain.end:
+            return False  # shared, repeated or first run elsewhere: its check was not on this chain's input
     return True
 
 
-def _check(report: VerifyReport, path, module, inp, kwargs, rtol) -> None:
-    err = _euler_error(module, inp, kwargs)
+def _check(report: VerifyReport, path: str, call: _Call, rtol: float) -> None:
+    err = _euler_error(call.module, call.input, call.kwargs)
     if err is None:
         report.skipped[path] = "detached in explanation mode (a gate; its parent's product is checked)"
         return
     report.checked.append(path)
     if not err <= rtol:  # NaN fails too
-        report.failures.append((path, f"{type(module).__module__}.{type(module).__qualname__}", err))
+        report.failures.append((path, f"{type(call.module).__module__}.{type(call.module).__qualname__}", err))
 
 
-def _record_calls(model: nn.Module, x: Tensor, only: Collection[str] | None = None) -> dict:
-    """path -> (module, input, kwargs, output, (start, end)) of each module's (or each of `only`'s) first
-    call in a forward of x; start and end number the hooks' firings, so a call inside another lies within
-    its span."""
-    calls: dict = {}
+def _record_calls(model: nn.Module, x: Tensor, only: Collection[str] | None = None) -> dict[str, _Call]:
+    """path -> the first call of each module (or of each of `only`'s) in a forward of x."""
+    calls: dict[str, _Call] = {}
     hooks = []
-    clock = iter(range(1 << 62))
+    clock = itertools.count()
 
     def pre(path):
         def hook(module, args, kwargs):
-            if path not in calls:
-                first = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
-                calls[path] = [module, None if first is None else first.detach().clone(), dict(kwargs), None,
-                               (next(clock), None)]
+            if path in calls:
+                calls[path].count += 1
+                return
+            first = args[0] if len(args) == 1 and isinstance(args[0], Tensor) else None
+            calls[path] = _Call(module, None if first is None else first.detach().clone(), dict(kwargs),
+                                start=next(clock))
         return hook
 
     def post(path):
         def hook(module, args, kwargs, output):
-            if calls[path][3] is None:
-                calls[path][3] = output.detach() if isinstance(output, Tensor) else output
-                calls[path][4] = (calls[path][4][0], next(clock))
+            if calls[path].end is None:
+                calls[path].output = output.detach() if isinstance(output, Tensor) else output
+                calls[path].end = next(clock)
         return hook
 
     wanted = None if only is None else set(only)

@@ -85,6 +85,67 @@ def _captum(method: str, **kwargs) -> AttributionFn:
     return attribute
 
 
+def grid_segments(height: int, width: int, cells: int, device=None) -> Tensor:
+    """[H, W] segment ids of a `cells` x `cells` grid: LIME's interpretable features."""
+    rows = torch.arange(height, device=device) * cells // height
+    cols = torch.arange(width, device=device) * cells // width
+    return rows[:, None] * cells + cols[None, :]
+
+
+def _lime(cells: int = 8, n_samples: int = 256) -> AttributionFn:
+    """LIME (Ribeiro et al. 2016) by Captum: a sparse linear model of the target's score over which grid cells
+    are kept (the others set to 0), fitted on `n_samples` random keeps near the image, spread over its cells."""
+    def attribute(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        import captum.attr as ca
+
+        wrapped = Normalised(model).to(images.device).eval()
+        segments = grid_segments(*images.shape[-2:], cells, images.device)
+        out = []
+        for image, target in zip(images, targets.tolist()):  # Captum's Lime takes one image at a time
+            a = ca.Lime(wrapped).attribute(image[None], target=target, baselines=0.0, n_samples=n_samples,
+                                           feature_mask=segments[None, None].expand_as(image[None]),
+                                           perturbations_per_eval=64)
+            out.append(a.detach().sum(1)[0] / (segments == segments[0, 0]).sum())  # per pixel, not per cell
+        return torch.stack(out)
+
+    return attribute
+
+
+def rise_masks(n: int, cells: int, height: int, width: int, p: float = 0.5, generator=None) -> Tensor:
+    """RISE's masks (Petsiuk et al. 2018): [n, 1, H, W] random binary `cells` x `cells` grids (each cell kept
+    with probability `p`), upsampled bilinearly to one cell more than the image and cropped at a random shift."""
+    ch, cw = -(-height // cells), -(-width // cells)
+    grids = (torch.rand(n, 1, cells, cells, generator=generator) < p).float()
+    up = F.interpolate(grids, size=((cells + 1) * ch, (cells + 1) * cw), mode="bilinear", align_corners=False)
+    dy = torch.randint(0, ch, (n,), generator=generator).tolist()
+    dx = torch.randint(0, cw, (n,), generator=generator).tolist()
+    return torch.stack([up[i, :, y:y + height, x:x + width] for i, (y, x) in enumerate(zip(dy, dx))])
+
+
+def rise_saliency(model: nn.Module, images: Tensor, targets: Tensor, masks: Tensor, p: float = 0.5,
+                  batch: int = 64) -> Tensor:
+    """[N, H, W]: sum_i softmax(model(x * M_i))[target] M_i / (len(masks) p), RISE's Monte Carlo estimate of
+    the expected score given that a pixel is kept."""
+    out = []
+    for image, target in zip(images, targets.tolist()):
+        total = torch.zeros(images.shape[-2:], device=images.device)
+        for start in range(0, len(masks), batch):
+            m = masks[start:start + batch].to(images.device)
+            with torch.no_grad():
+                scores = model(image[None] * m).softmax(1)[:, target]
+            total += (scores[:, None, None] * m[:, 0]).sum(0)
+        out.append(total / (len(masks) * p))
+    return torch.stack(out)
+
+
+def _rise(n_masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0) -> AttributionFn:
+    def attribute(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        masks = rise_masks(n_masks, cells, *images.shape[-2:], p, torch.Generator().manual_seed(seed))
+        return rise_saliency(Normalised(model).to(images.device).eval(), images, targets, masks, p)
+
+    return attribute
+
+
 ATTRIBUTION_METHODS: dict[str, AttributionFn] = {
     "own": own_contributions,
     "grad": _captum("grad"),
@@ -92,9 +153,11 @@ ATTRIBUTION_METHODS: dict[str, AttributionFn] = {
     "ig": _captum("ig", n_steps=20, internal_batch_size=64),
     "deeplift": _captum("deeplift"),
     "gradcam": _captum("gradcam"),
+    "lime": _lime(),
+    "rise": _rise(),
 }
 METHOD_LABELS = {"own": "B-cos (own)", "grad": "Grad", "ixg": "IxG", "ig": "IntGrad", "deeplift": "DeepLIFT",
-                 "gradcam": "GradCAM"}
+                 "gradcam": "GradCAM", "lime": "LIME", "rise": "RISE"}
 
 
 def attribution_maps(model: nn.Module, images: Tensor, targets: Tensor, method: str) -> Tensor:
