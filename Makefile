@@ -13,7 +13,7 @@ $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[train,eval,test,app,export]"
+	$(PY) -m pip install --quiet -e ".[train,eval,metrics,test,app,export]"
 	touch $@
 
 demo: $(VENV)/.installed
