@@ -229,7 +229,8 @@ def test_evaluate_cli_end_to_end(tmp_path):
     out = tmp_path / "report"
     cmd = [sys.executable, str(ROOT / "train_scripts" / "evaluate.py"), "--models", "bcos_cifar10_w050_bnu",
            "--names", "shipped", "--pretrained", "--dataset", str(CIFAR), "--split", "test", "--max-samples", "200",
-           "--grid", "2", "--num-grids", "3", "--methods", "own", "ixg", "gradcam", "--out", str(out)]
+           "--grid", "2", "--num-grids", "3", "--methods", "own", "ixg", "gradcam", "--out", str(out),
+           "--metrics", "sparseness", "random_logit", "--metrics-images", "16"]
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
            "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
@@ -240,3 +241,15 @@ def test_evaluate_cli_end_to_end(tmp_path):
     assert results["accuracy"]["shipped"]["n"] == 200
     assert results["pointing_game"]["2x2"]["shipped"]["own"]["n"] == 12
     assert (out / "pointing_game_2x2.png").stat().st_size > 1000
+    metrics = results["metrics"]["shipped"]  # Quantus, per method, with intervals
+    assert set(metrics) == {"own", "ixg", "gradcam"} and set(metrics["own"]) == {"sparseness", "random_logit"}
+    assert all(s["n"] == 16 and s["ci95"][0] <= s["mean"] <= s["ci95"][1] for m in metrics.values() for s in m.values())
+    assert "## Explanation metrics (Quantus), shipped: 16 images" in report
+
+
+def test_unknown_metrics_are_refused_by_name():
+    from timm_bcos.eval.run import EvalConfig, EvalError, check_config
+
+    config = EvalConfig(models=["bcos_cifar10_w050_bnu"], dataset="x", metrics=["sparseness", "roar"])
+    with pytest.raises(EvalError, match=r"unknown --metrics \['roar'\]; expected some of \['mprt', 'pixel_flipping'"):
+        check_config(config)

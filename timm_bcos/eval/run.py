@@ -64,6 +64,10 @@ class EvalConfig:
     probe_max_samples: int | None = option(None, "fit the probes on the first N images of --probe-train-split",
                                            parse=int)
     knn_k: int = option(20, "neighbours of the k-NN probe (%(default)s)")
+    metrics: list = option(help="Quantus metrics of each --methods' maps (the metrics extra): pixel_flipping, "
+                           "random_logit, mprt, sparseness; on the first --metrics-images images of the split, for "
+                           "the class the model predicts, with 95%% bootstrap intervals", nargs="*", factory=list)
+    metrics_images: int = option(64, "images the --metrics are measured on (%(default)s)")
     out: str = option("reports/eval", "output folder (%(default)s)")
 
     def __post_init__(self) -> None:
@@ -144,6 +148,11 @@ def check_config(config: EvalConfig) -> dict[int, int]:
         message = unknown_model_message(spec, cutoff=0.6)
         if message:
             raise EvalError(message)
+    from .quantus_metrics import METRICS
+
+    unknown = [m for m in config.metrics if m not in METRICS]
+    if unknown:
+        raise EvalError(f"unknown --metrics {unknown}; expected some of {sorted(METRICS)}")
     if config.knn_k < 1:
         raise EvalError(f"--knn-k must be at least 1, got {config.knn_k}")
     if (config.streaming or config.dataset.startswith("wds:")) and (config.mask_column or config.boxes_column):
@@ -207,12 +216,32 @@ def evaluate_model(config, spec, name, device, num_grids, results) -> None:
             raise EvalError(str(e)) from None
         print(f"{name}: energy pointing game {loc['epg']['mean']:.3f}, IoU {loc['iou']['mean']:.3f} "
               f"({loc['epg']['n']} images)", flush=True)
+    if config.metrics:
+        results["metrics"][name] = measure_metrics(config, model, images, device)
     if not config.grid:
         return
     if config.examples and hasattr(model, "explain"):
         write_examples(model, images, candidates, config.examples, info.label_names,
                        Path(config.out) / f"examples_{slug(name)}.png")
     play_pointing_game(config, name, model, images, candidates, num_grids, results["pointing"])
+
+
+def measure_metrics(config, model, images, device) -> dict:
+    """{method: {metric: {"mean", "ci95", "n", "better"}}} on the split's first --metrics-images images, for the
+    classes the model predicts (Quantus, timm_bcos.eval.quantus_metrics)."""
+    from .attribution import METHOD_LABELS, Normalised
+    from .quantus_metrics import quantus_scores
+
+    x = images[list(range(min(config.metrics_images, len(images))))].to(device)
+    with torch.no_grad():
+        targets = Normalised(model).eval()(x).argmax(1)
+    out = {}
+    for method in (m for m in config.methods if m != "own" or hasattr(model, "explain")):
+        t0 = time.perf_counter()
+        out[method] = quantus_scores(model, x, targets, method=method, metrics=config.metrics)
+        print(f"{METHOD_LABELS.get(method, method)} metrics ({len(x)} images, {time.perf_counter() - t0:.0f}s): "
+              + ", ".join(f"{k} {v['mean']:.3f}" for k, v in out[method].items()), flush=True)
+    return out
 
 
 def run_probes(config, model, cfg, test_loader, device) -> dict:
@@ -256,6 +285,7 @@ def write_reports(config, results, command: str) -> None:
                   "", "| model | energy pointing game | IoU | images |", "|---|---:|---:|---:|"]
         lines += [f"| {name} | {v['epg']['mean']:.3f} | {v['iou']['mean']:.3f} | {v['epg']['n']} |"
                   for name, v in results["localisation"].items()]
+    lines += _metrics_lines(results["metrics"], METHOD_LABELS)
     for n, per_model in results["pointing"].items():
         if not per_model:
             continue
@@ -267,10 +297,26 @@ def write_reports(config, results, command: str) -> None:
         lines += ["", f"Command: `{command}`"]
     atomic_write(out / "results.md", "\n".join(lines) + "\n")
     summary = {"accuracy": results["accuracy"], "probe": results["probe"], "localisation": results["localisation"],
+               "metrics": results["metrics"],
                "pointing_game": {f"{n}x{n}": {name: {m: summarise(s) for m, s in per.items()}
                                               for name, per in res.items()} for n, res in results["pointing"].items()}}
     atomic_write(out / "results.json", json.dumps(summary, indent=1))
     print(f"wrote {out / 'results.md'}", flush=True)
+
+
+def _metrics_lines(metrics: dict, labels: dict) -> list[str]:
+    """results.md's section of Quantus metrics: mean [95% interval] per model and method."""
+    lines = []
+    for name, per_method in metrics.items():
+        first = next(iter(per_method.values()))
+        names = list(first)
+        lines += ["", f"## Explanation metrics (Quantus), {name}: {first[names[0]]['n']} images, their predicted class",
+                  "", "| method | " + " | ".join(f"{m} ({first[m]['better']} is better)" for m in names) + " |",
+                  "|---|" + "---:|" * len(names)]
+        for method, scores in per_method.items():
+            cells = (f"{scores[m]['mean']:.3f} [{scores[m]['ci95'][0]:.3f}, {scores[m]['ci95'][1]:.3f}]" for m in names)
+            lines.append(f"| {labels.get(method, method)} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def evaluate_models(config: EvalConfig, command: str = "") -> dict:
@@ -282,7 +328,7 @@ def evaluate_models(config: EvalConfig, command: str = "") -> dict:
         torch.set_num_threads(config.threads)
     num_grids = check_config(config)
     device = resolve_device(config.device)
-    results = {"accuracy": {}, "probe": {}, "localisation": {}, "pointing": {n: {} for n in config.grid}}
+    results = {"accuracy": {}, "probe": {}, "localisation": {}, "metrics": {}, "pointing": {n: {} for n in config.grid}}
     for spec, name in zip(config.models, config.names or config.models):
         evaluate_model(config, spec, name, device, num_grids, results)
     write_reports(config, results, command)
