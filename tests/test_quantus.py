@@ -68,3 +68,23 @@ def test_bootstrap_interval():
     assert mean == 0.5 and 0.38 < low < 0.5 < high < 0.62  # about 2 standard errors (0.05) either side
     with pytest.raises(ValueError, match="finite"):
         bootstrap_ci([1.0, float("nan")])
+
+
+def test_a_conventional_model_sees_normalised_images_in_quantus_too():
+    """Quantus runs the model itself (scores, randomised copies): behind the model's mean/std, as the methods."""
+    import timm
+
+    import timm_bcos  # noqa: F401  (registers cifar_convnet)
+
+    torch.manual_seed(0)
+    model = timm.create_model("cifar_convnet", width=0.25).eval()
+    seen = []
+    model.register_forward_pre_hook(  # Quantus's own passes (the methods' take gradients)
+        lambda m, args: None if args[0].requires_grad else seen.append(float(args[0].mean())))
+    images = torch.rand(4, 3, 32, 32) * 0.2 + 0.8  # bright: a mean of 0.9 before normalisation
+    scores = quantus_scores(model, images, torch.tensor([0, 1, 2, 3]), method="ixg", metrics=["pixel_flipping"])
+    assert np.isfinite(scores["pixel_flipping"]["mean"])
+    assert seen and max(seen) > 1.0  # (0.9 - mean) / std of CIFAR-10's statistics: never the raw 0.9
+    wrapped = attribution_module.Normalised(model)
+    x, t = images.numpy(), np.array([0, 1, 2, 3])
+    assert np.array_equal(explain_func(wrapped, x, t, method="ixg"), explain_func(model, x, t, method="ixg"))

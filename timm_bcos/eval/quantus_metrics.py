@@ -15,12 +15,15 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from .attribution import attribution_maps, model_device
+from .attribution import Normalised, attribution_maps, model_device
 
 
 def explain_func(model: nn.Module, inputs, targets, method: str = "own", **_) -> np.ndarray:
     """Quantus's explain_func: images [N, 3, H, W] in [0, 1] and classes [N] (numpy or tensors) -> maps
-    [N, 1, H, W] float32 by `method` (timm_bcos.eval.attribution.ATTRIBUTION_METHODS)."""
+    [N, 1, H, W] float32 by `method` (timm_bcos.eval.attribution.ATTRIBUTION_METHODS). `model` may come
+    behind `Normalised`, as quantus_scores gives it to Quantus: the methods normalise by themselves."""
+    if isinstance(model, Normalised):
+        model = model.model
     device = model_device(model)
     x = torch.as_tensor(np.asarray(inputs), dtype=torch.float32, device=device)
     y = torch.as_tensor(np.asarray(targets), dtype=torch.long, device=device).reshape(-1)
@@ -74,11 +77,12 @@ def quantus_scores(model: nn.Module, images: Tensor, targets: Tensor, method: st
         raise ValueError(f"unknown metrics {unknown}; expected some of {sorted(METRICS)}")
     k = num_classes or getattr(model, "num_classes", None)
     x, y = images.detach().float().cpu().numpy(), targets.detach().long().cpu().numpy()
+    wrapped = Normalised(model).eval()  # Quantus's own forward passes get [0, 1] images, as our methods do
     out = {}
     for name in metrics:
         build, per_image, better = METRICS[name]
         metric = build(k, x.shape[-2] * x.shape[-1])
-        raw = metric(model=model.eval(), x_batch=x, y_batch=y, a_batch=None, explain_func=explain_func,
+        raw = metric(model=wrapped, x_batch=x, y_batch=y, a_batch=None, explain_func=explain_func,
                      explain_func_kwargs={"method": method}, channel_first=True, device=str(model_device(model)))
         mean, low, high = bootstrap_ci(per_image(raw))
         out[name] = {"mean": mean, "ci95": [low, high], "n": len(y), "better": better}
