@@ -105,10 +105,12 @@ def test_every_flag_of_a_documented_command_exists(page):
 
 
 def test_the_reader_finds_commands_continuations_and_flags():
-    text = ("```bash\n# a note\npython train_scripts/train.py --epochs 1 \\\n    --lr 1e-3   # trailing note --not-a-flag\n"
+    text = ("```bash\n# a note\npython train_scripts/train.py --epochs 1 \\\n"
+            "    --lr 1e-3   # trailing note --not-a-flag\n"
             "#   or --resume latest\n\nmake test\n```\n```python\npython -m timm_bcos demo --out x\n```\n")
     commands = shell_commands(text)
-    assert [(n, c.split()[:2]) for n, c, _ in commands] == [(3, ["python", "train_scripts/train.py"]), (7, ["make", "test"])]
+    assert [(n, c.split()[:2]) for n, c, _ in commands] == [(3, ["python", "train_scripts/train.py"]),
+                                                             (7, ["make", "test"])]
     assert commands[0][2] == ["#   or --resume latest"]
     (part, known), = flags_of(commands[0][1])
     assert FLAG.findall(part.split(" #", 1)[0]) == ["--epochs", "--lr"] and "--epochs" in known

@@ -62,7 +62,8 @@ def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, level: float 
     """(mean, low, high): the mean and the percentile bootstrap interval of the mean."""
     v = np.asarray(values, dtype=np.float64)
     if v.size == 0 or not np.isfinite(v).all():
-        raise ValueError(f"bootstrap_ci needs finite values, got {v.size} with {int((~np.isfinite(v)).sum())} not finite")
+        bad = int((~np.isfinite(v)).sum())
+        raise ValueError(f"bootstrap_ci needs finite values, got {v.size} with {bad} not finite")
     means = np.random.default_rng(seed).choice(v, size=(n_resamples, v.size)).mean(1)
     low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return float(v.mean()), float(low), float(high)
