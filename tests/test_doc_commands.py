@@ -6,6 +6,7 @@ Commands of other tools (make, pip, huggingface-cli) are not checked."""
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import re
 import shlex
@@ -44,6 +45,7 @@ def shell_commands(text: str) -> list[tuple[int, str, list[str]]]:
     return out
 
 
+@functools.lru_cache(maxsize=None)
 def _script_parser(name: str) -> argparse.ArgumentParser:
     if name == "train.py":
         from timm_bcos.training.config import build_parser
@@ -56,6 +58,7 @@ def _script_parser(name: str) -> argparse.ArgumentParser:
     return module.build_parser()
 
 
+@functools.lru_cache(maxsize=None)
 def _subcommand_flags(name: str) -> set[str]:
     """The flags `python -m timm_bcos <name>` takes: its own and the top-level ones (--debug, anywhere)."""
     from timm_bcos.__main__ import build_parser

@@ -15,6 +15,7 @@ Three things, all visible in the test report:
 from __future__ import annotations
 
 import fnmatch
+import functools
 
 import pytest
 import torch
@@ -54,16 +55,18 @@ CFG_FIELDS = ("input_size", "pool_size", "num_classes", "first_conv", "classifie
               "fixed_input_size")
 
 
-def _cfg_twin(name: str, names: set[str]) -> str | None:
-    """The tag of `name`'s architecture that runs the cfg tests for `name`, when it is another one."""
+@functools.lru_cache(maxsize=None)
+def _cfg_key(name: str) -> tuple:
     from timm.models import get_pretrained_cfg
 
-    def key(n):
-        cfg = get_pretrained_cfg(n).to_dict()
-        return tuple(str(cfg.get(k)) for k in CFG_FIELDS)
+    cfg = get_pretrained_cfg(name).to_dict()
+    return tuple(str(cfg.get(k)) for k in CFG_FIELDS)
 
+
+def _cfg_twin(name: str, names: set[str]) -> str | None:
+    """The tag of `name`'s architecture that runs the cfg tests for `name`, when it is another one."""
     arch = name.partition(".")[0]
-    twins = sorted((n for n in names if n.partition(".")[0] == arch and key(n) == key(name)),
+    twins = sorted((n for n in names if n.partition(".")[0] == arch and _cfg_key(n) == _cfg_key(name)),
                    key=lambda n: (n.endswith(".untrained"), n))
     return twins[0] if twins and twins[0] != name else None
 

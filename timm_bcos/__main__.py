@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:  # what no command turned into a message of its own: one line, not a traceback
         if debug:
             raise
-        from .cli.common import one_line
+        from .utils.errors import one_line
 
         raise SystemExit(f"error: {one_line(e)} (--debug shows the traceback)") from None
 

@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from ..utils.errors import one_line
+
 
 def unknown_model_message(name: str, pattern: str = "*", cutoff: float = 0.4) -> str | None:
     """None for a model timm can create; else an error naming the closest registered names
@@ -55,12 +57,6 @@ def load_checkpoint(model: torch.nn.Module, path: str | Path) -> None:
     if missing or unexpected:
         raise ValueError(f"{path} does not fit {arch}: {len(missing)} missing keys (e.g. {missing[:3]}), "
                          f"{len(unexpected)} unexpected (e.g. {unexpected[:3]})")
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one line: its type and the first line of its message."""
-    lines = str(error).strip().splitlines()
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
 
 
 def _out_of_reach(error: BaseException) -> bool:

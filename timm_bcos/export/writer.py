@@ -14,6 +14,7 @@ import torch
 from torch import nn
 
 from ..utils.atomic import atomic_path
+from ..utils.errors import one_line
 from .config import export_config
 from .decompositions import onnx_decompositions
 from .graphs import CLASSIFIER_OUTPUTS, EXPLAIN_OUTPUTS, ExplainingGraph
@@ -127,7 +128,7 @@ def _build(role: str, module: nn.Module, args: tuple, shapes: tuple | None, fmt:
     try:
         program = torch.export.export(module, args, dynamic_shapes=shapes)
     except Exception as e:
-        raise ExportError(f"torch.export cannot trace the {role} of {name}: {_first_line(e)}") from e
+        raise ExportError(f"torch.export cannot trace the {role} of {name}: {one_line(e)}") from e
     return program if fmt != "onnx" else _to_onnx(role, program, args, opset, name, optimize)
 
 
@@ -155,14 +156,10 @@ def _save(artefact, path: Path, fmt: str) -> None:
         torch.export.save(artefact, str(path))
 
 
-def _first_line(e: BaseException) -> str:
-    return f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
-
-
 def _onnx_reason(e: BaseException) -> str:
     """The exporter's own reason (e.g. 'No ONNX function found for aten.X'), not its generic banner."""
     text = str(e)
     for line in text.splitlines():
         if "No ONNX function found" in line or "Error when translating" in line or "DispatchError" in line:
             return line.strip().lstrip("<>").strip()
-    return _first_line(e)
+    return one_line(e)
