@@ -8,6 +8,8 @@ sys.path.insert(0, os.path.dirname(__file__))
 torch.set_num_threads(1)
 # shard scans (timm_bcos.data.tarshards) kept in a folder of this run, not in the user's ~/.cache
 os.environ.setdefault("TIMM_BCOS_CACHE", tempfile.mkdtemp(prefix="timm_bcos_test_cache_"))
+# and the Arrow caches of data sets that scripts run in this process load (as _env gives subprocesses their own)
+os.environ.setdefault("HF_DATASETS_CACHE", tempfile.mkdtemp(prefix="timm_bcos_test_hf_datasets_"))
 
 
 def pytest_report_header(config):

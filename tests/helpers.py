@@ -1,4 +1,7 @@
+import os
 import re
+import shutil
+from pathlib import Path
 
 import torch
 
@@ -205,3 +208,23 @@ def leftovers(model) -> list[str]:
         if type(m) in CONVENTIONAL or (isinstance(m, torch.nn.BatchNorm2d) and not isinstance(m, L.BatchNormUncentered2d)):
             out.append(f"{name}: {type(m).__name__}")
     return out
+
+
+def computed_once(tmp_path_factory, name: str, compute) -> Path:
+    """The folder that `compute(folder)` filled, computed once per test run however many pytest-xdist
+    workers ask (pytest-xdist's recipe): the first computes under a file lock, the others wait and read."""
+    from filelock import FileLock
+
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:  # one process: its own folder
+        folder = tmp_path_factory.mktemp(name)
+        compute(folder)
+        return folder
+    root = tmp_path_factory.getbasetemp().parent  # shared by this run's workers, and only by them
+    folder, done = root / name, root / f"{name}.done"
+    with FileLock(str(root / f"{name}.lock")):
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            compute(folder)
+            done.touch()
+    return folder

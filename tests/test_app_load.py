@@ -1,5 +1,5 @@
 """The explorer under load, the short version of benchmarks/app_load.py (issue 26): `python -m timm_bcos app`
-in a subprocess on 127.0.0.1, 8 gradio_client clients for 5 s after a 2 s warm-up, good and bad files mixed.
+in a subprocess on 127.0.0.1, 8 gradio_client clients for 3 s after a 1 s warm-up, good and bad files mixed.
 
 Every good answer must be the answer to its own request (texts equal, and each picture file, fetched
 over HTTP, equal pixel for pixel to what the same callbacks give in this process for the same input);
@@ -29,7 +29,7 @@ def _app_load():
 
 def test_the_explorer_under_load(tmp_path):
     load = _app_load()
-    r = load.run(clients=8, seconds=5.0, warmup=2.0, workdir=tmp_path)
+    r = load.run(clients=8, seconds=3.0, warmup=1.0, workdir=tmp_path)
     print(load.report(r))
     assert r["server_errors"] == 0, r["problems"]
     assert r["mismatches"] == 0, r["problems"]

@@ -2,14 +2,13 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
+from test_train import run_main, script_module
 from timm_bcos.eval import attribution as attribution_module
 from timm_bcos.eval import build_grids, confident_per_class, grid_pointing_game, pointing_scores
 
@@ -227,13 +226,11 @@ def test_own_contributions_sum_to_the_logit_minus_bias():
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
 def test_evaluate_cli_end_to_end(tmp_path):
     out = tmp_path / "report"
-    cmd = [sys.executable, str(ROOT / "train_scripts" / "evaluate.py"), "--models", "bcos_cifar10_w050_bnu",
-           "--names", "shipped", "--pretrained", "--dataset", str(CIFAR), "--split", "test", "--max-samples", "200",
-           "--grid", "2", "--num-grids", "3", "--methods", "own", "ixg", "gradcam", "--out", str(out),
-           "--metrics", "sparseness", "random_logit", "--metrics-images", "16"]
-    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
-           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
+    argv = ["--models", "bcos_cifar10_w050_bnu", "--names", "shipped", "--pretrained", "--dataset", str(CIFAR),
+            "--split", "test", "--max-samples", "200", "--grid", "2", "--num-grids", "3", "--methods", "own", "ixg",
+            "gradcam", "--out", str(out), "--metrics", "sparseness", "random_logit", "--metrics-images", "16",
+            "--workers", "0"]  # in this process (no loader workers forked from it)
+    proc = run_main(script_module(ROOT / "train_scripts" / "evaluate.py"), argv)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "results.md").read_text()
     assert "| shipped | `bcos_cifar10_w050_bnu` |" in report and "B-cos (own)" in report

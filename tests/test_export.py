@@ -11,8 +11,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
-from helpers import calibrate_bn
-from timm_bcos.export import ExportError, export_model
+from helpers import calibrate_bn, computed_once
+from timm_bcos.export import ExportError, ExportedFiles, export_model
 
 ort = pytest.importorskip("onnxruntime")
 
@@ -49,9 +49,31 @@ def shipped():
 
 
 @pytest.fixture(scope="module")
-def shipped_onnx(shipped, tmp_path_factory):
-    out = tmp_path_factory.mktemp("onnx")
-    return export_model(shipped[0], out, explain="topk", k=2, dynamic_batch=True)
+def cli_export(tmp_path_factory):
+    """The shipped model's graphs as `python -m timm_bcos export` writes them (top 2, dynamic batch,
+    optimised), its exit status and what it printed: one export (once per test run) for the CLI's test
+    and the graphs' own tests."""
+    def export(folder):
+        import contextlib
+        import io
+
+        from timm_bcos.__main__ import main
+
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            code = main(["export", "--model", "bcos_cifar10_w050_bnu", "--pretrained", "--out", str(folder / "export"),
+                         "--explain", "topk", "--k", "2", "--dynamic-batch"])
+        (folder / "printed.txt").write_text(f"{code}\n{printed.getvalue()}")
+
+    folder = computed_once(tmp_path_factory, "shipped_cli_export", export)
+    code, printed = (folder / "printed.txt").read_text().split("\n", 1)
+    return int(code), folder / "export", printed
+
+
+@pytest.fixture(scope="module")
+def shipped_onnx(cli_export):
+    _, out, _ = cli_export
+    return ExportedFiles(out / "classifier.onnx", out / "explainer.onnx", out / "preprocessing.json")
 
 
 @pytest.mark.parametrize("batch", [8, 3, 1])
@@ -129,7 +151,7 @@ def test_following_the_preprocessing_file_gives_timms_transform(crop_mode, input
 
 def test_explaining_given_classes_and_refusing_bad_ones(shipped, tmp_path):
     model, images = shipped
-    files = export_model(model, tmp_path, explain="class", k=3, dynamic_batch=True)
+    files = export_model(model, tmp_path, explain="class", k=3, dynamic_batch=True, classifier=False)
     x = images[:4]
     targets = torch.tensor([[0, 9, 4], [1, 1, 2], [5, 3, 7], [8, 6, 0]])
     outputs = _session(files.explainer).run(None, {"images": x.numpy(), "targets": targets.numpy()})
@@ -216,7 +238,7 @@ def test_float16_export_runs_where_onnxruntime_has_the_kernels(shipped, tmp_path
     """float16 graphs: written and typed float16; run in onnxruntime's CPU provider, or its missing
     kernel is named (the CPU provider lacks some float16 kernels)."""
     model, images = shipped
-    files = export_model(model, tmp_path, explain="topk", k=1, dynamic_batch=True, dtype="float16")
+    files = export_model(model, tmp_path, explain="topk", k=1, batch_size=4, dtype="float16")  # dynamic: above
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
     assert json.loads(files.config.read_text())["logit_bias"] == float(model.logit_layer.logit_bias)
     import onnx
@@ -314,7 +336,8 @@ def test_a_rule_that_cannot_write_an_operator_is_an_export_error(tmp_path):
     """An adaptive pool whose sizes do not divide has no exported gradient rule: one ExportError."""
     from timm_bcos import convert
 
-    model = convert(timm.create_model("resnet18", num_classes=5), "v2").eval()
+    overlay = {"input_size": (3, 64, 64)}  # the export traces at the cfg's size; 224 adds only time
+    model = convert(timm.create_model("resnet18", num_classes=5, pretrained_cfg_overlay=overlay), "v2").eval()
     model.maxpool = torch.nn.AdaptiveAvgPool2d((5, 5))
     with pytest.raises(ExportError, match=r"ONNX cannot express the explainer .*adaptive average pool from \(\d+, \d+\) to \(5, 5\)"):
         export_model(model, tmp_path, explain="topk", optimize=False)
@@ -348,17 +371,15 @@ def test_bad_options_are_refused_before_any_work(shipped, tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_cli_writes_the_graphs_and_checks_them_in_onnxruntime(tmp_path, capsys):
+def test_cli_writes_the_graphs_and_checks_them_in_onnxruntime(cli_export, tmp_path):
     from timm_bcos.__main__ import main
 
-    out = tmp_path / "export"
-    assert main(["export", "--model", "bcos_cifar10_w050_bnu", "--pretrained", "--out", str(out),
-                 "--explain", "topk", "--k", "2", "--dynamic-batch"]) == 0
-    printed = capsys.readouterr().out
+    code, out, printed = cli_export
+    assert code == 0
     assert sorted(p.name for p in out.iterdir()) == ["classifier.onnx", "explainer.onnx", "preprocessing.json"]
     assert "checked with onnxruntime" in printed
     figures = {line.split(":")[0].strip(): float(line.split(":")[1]) for line in printed.splitlines()
                if line.startswith("  ")}
     assert figures["completeness in the graph"] <= 1e-4 and figures["weights"] <= 1e-4, printed
     with pytest.raises(SystemExit, match="unknown model 'bcos_resnet19'"):
-        main(["export", "--model", "bcos_resnet19", "--out", str(out)])
+        main(["export", "--model", "bcos_resnet19", "--out", str(tmp_path / "export")])

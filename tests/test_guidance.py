@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from test_train import CIFAR, json_lines, needs_cifar, run_train
+from test_train import CIFAR, ROOT, json_lines, needs_cifar, run_main, run_train, script_module
 from timm_bcos import guidance as G
 from timm_bcos.eval import attribution_iou, energy_pointing_game
 
@@ -298,16 +298,17 @@ def test_a_guidance_step_lowers_its_loss(toy, name):
     assert after.item() < before.item(), (name, before.item(), after.item())
 
 
+def _decoy_data(out, train: int, test: int) -> None:
+    """train_scripts/make_decoy_cifar10.py's data set (in this process)."""
+    done = run_main(script_module(ROOT / "train_scripts" / "make_decoy_cifar10.py"),
+                    ["--source", str(CIFAR), "--out", str(out), "--train", str(train), "--test", str(test)])
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 @needs_cifar
 def test_short_guided_run_lowers_the_guidance_loss(tmp_path):
-    import subprocess
-    import sys
-
-    from test_train import ROOT
-
     data = tmp_path / "decoy"
-    subprocess.run([sys.executable, str(ROOT / "train_scripts" / "make_decoy_cifar10.py"), "--source", str(CIFAR),
-                    "--out", str(data), "--train", "512", "--test", "64"], check=True, capture_output=True)
+    _decoy_data(data, train=512, test=64)
     proc = run_train(tmp_path, "--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125, "norm": true}',
                      "--dataset", str(data), "--crop", "pad", "--val-split", "test_decoy", "-b", "32", "--epochs", "2",
                      "--lr", "0.003", "--sched", "none", "--guidance", "energy", "--guidance-weight", "5",
@@ -322,10 +323,9 @@ def test_short_guided_run_lowers_the_guidance_loss(tmp_path):
     assert bad.returncode == 2 and "no column 'nope'" in bad.stderr
     # evaluate.py scores the own explanations against the masks
     out = tmp_path / "eval"
-    ev = subprocess.run([sys.executable, str(ROOT / "train_scripts" / "evaluate.py"), "--models", "bcos_cifar10",
-                         "--dataset", str(data), "--split", "test_decoy", "--grid", "--mask-column", "mask",
-                         "--examples", "0", "--workers", "0", "--out", str(out)],
-                        capture_output=True, text=True, cwd=ROOT, timeout=300)
+    ev = run_main(script_module(ROOT / "train_scripts" / "evaluate.py"),
+                  ["--models", "bcos_cifar10", "--dataset", str(data), "--split", "test_decoy", "--grid",
+                   "--mask-column", "mask", "--examples", "0", "--workers", "0", "--out", str(out)])
     assert ev.returncode == 0, ev.stderr[-2000:]
     loc = json.loads((out / "results.json").read_text())["localisation"]["bcos_cifar10"]
     assert loc["epg"]["n"] == 64 and 0 <= loc["epg"]["mean"] <= 1
@@ -337,14 +337,11 @@ def test_guided_training_on_two_processes_and_resumed(tmp_path):
     module, outside DDP's forward), checkpointed mid-epoch and resumed to the same end as an
     uninterrupted 2-process run."""
     import shutil
-    import subprocess
-    import sys
 
-    from test_train import ROOT, _launch_two, load_weights
+    from test_train import _launch_two, load_weights
 
     data = tmp_path / "decoy"
-    subprocess.run([sys.executable, str(ROOT / "train_scripts" / "make_decoy_cifar10.py"), "--source", str(CIFAR),
-                    "--out", str(data), "--train", "128", "--test", "16"], check=True, capture_output=True)
+    _decoy_data(data, train=128, test=16)
     common = ["--model", "bcos_cifar10", "--model-kwargs", '{"width": 0.125, "norm": true}', "--dataset", str(data),
               "--crop", "pad", "--val-split", "", "-b", "32", "--epochs", "1", "--sched", "none", "--guidance",
               "energy", "--annotated-fraction", "0.5", "--mask-column", "mask", "--cpu", "--export", "last",

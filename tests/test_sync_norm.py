@@ -14,7 +14,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from helpers import rel_err
+from helpers import computed_once, rel_err
 from timm_bcos import layers as L
 
 SPLITS = {"even": 4, "uneven": 3, "empty": 0}  # rows of the global batch (8) on process 0
@@ -112,8 +112,10 @@ def _worker(rank: int, world: int, init_file: str, out_file: str) -> None:
 
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory) -> list[dict]:
-    tmp = tmp_path_factory.mktemp("sync")
-    mp.start_processes(_worker, args=(2, str(tmp / "init"), str(tmp / "out")), nprocs=2, start_method="spawn")
+    def spawn(tmp):
+        mp.start_processes(_worker, args=(2, str(tmp / "init"), str(tmp / "out")), nprocs=2, start_method="spawn")
+
+    tmp = computed_once(tmp_path_factory, "sync_norm_two_processes", spawn)  # once, not once per xdist worker
     return [torch.load(tmp / f"out.{rank}", weights_only=False) for rank in range(2)]
 
 

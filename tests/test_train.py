@@ -56,21 +56,30 @@ def _main_in_process(tmp_path: Path, argv: list[str]) -> subprocess.CompletedPro
     """train.py's `main(argv)` here, its output captured as a subprocess's would be (exit status, stdout,
     stderr), its data set cache in `tmp_path` as `_env` puts a subprocess's, and Accelerate's process-wide
     state reset afterwards so that the next run starts as in a fresh interpreter."""
-    from contextlib import redirect_stderr, redirect_stdout
-
     from accelerate.state import AcceleratorState, GradientState
 
     if "--cache-dir" not in argv:
         argv = [*argv, "--cache-dir", str(tmp_path / "hf_datasets")]
+    try:
+        return run_main(_train_module(), argv)
+    finally:
+        AcceleratorState._reset_state(reset_partial_state=True)
+        GradientState._reset_state()
+
+
+def run_main(module, argv: list[str]) -> subprocess.CompletedProcess:
+    """A script's `main(argv)` in this process, its exit status and output as a subprocess's would be
+    (argparse's errors exit): spares a run the interpreter's start and its imports."""
+    from contextlib import redirect_stderr, redirect_stdout
+
     out, err, code = io.StringIO(), io.StringIO(), 0
     with redirect_stdout(out), redirect_stderr(err):
         try:
-            code = _train_module().main(argv)
-        except SystemExit as e:  # argparse's errors
+            code = module.main(argv)
+        except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
-        finally:
-            AcceleratorState._reset_state(reset_partial_state=True)
-            GradientState._reset_state()
+            if not isinstance(e.code, int) and e.code is not None:
+                print(e.code, file=err)  # as the interpreter prints a SystemExit's message
     return subprocess.CompletedProcess(argv, code, out.getvalue(), err.getvalue())
 
 
@@ -221,15 +230,20 @@ def free_port() -> int:
 
 
 @functools.lru_cache(maxsize=None)
-def _train_module():
-    """train_scripts/train.py imported as a module (once)."""
+def script_module(path: Path):
+    """A script of train_scripts/ imported as a module (once per process)."""
     import importlib.util
 
-    spec = importlib.util.spec_from_file_location("train_script", TRAIN)
-    train = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = train  # dataclasses look their module up there
-    spec.loader.exec_module(train)
-    return train
+    spec = importlib.util.spec_from_file_location(f"script_{path.stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def _train_module():
+    """train_scripts/train.py imported as a module (once)."""
+    return script_module(TRAIN)
 
 
 def test_timm_flag_names_are_aliases():
