@@ -54,7 +54,9 @@ def _conventional(name, kwargs, size):
     """A conventional model in eval mode with random norm biases and running statistics of 16
     normalised images (well conditioned: the logits do not cancel), and 2 images in [0, 1]."""
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=5, **kwargs).double()
+    # the cfg's input size is the test's: conversion probes composites off the certified list at it (float64)
+    overlay = dict(input_size=(3, size, size))
+    model = timm.create_model(name, num_classes=5, pretrained_cfg_overlay=overlay, **kwargs).double()
     norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
     with torch.no_grad():
         for p in model.parameters():  # zero or layer-scale inits would hide a branch

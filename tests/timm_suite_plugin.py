@@ -48,11 +48,13 @@ LARGER_MEMBERS = (
 )
 
 
-# What timm's cfg tests read from a pretrained cfg. Tags of one architecture with equal values build the same
-# model and run the same checks: one of them runs the cfg tests (a released tag before `untrained`).
+# What timm's cfg tests read from a pretrained cfg (input_size, min_input_size, fixed_input_size, pool_size,
+# num_classes, classifier, first_conv), and what a bcosified model builds from it (mean and std: its input
+# encoding). Tags of one architecture with equal values build the same model and run the same checks: one of
+# them runs the cfg tests (a released tag before `untrained`). crop_pct, which tags differ in most, is neither.
 CFG_TESTS = ("test_model_default_cfgs", "test_model_default_cfgs_non_std")
-CFG_FIELDS = ("input_size", "pool_size", "num_classes", "first_conv", "classifier", "mean", "std", "crop_pct",
-              "fixed_input_size")
+CFG_FIELDS = ("input_size", "min_input_size", "fixed_input_size", "pool_size", "num_classes", "first_conv",
+              "classifier", "mean", "std")
 
 
 @functools.lru_cache(maxsize=None)

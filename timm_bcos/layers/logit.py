@@ -31,4 +31,6 @@ class LogitLayer(nn.Module):
         return x / self.logit_temperature.to(x.dtype) + self.logit_bias.to(x.dtype)
 
     def extra_repr(self) -> str:
+        if self.logit_bias.is_meta:  # a model built on the meta device has no values to show
+            return "logit_bias=<meta>, logit_temperature=<meta>"
         return f"logit_bias={self.logit_bias.item():.4g}, logit_temperature={self.logit_temperature.item():.4g}"
