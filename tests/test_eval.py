@@ -167,6 +167,33 @@ def test_post_hoc_methods_on_a_linear_model():
         attribution_module.attribution_maps(model, x, t, "own")
 
 
+@pytest.mark.parametrize("method", ["gradcampp", "scorecam"])
+def test_cam_methods_on_one_full_resolution_channel_are_its_scaled_positive_part(method):
+    """By hand: one feature channel A at the image's resolution, a positive head on its mean. GradCAM++'s
+    weight (sum of alpha relu(dy/dA), dy/dA = w / HW > 0) and ScoreCAM's (a softmax over one channel: 1) are
+    positive, so both maps are relu(A) scaled to [0, 1] per image, with no resizing. Class 1's head is
+    negative: its GradCAM++ map is zero (ScoreCAM's one-channel softmax is 1 whatever the class)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
+    with torch.no_grad():
+        model[0].weight.copy_(torch.tensor([1.0, -2.0, 0.5]).view(1, 3, 1, 1))
+        model[0].bias.fill_(0.1)
+        model[3].weight.copy_(torch.tensor([[2.0], [-1.0]]))
+    model.pretrained_cfg = {"mean": (0.5, 0.5, 0.5), "std": (0.25, 0.25, 0.25)}
+    model.feature_info = [{"module": "0", "num_chs": 1, "reduction": 1}]
+    x = torch.rand(3, 3, 9, 7)
+    with torch.no_grad():
+        a = model[0]((x - 0.5) / 0.25)[:, 0].clamp_min(0)
+    flat = a.flatten(1)
+    lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
+    expected = (a - lo) / (hi - lo)
+    assert (hi > lo).all() and (lo == 0).all()  # a real map: some of A negative, some positive
+    got = attribution_module.attribution_maps(model, x, torch.tensor([0, 0, 0]), method)
+    assert got.shape == (3, 9, 7) and torch.allclose(got, expected, atol=1e-5)
+    if method == "gradcampp":
+        assert attribution_module.attribution_maps(model, x, torch.tensor([1, 1, 1]), method).abs().max() == 0
+
+
 class _Region(nn.Module):
     """Two classes; class 1's logit is 12 x (the mean of the red channel over rows and columns 4..11) - 3:
     only that 8x8 region of a 16x16 image matters."""

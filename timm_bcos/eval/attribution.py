@@ -138,6 +138,27 @@ def rise_saliency(model: nn.Module, images: Tensor, targets: Tensor, masks: Tens
     return torch.stack(out)
 
 
+def _cam_library(kind: str) -> AttributionFn:
+    """GradCAM++ (Chattopadhay et al. 2018) or ScoreCAM (Wang et al. 2020) by the grad-cam library, on the
+    last feature map as GradCAM. The library rectifies each map and scales it to [0, 1] (per image)."""
+    def attribute(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        import contextlib
+        import io
+
+        from pytorch_grad_cam import GradCAMPlusPlus, ScoreCAM
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        method = {"gradcampp": GradCAMPlusPlus, "scorecam": ScoreCAM}[kind]
+        layer = last_feature_layer(model)
+        wrapped = Normalised(model).to(images.device).eval()
+        with method(model=wrapped, target_layers=[layer]) as cam, contextlib.redirect_stderr(io.StringIO()):
+            # (stderr: ScoreCAM's progress bars, one per image)
+            maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets.tolist()])
+        return torch.from_numpy(maps).to(images.device)
+
+    return attribute
+
+
 def _rise(n_masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0) -> AttributionFn:
     def attribute(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         masks = rise_masks(n_masks, cells, *images.shape[-2:], p, torch.Generator().manual_seed(seed))
@@ -153,11 +174,13 @@ ATTRIBUTION_METHODS: dict[str, AttributionFn] = {
     "ig": _captum("ig", n_steps=20, internal_batch_size=64),
     "deeplift": _captum("deeplift"),
     "gradcam": _captum("gradcam"),
+    "gradcampp": _cam_library("gradcampp"),
+    "scorecam": _cam_library("scorecam"),
     "lime": _lime(),
     "rise": _rise(),
 }
 METHOD_LABELS = {"own": "B-cos (own)", "grad": "Grad", "ixg": "IxG", "ig": "IntGrad", "deeplift": "DeepLIFT",
-                 "gradcam": "GradCAM", "lime": "LIME", "rise": "RISE"}
+                 "gradcam": "GradCAM", "gradcampp": "GradCAM++", "scorecam": "ScoreCAM", "lime": "LIME", "rise": "RISE"}
 
 
 def attribution_maps(model: nn.Module, images: Tensor, targets: Tensor, method: str) -> Tensor:
