@@ -159,6 +159,17 @@ def _cam_library(kind: str) -> AttributionFn:
     return attribute
 
 
+def _attention(kind: str) -> AttributionFn:
+    """Attention rollout or Chefer et al.'s gradient-weighted rollout (timm_bcos.eval.attention_attribution),
+    for B-cos vision transformers on [0, 1] images."""
+    def attribute(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+        from . import attention_attribution as aa
+
+        return (aa.attention_rollout if kind == "rollout" else aa.chefer_relevance)(model, images, targets)
+
+    return attribute
+
+
 def _rise(n_masks: int = 1000, cells: int = 7, p: float = 0.5, seed: int = 0) -> AttributionFn:
     def attribute(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
         masks = rise_masks(n_masks, cells, *images.shape[-2:], p, torch.Generator().manual_seed(seed))
@@ -176,11 +187,14 @@ ATTRIBUTION_METHODS: dict[str, AttributionFn] = {
     "gradcam": _captum("gradcam"),
     "gradcampp": _cam_library("gradcampp"),
     "scorecam": _cam_library("scorecam"),
+    "rollout": _attention("rollout"),
+    "chefer": _attention("chefer"),
     "lime": _lime(),
     "rise": _rise(),
 }
 METHOD_LABELS = {"own": "B-cos (own)", "grad": "Grad", "ixg": "IxG", "ig": "IntGrad", "deeplift": "DeepLIFT",
-                 "gradcam": "GradCAM", "gradcampp": "GradCAM++", "scorecam": "ScoreCAM", "lime": "LIME", "rise": "RISE"}
+                 "gradcam": "GradCAM", "gradcampp": "GradCAM++", "scorecam": "ScoreCAM", "lime": "LIME", "rise": "RISE",
+                 "rollout": "Rollout", "chefer": "Chefer et al."}
 
 
 def attribution_maps(model: nn.Module, images: Tensor, targets: Tensor, method: str) -> Tensor:

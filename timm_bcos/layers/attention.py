@@ -6,6 +6,7 @@ dynamic linear map W(x) and the gradient flows through v only (B-cos v2).
 """
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -21,6 +22,18 @@ def detachable_attention(
     if detach:
         q, k = q.detach(), k.detach()
     return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, is_causal=is_causal, scale=scale)
+
+
+def attention_matrix(q: Tensor, k: Tensor, scale: float, attn_mask: Tensor | None = None,
+                     is_causal: bool = False) -> Tensor:
+    """softmax(q k^T * scale + mask) [..., tokens, tokens]: the matrix scaled_dot_product_attention applies."""
+    logits = (q @ k.transpose(-2, -1)) * scale
+    if is_causal:
+        t, s = logits.shape[-2:]
+        logits = logits.masked_fill(~logits.new_ones(t, s, dtype=torch.bool).tril(), float("-inf"))
+    if attn_mask is not None:
+        logits = logits.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else logits + attn_mask
+    return logits.softmax(-1)
 
 
 class DetachableSoftmax(DetachableModule):
@@ -69,6 +82,10 @@ class BcosAttention(DetachableModule):
         inner = head_dim * num_heads
         self.qkv = nn.Linear(dim, 3 * inner, bias=qkv_bias)
         self.proj = BcosLinear(inner, dim, b=b, max_out=max_out, weight_norm=weight_norm, bias=proj_bias)
+        # set by attention-based attributions (rollout, Chefer et al.): the forward then applies the attention
+        # matrix explicitly and keeps it (in the autograd graph) as `self.attention` [N, heads, T, T]
+        self.keep_attention = False
+        self.attention: Tensor | None = None
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None, is_causal: bool = False) -> Tensor:
         if x.dim() != 3 or x.shape[-1] != self.qkv.in_features:
@@ -79,5 +96,10 @@ class BcosAttention(DetachableModule):
         n, t, _ = x.shape
         qkv = self.qkv(x).reshape(n, t, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)
-        out = detachable_attention(q, k, v, self.detach, self.scale, attn_mask, is_causal)
+        if self.keep_attention:
+            a = attention_matrix(q.detach() if self.detach else q, k.detach() if self.detach else k, self.scale,
+                                 attn_mask, is_causal)
+            self.attention, out = a, a @ v
+        else:
+            out = detachable_attention(q, k, v, self.detach, self.scale, attn_mask, is_causal)
         return self.proj(out.transpose(1, 2).reshape(n, t, -1))
