@@ -19,15 +19,12 @@ $(VENV)/.installed: pyproject.toml Makefile
 demo: $(VENV)/.installed
 	$(PY) -m timm_bcos demo
 
+# our tests, and timm's own model tests (tests/test_models.py of the installed timm's sdist) on every bcos_*
+# model, in one session; the selection, routing and exclusions (each with its reason) of timm's tests are in
+# tests/timm_suite_plugin.py.
 test: $(VENV)/.installed browser $(TIMM_TESTS)/.fetched
-	$(PY) -m pytest -n 2 --durations=25 tests
-	$(TIMM_SUITE)
-
-# timm's own model tests (tests/test_models.py of the installed timm's sdist) on every bcos_* model;
-# routing and exclusions (each with its reason) in tests/timm_suite_plugin.py.
-TIMM_SUITE = PYTHONPATH=tests $(PY) -m pytest -n 2 -p timm_bcos -p timm_suite_plugin -p no:cacheprovider \
-	$(TIMM_TESTS)/tests/test_models.py -k bcos_ \
-	-m "base or forward or backward or cfg or features or torchscript or fxforward or fxbackward"
+	PYTHONPATH=tests $(PY) -m pytest -n 2 --durations=25 -p timm_bcos -p timm_suite_plugin \
+	  tests $(TIMM_TESTS)/tests/test_models.py
 
 $(TIMM_TESTS)/.fetched: $(VENV)/.installed
 	rm -rf $(TIMM_TESTS) && mkdir -p $(TIMM_TESTS)

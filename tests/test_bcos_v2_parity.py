@@ -52,8 +52,11 @@ def test_converted_reference_weights_give_the_same_model(bcos_name):
     ref = ref.double()
     x = torch.rand(n, 3, size, size, dtype=torch.float64)
     calibrate_bn(ref, AddInverse()(x))  # realistic BN statistics, carried over by the state dict
-    ours = timm.create_model(BCOS_V2_MODELS[bcos_name], **kwargs).double().eval()
-    ours.load_state_dict(convert_bcos_v2_state_dict(ref.state_dict(), bcos_name))  # strict
+    with torch.device("meta"):  # every tensor comes from the reference: no random init of our own (VGG: 130M)
+        ours = timm.create_model(BCOS_V2_MODELS[bcos_name], **kwargs)
+    converted = convert_bcos_v2_state_dict(ref.state_dict(), bcos_name)
+    ours.load_state_dict({k: v.clone() for k, v in converted.items()}, assign=True)  # strict; not the ref's storage
+    ours = ours.double().eval()
 
     # logits without the bias (with it, float64 cannot tell the models apart)
     targets = torch.tensor([3, 7])[:n]

@@ -100,9 +100,13 @@ def _perturbed(model):
     return model.eval()
 
 
+# one block per stage (the saved config carries the argument; the blocks' code is the same at any depth)
+FEWER_BLOCKS = {"bcos_resnet34_v1": dict(layers=(1, 1, 1, 1)), "bcos_convnext_tiny_bnu": dict(depths=(1, 1, 1, 1))}
+
+
 @pytest.mark.parametrize("name", list(SMALL_REGISTERED))
 def test_registered_round_trip(name, tmp_path, monkeypatch):
-    model = _perturbed(timm.create_model(name, num_classes=5))
+    model = _perturbed(timm.create_model(name, num_classes=5, **FEWER_BLOCKS.get(name, {})))
     _round_trips(model, SMALL_REGISTERED[name], tmp_path, monkeypatch)
 
 

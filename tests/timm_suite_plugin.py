@@ -1,9 +1,12 @@
 """pytest plugin for running timm's own tests/test_models.py on the bcos_* models (`make test`).
 
 Load it with `-p timm_suite_plugin` (tests/ on PYTHONPATH) next to `-p timm_bcos`, which
-registers the models before timm's test module builds its model lists.
+registers the models before timm's test module builds its model lists. `make test` runs timm's
+file in the same pytest session as our tests/ (one start of the workers, one tail for both).
 
-Three things, all visible in the test report:
+Four things, all visible in the test report:
+- selection: of timm's file, the tests of `bcos_*` models that carry one of SELECTED_MARKERS (as
+  `-k bcos_ -m "base or ..."` would; the rest is reported as deselected); our own tests are untouched.
 - routing: timm sends its transformers to `test_model_default_cfgs_non_std` by name
   ('vit_*', 'deit*', ...); the B-cos ViTs, named 'bcos_*', are routed to it the same way
   (both tests take the same arguments, so only the test function is swapped).
@@ -73,8 +76,17 @@ def _cfg_twin(name: str, names: set[str]) -> str | None:
     return twins[0] if twins and twins[0] != name else None
 
 
+# timm's markers (its pyproject.toml registers them; in one session with our tests, our pyproject is read), and
+# the ones that select what runs here: timm's own CPU tests of a model
+TIMM_MARKERS = ("base", "forward", "backward", "cfg", "cfg_nonstd", "torchscript", "features", "fxforward", "fxbackward")
+SELECTED_MARKERS = ("base", "forward", "backward", "cfg", "features", "torchscript", "fxforward", "fxbackward")
+
+
 def pytest_configure(config):
     torch.set_num_threads(1)  # one thread per xdist worker, as in tests/conftest.py
+    for marker in TIMM_MARKERS:
+        config.addinivalue_line("markers", f"{marker}: timm's tests/test_models.py marker")
+    config.addinivalue_line("markers", "timeout: pytest-timeout's, on timm's tests (not installed here: not enforced)")
 
 
 def _model_name(item) -> str | None:
@@ -82,12 +94,29 @@ def _model_name(item) -> str | None:
     return callspec.params.get("model_name") if callspec is not None else None
 
 
+def _timms_test(item) -> bool:
+    """An item of timm's tests/test_models.py (a package `tests` of timm's source distribution), not ours."""
+    return item.path.name == "test_models.py" and item.module.__name__ == "tests.test_models"
+
+
+def _selected(item) -> bool:
+    """What `-k bcos_ -m "<SELECTED_MARKERS joined by or>"` would keep of timm's tests."""
+    name = _model_name(item)
+    return (name is not None and name.startswith("bcos_")
+            and any(item.get_closest_marker(m) for m in SELECTED_MARKERS))
+
+
 def pytest_collection_modifyitems(config, items):
-    cfg_names = {_model_name(i) for i in items if i.originalname in CFG_TESTS}
-    for item in items:
+    timms = [i for i in items if _timms_test(i)]
+    dropped = [i for i in timms if not _selected(i)]
+    if dropped:  # timm's tests of its own models: not ours to run (reported as deselected)
+        config.hook.pytest_deselected(items=dropped)
+        drop = set(map(id, dropped))
+        items[:] = [i for i in items if id(i) not in drop]
+        timms = [i for i in timms if id(i) not in drop]
+    cfg_names = {_model_name(i) for i in timms if i.originalname in CFG_TESTS}
+    for item in timms:
         name = _model_name(item)
-        if name is None:
-            continue
         func = item.originalname
         twin = _cfg_twin(name, cfg_names) if func in CFG_TESTS else None
         if twin:
