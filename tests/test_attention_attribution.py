@@ -8,6 +8,7 @@ import torch
 import timm_bcos  # noqa: F401
 from timm_bcos.eval import attention_attribution as aa
 from timm_bcos.eval.attribution import attribution_maps
+from timm_bcos.layers import explanation_mode
 
 
 def _every_row_attends_to(j: int, t: int) -> torch.Tensor:
@@ -78,6 +79,11 @@ def test_maps_on_a_b_cos_vit(vit):
     other = attribution_maps(model, x, torch.tensor([4, 4, 4]), "chefer")
     assert not torch.allclose(other, maps["chefer"])
     assert all(p.grad is None for p in model.parameters())
+    frozen = attribution_maps(model.requires_grad_(False), x, torch.tensor([0, 1, 2]), "chefer")  # weights frozen
+    model.requires_grad_(True)
+    assert torch.allclose(frozen, maps["chefer"])
+    with explanation_mode(model), pytest.raises(ValueError, match="outside timm_bcos.layers.explanation_mode"):
+        attribution_maps(model, x, torch.tensor([0, 1, 2]), "chefer")
     # the first image's class-0 map, from the attention's gradient taken by hand (one image at a time)
     with aa.kept_attention(model) as blocks:
         y = model(x[:1])[0, 0]

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from test_train import run_main, script_module
 from timm_bcos.eval import attribution as attribution_module
 from timm_bcos.eval import build_grids, confident_per_class, grid_pointing_game, pointing_scores
 
@@ -170,8 +171,8 @@ def test_post_hoc_methods_on_a_linear_model():
 @pytest.mark.parametrize("method", ["gradcampp", "scorecam"])
 def test_cam_methods_on_one_full_resolution_channel_are_its_scaled_positive_part(method):
     """By hand: one feature channel A at the image's resolution, a positive head on its mean. GradCAM++'s
-    weight (sum of alpha relu(dy/dA), dy/dA = w / HW > 0) and ScoreCAM's (a softmax over one channel: 1) are
-    positive, so both maps are relu(A) scaled to [0, 1] per image, with no resizing. Class 1's head is
+    weight (sum of alpha relu(dy/dA), dy/dA = w / HW > 0; alpha > 0 while mean(A) > -1, as here) and
+    ScoreCAM's (a softmax over one channel: 1) are positive, so both maps are relu(A) scaled to [0, 1] per image, with no resizing. Class 1's head is
     negative: its GradCAM++ map is zero (ScoreCAM's one-channel softmax is 1 whatever the class)."""
     torch.manual_seed(0)
     model = nn.Sequential(nn.Conv2d(3, 1, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(1, 2))
@@ -188,8 +189,10 @@ def test_cam_methods_on_one_full_resolution_channel_are_its_scaled_positive_part
     lo, hi = flat.min(1).values[:, None, None], flat.max(1).values[:, None, None]
     expected = (a - lo) / (hi - lo)
     assert (hi > lo).all() and (lo == 0).all()  # a real map: some of A negative, some positive
+    model[3].weight.grad = torch.ones_like(model[3].weight)  # a caller's gradients, left as they were
     got = attribution_module.attribution_maps(model, x, torch.tensor([0, 0, 0]), method)
     assert got.shape == (3, 9, 7) and torch.allclose(got, expected, atol=1e-5)
+    assert torch.equal(model[3].weight.grad, torch.ones_like(model[3].weight)) and model[0].weight.grad is None
     if method == "gradcampp":
         assert attribution_module.attribution_maps(model, x, torch.tensor([1, 1, 1]), method).abs().max() == 0
 
@@ -253,11 +256,14 @@ def test_own_contributions_sum_to_the_logit_minus_bias():
 @pytest.mark.skipif(not CIFAR.is_dir(), reason="../shared/datasets/cifar10 is not here")
 def test_evaluate_cli_end_to_end(tmp_path):
     out = tmp_path / "report"
-    argv = ["--models", "bcos_cifar10_w050_bnu", "--names", "shipped", "--pretrained", "--dataset", str(CIFAR),
-            "--split", "test", "--max-samples", "200", "--grid", "2", "--num-grids", "3", "--methods", "own", "ixg",
-            "gradcam", "--out", str(out), "--metrics", "sparseness", "random_logit", "--metrics-images", "16",
-            "--workers", "0"]  # in this process (no loader workers forked from it)
-    proc = run_main(script_module(ROOT / "train_scripts" / "evaluate.py"), argv)
+    cmd = [sys.executable, str(ROOT / "train_scripts" / "evaluate.py"), "--models", "bcos_cifar10_w050_bnu",
+           "--names", "shipped", "--pretrained", "--dataset", str(CIFAR), "--split", "test", "--max-samples", "200",
+           "--grid", "2", "--num-grids", "3", "--methods", "own", "ixg", "gradcam", "--out", str(out),
+           "--metrics", "sparseness", "random_logit", "--metrics-images", "16"]
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "HF_DATASETS_CACHE": str(tmp_path / "hf"),
+           "PATH": "/usr/bin:/bin", "OMP_NUM_THREADS": "1"}
+    # a fresh, offline process with forked loader workers (the map-style path's; no other test forks them)
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = (out / "results.md").read_text()
     assert "| shipped | `bcos_cifar10_w050_bnu` |" in report and "B-cos (own)" in report

@@ -238,7 +238,7 @@ def test_float16_export_runs_where_onnxruntime_has_the_kernels(shipped, tmp_path
     """float16 graphs: written and typed float16; run in onnxruntime's CPU provider, or its missing
     kernel is named (the CPU provider lacks some float16 kernels)."""
     model, images = shipped
-    files = export_model(model, tmp_path, explain="topk", k=1, batch_size=4, dtype="float16")  # dynamic: above
+    files = export_model(model, tmp_path, explain="topk", k=1, dynamic_batch=True, dtype="float16")
     assert next(model.parameters()).dtype == torch.float32  # the caller's model is left as it was
     assert json.loads(files.config.read_text())["logit_bias"] == float(model.logit_layer.logit_bias)
     import onnx

@@ -80,7 +80,11 @@ def attention_rollout(model: nn.Module, images: Tensor, targets: Tensor) -> Tens
 def chefer_relevance(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
     """Chefer et al. (2021b): rollout weighted by the target logit's gradient of each attention matrix."""
     with kept_attention(model) as blocks, torch.enable_grad():
-        logits = model(images.detach())
+        if any(m.detach for m in blocks):
+            raise ValueError("Chefer et al.'s relevance needs the attention matrices' gradients, which explanation "
+                             "mode detaches: call it outside timm_bcos.layers.explanation_mode")
+        # an input that requires grad: the attention stays in the graph when the weights are frozen
+        logits = model(images.detach().requires_grad_(True))
         score = logits.gather(1, targets.view(-1, 1).to(logits.device)).sum()  # images are independent
         attentions = [m.attention for m in blocks]
         gradients = torch.autograd.grad(score, attentions)  # the parameters' .grad stay as they were

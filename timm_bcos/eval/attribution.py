@@ -151,9 +151,15 @@ def _cam_library(kind: str) -> AttributionFn:
         method = {"gradcampp": GradCAMPlusPlus, "scorecam": ScoreCAM}[kind]
         layer = last_feature_layer(model)
         wrapped = Normalised(model).to(images.device).eval()
-        with method(model=wrapped, target_layers=[layer]) as cam, contextlib.redirect_stderr(io.StringIO()):
-            # (stderr: ScoreCAM's progress bars, one per image)
-            maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets.tolist()])
+        params = list(model.parameters())
+        grads = [p.grad for p in params]  # the library zeroes them and backpropagates into them: given back
+        try:
+            with method(model=wrapped, target_layers=[layer]) as cam, contextlib.redirect_stderr(io.StringIO()):
+                # (stderr: ScoreCAM's progress bars, one per image)
+                maps = cam(input_tensor=images, targets=[ClassifierOutputTarget(t) for t in targets.tolist()])
+        finally:
+            for p, g in zip(params, grads):
+                p.grad = g
         return torch.from_numpy(maps).to(images.device)
 
     return attribute
