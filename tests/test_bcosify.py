@@ -226,6 +226,22 @@ def test_verify_names_a_module_that_is_not_dynamic_linear():
         verify(model, x)
 
 
+def test_verify_gives_the_model_back_as_it_was():
+    """verify runs the model itself in float64: afterwards every parameter and buffer has its dtype back
+    (`double()` replaces buffers, so restoring the old tensor objects missed the batch-norm statistics and a
+    float32 forward after verify failed), and the modes are restored."""
+    torch.manual_seed(0)
+    model = convert(timm.create_model("resnet18", num_classes=4), "bcosify", carry_weights=True)
+    model.train()
+    before = {name: t.dtype for name, t in [*model.named_parameters(), *model.named_buffers()]}
+    x = torch.rand(2, 3, 64, 64)
+    verify(model, x)
+    assert {name: t.dtype for name, t in [*model.named_parameters(), *model.named_buffers()]} == before
+    assert model.training and model.layer1[0].bn1.training
+    model.eval()
+    assert model(x).dtype == torch.float32 and model.explain(x).contributions.dtype == torch.float32
+
+
 def test_verify_takes_a_plain_chain_from_its_links_only_when_each_passed_inside_it():
     """An nn.Sequential is certified by the chain rule once each link passed within its own call (not
     re-run); it is checked itself when a link failed, or was first called elsewhere (shared)."""

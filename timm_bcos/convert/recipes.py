@@ -23,24 +23,24 @@ STEM_CHOICES = ("zero", "half_negated")
 @dataclass(frozen=True)
 class Recipe:
     name: str
-    b: float = 2.0
-    max_out: int = 1
-    norms: dict = field(default_factory=lambda: {
+    b: float = 2.0                   # B of every B-cos layer (Eq. 9): the alignment pressure; B=1 is linear
+    max_out: int = 1                 # MaxOut units per output channel (the paper's v1: 2)
+    norms: dict = field(default_factory=lambda: {  # per kind of norm: one of NORM_CHOICES
         "batch": "bn_uncentered", "layer": "centered", "layer2d": "centered", "group": "centered",
     })
     norm_bias: bool = False          # keep the norms' additive bias (breaks completeness)
     head_before_pool: bool = True    # v2: 1x1 B-cos classifier on the map, then global average pool
     logit_bias: float | None = None  # None: -log(num_classes - 1)
-    logit_temperature: float = 1.0
+    logit_temperature: float = 1.0   # the logits are divided by it before the logit bias is added
     max_pool_to_avg: bool = True     # paper Sec. 3.3 removes MaxPool; v2 uses AvgPool in its place
     v1_output_scale: float | None = None  # scale_factor of v1's per-layer output divisor, None: off
     weight_norm: bool = True         # unit-norm weight rows (Eq. 3); False: the weights keep their scale
     linear_bias: bool = False        # keep conv/linear biases (B=1 with them is the conventional model)
-    activations: str = "remove"      # see ACTIVATION_CHOICES
-    stem_init: str = "zero"          # see STEM_CHOICES
+    activations: str = "remove"      # "remove": all go (v2); "bcosify": ReLU-like kept, x*g(x) gated, others go
+    stem_init: str = "zero"          # first conv on [x, 1-x] from carried W: "zero" [W, 0], "half_negated" [W, -W]/2
     normalize_input: bool = False    # normalise the encoded input with the base model's mean/std
     input_mean: tuple | None = None  # that mean/std (3 channels); None: the base model's cfg at conversion
-    input_std: tuple | None = None
+    input_std: tuple | None = None   # (see input_mean)
     learn_b: bool = False            # B a learned scalar per B-cos layer, starting at b (B-cosification's ablation)
 
     def __post_init__(self) -> None:

@@ -70,16 +70,21 @@ def verify(model: nn.Module, x: Tensor, *, rtol: float = 1e-8, raise_on_failure:
 def _in_float64_eval(model: nn.Module):
     """The model itself in float64 and eval mode, restored afterwards (float32/16 -> float64 -> back
     is exact). Not a copy: some timm models cache non-leaf tensors that do not deep-copy."""
-    tensors = [*model.parameters(), *model.buffers()]
-    dtypes = [t.dtype for t in tensors]
+    params = [*model.parameters()]
+    param_dtypes = [p.dtype for p in params]
+    # `double()` replaces buffers by new tensors (parameters keep their objects): restore them by name
+    buffer_dtypes = {(m, name): b.dtype for m in model.modules() for name, b in m._buffers.items() if b is not None}
     modes = [m.training for m in model.modules()]
     model.double().eval()
     try:
         yield
     finally:
-        for t, dtype in zip(tensors, dtypes):
-            if t.dtype != dtype:
-                t.data = t.data.to(dtype)
+        for p, dtype in zip(params, param_dtypes):
+            if p.dtype != dtype:
+                p.data = p.data.to(dtype)
+        for (m, name), dtype in buffer_dtypes.items():
+            if m._buffers.get(name) is not None and m._buffers[name].dtype != dtype:
+                m._buffers[name] = m._buffers[name].to(dtype)
         for m, mode in zip(model.modules(), modes):
             m.training = mode
 
