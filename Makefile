@@ -7,13 +7,13 @@ TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 # timm's source distribution (for its tests/test_models.py), fetched once at set-up
 TIMM_TESTS := .timm_tests
 
-.PHONY: demo test bench clean-venv browser
+.PHONY: demo test bench clean-venv browser docs docs-serve
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH_SPEC)
-	$(PY) -m pip install --quiet -e ".[train,eval,metrics,test,app,export]"
+	$(PY) -m pip install --quiet -e ".[train,eval,metrics,test,app,export,docs]"
 	touch $@
 
 demo: $(VENV)/.installed
@@ -37,6 +37,17 @@ $(TIMM_TESTS)/.fetched: $(VENV)/.installed
 browser:
 	@test -x /usr/bin/chromium || { echo "installing Debian's chromium for the browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; }
+
+# the documentation site: the generated reference pages first, then mkdocs into site/ (offline; strict: a broken
+# link or a missing page fails the build); docs-serve serves it on 127.0.0.1:8000 and rebuilds on change
+export NO_MKDOCS_2_WARNING := 1
+docs: $(VENV)/.installed
+	$(PY) docs/generate.py
+	$(VENV)/bin/mkdocs build --strict
+
+docs-serve: $(VENV)/.installed
+	$(PY) docs/generate.py
+	$(VENV)/bin/mkdocs serve --dev-addr 127.0.0.1:8000
 
 bench: $(VENV)/.installed
 	$(PY) benchmarks/layers.py

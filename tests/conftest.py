@@ -32,7 +32,7 @@ def pytest_report_header(config):
 LONG_FILES_FIRST = ("test_train_faults.py", "test_kernels.py", "test_streaming.py", "test_app_load.py",
                     "test_guidance.py", "test_tarshards.py", "test_train.py", "test_align.py", "test_export.py",
                     "test_bcosified_releases.py", "test_app_browser.py", "test_atlas.py", "test_sync_norm.py",
-                    "test_shipped.py")
+                    "test_shipped.py", "test_docs_site.py", "test_docs.py")
 
 
 def pytest_collection_modifyitems(items):
