@@ -22,6 +22,12 @@ STEM_CHOICES = ("zero", "half_negated")
 
 @dataclass(frozen=True)
 class Recipe:
+    """The choices of one conversion: B, MaxOut, norms, biases, head layout, activations, input encoding.
+
+    `RECIPES` holds the named ones (`v2`, `v2_bnu`, `v1`, `bcosify`); `with_overrides(**fields)` (or keyword
+    arguments to `convert` and the entrypoints) changes fields. Every field with its value per recipe:
+    docs/reference/recipe-fields.md."""
+
     name: str
     b: float = 2.0                   # B of every B-cos layer (Eq. 9): the alignment pressure; B=1 is linear
     max_out: int = 1                 # MaxOut units per output channel (the paper's v1: 2)

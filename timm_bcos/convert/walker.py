@@ -49,10 +49,12 @@ Rule = Callable[[nn.Module, str, Context], Any]
 
 
 def keep(m: nn.Module, path: str, ctx: Context):
+    """A rule: leave the module as it is (it is dynamic linear already, or holds no computation)."""
     return KEEP
 
 
 def recurse(m: nn.Module, path: str, ctx: Context):
+    """A rule: the module only combines its children linearly; convert the children."""
     return RECURSE
 
 

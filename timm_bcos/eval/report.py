@@ -10,6 +10,7 @@ from ..utils.atomic import atomic_path
 
 
 def summarise(scores: Tensor) -> dict[str, float]:
+    """Mean, quartiles, median and count of a 1-d tensor of scores (float64), as the results tables show them."""
     s = scores.double()
     q = torch.quantile(s, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
     return {"mean": float(s.mean()), "q1": float(q[0]), "median": float(q[1]), "q3": float(q[2]), "n": len(s)}
