@@ -283,3 +283,16 @@ def test_unknown_metrics_are_refused_by_name():
     config = EvalConfig(models=["bcos_cifar10_w050_bnu"], dataset="x", metrics=["sparseness", "roar"])
     with pytest.raises(EvalError, match=r"unknown --metrics \['roar'\]; expected some of \['mprt', 'pixel_flipping'"):
         check_config(config)
+
+
+def test_summaries_carry_a_bootstrap_interval_of_the_mean():
+    """Every pointing-game figure comes with its sample size and a 95% bootstrap interval of the mean."""
+    from timm_bcos.eval import markdown_table, summarise
+
+    scores = torch.tensor([0.0, 1.0] * 50, dtype=torch.float64)
+    s = summarise(scores)
+    assert s["n"] == 100 and s["mean"] == pytest.approx(0.5)
+    assert 0.38 < s["ci95"][0] < 0.5 < s["ci95"][1] < 0.62  # the mean's standard error is 0.05
+    assert summarise(torch.full((20,), 0.3, dtype=torch.float64))["ci95"] == pytest.approx([0.3, 0.3])
+    table = markdown_table({"m": {"own": scores}})
+    assert "| 95% CI |" in table and f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}]" in table

@@ -16,6 +16,7 @@ import torch
 from torch import Tensor, nn
 
 from .attribution import Normalised, attribution_maps, model_device
+from .report import bootstrap_ci
 
 
 def explain_func(model: nn.Module, inputs, targets, method: str = "own", **_) -> np.ndarray:
@@ -55,18 +56,6 @@ METRICS: dict[str, tuple[Callable, Callable, str]] = {
     # complexity: the Gini index of |map| (1: one pixel holds everything, 0: uniform)
     "sparseness": (lambda k, size: _quantus().Sparseness(disable_warnings=True), np.asarray, "higher"),
 }
-
-
-def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, level: float = 0.95,
-                 seed: int = 0) -> tuple[float, float, float]:
-    """(mean, low, high): the mean and the percentile bootstrap interval of the mean."""
-    v = np.asarray(values, dtype=np.float64)
-    if v.size == 0 or not np.isfinite(v).all():
-        bad = int((~np.isfinite(v)).sum())
-        raise ValueError(f"bootstrap_ci needs finite values, got {v.size} with {bad} not finite")
-    means = np.random.default_rng(seed).choice(v, size=(n_resamples, v.size)).mean(1)
-    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
-    return float(v.mean()), float(low), float(high)
 
 
 def quantus_scores(model: nn.Module, images: Tensor, targets: Tensor, method: str = "own",

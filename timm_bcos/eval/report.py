@@ -2,28 +2,46 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
+import numpy as np
 import torch
 from torch import Tensor
 
 from ..utils.atomic import atomic_path
 
 
+def bootstrap_ci(values: Sequence[float], n_resamples: int = 1000, level: float = 0.95,
+                 seed: int = 0) -> tuple[float, float, float]:
+    """(mean, low, high): the mean and the percentile bootstrap interval of the mean (fixed seed)."""
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0 or not np.isfinite(v).all():
+        bad = int((~np.isfinite(v)).sum())
+        raise ValueError(f"bootstrap_ci needs finite values, got {v.size} with {bad} not finite")
+    means = np.random.default_rng(seed).choice(v, size=(n_resamples, v.size)).mean(1)
+    low, high = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(v.mean()), float(low), float(high)
+
+
 def summarise(scores: Tensor) -> dict[str, float]:
-    """Mean, quartiles, median and count of a 1-d tensor of scores (float64), as the results tables show them."""
+    """Mean with its 95% bootstrap interval, quartiles, median and count of a 1-d tensor of scores (float64), as
+    the results tables show them."""
     s = scores.double()
     q = torch.quantile(s, torch.tensor([0.25, 0.5, 0.75], dtype=torch.float64))
-    return {"mean": float(s.mean()), "q1": float(q[0]), "median": float(q[1]), "q3": float(q[2]), "n": len(s)}
+    _, low, high = bootstrap_ci(s.numpy())
+    return {"mean": float(s.mean()), "ci95": [low, high], "q1": float(q[0]), "median": float(q[1]),
+            "q3": float(q[2]), "n": len(s)}
 
 
 def markdown_table(results: dict[str, dict[str, Tensor]], labels: dict[str, str] | None = None) -> str:
     """results: {model: {method: scores}} -> one row per (model, method)."""
     labels = labels or {}
-    rows = ["| model | method | mean | median | Q1 | Q3 | n |", "|---|---|---:|---:|---:|---:|---:|"]
+    rows = ["| model | method | mean | 95% CI | median | Q1 | Q3 | n |", "|---|---|---:|---:|---:|---:|---:|---:|"]
     for model, per_method in results.items():
         for method, scores in per_method.items():
             s = summarise(scores)
-            rows.append(f"| {model} | {labels.get(method, method)} | {s['mean']:.3f} | {s['median']:.3f} | "
+            rows.append(f"| {model} | {labels.get(method, method)} | {s['mean']:.3f} | "
+                        f"[{s['ci95'][0]:.3f}, {s['ci95'][1]:.3f}] | {s['median']:.3f} | "
                         f"{s['q1']:.3f} | {s['q3']:.3f} | {s['n']} |")
     return "\n".join(rows) + "\n"
 
