@@ -55,6 +55,8 @@ def _accuracy(tag: str, cfg: dict, measured: dict[str, float]) -> str:
 
 def zoo_page() -> str:
     import timm
+    from timm.models import get_arch_pretrained_cfgs
+
     import timm_bcos  # noqa: F401  (registers the entrypoints)
 
     measured = _measured_top1()
@@ -66,9 +68,12 @@ def zoo_page() -> str:
     for name in timm.list_models("bcos_*"):
         params = "-" if name == "bcos_converted" else f"{_parameters(name) / 1e6:.2f} M"
         tags = []
-        for tag in timm.list_pretrained(f"{name}.*"):
-            cfg = timm.models.get_pretrained_cfg(tag).to_dict()
-            tags.append(f"`{tag.partition('.')[2]}`: {_accuracy(tag, cfg, measured)}")
+        for tag, cfg in get_arch_pretrained_cfgs(name).items():  # list_pretrained hides tags without a URL
+            cfg = cfg.to_dict()
+            if tag.endswith(".untrained"):
+                continue
+            where = "" if cfg.get("url") or cfg.get("file") or cfg.get("hf_hub_id") else " (pass the release file)"
+            tags.append(f"`{tag.partition('.')[2]}`: {_accuracy(tag, cfg, measured)}{where}")
         lines.append(f"| `{name}` | {params} | {'<br>'.join(tags) or '-'} |")
     return "\n".join(lines) + "\n"
 
@@ -96,7 +101,8 @@ def recipe_fields_page() -> str:
     lines = [HEADER + "# Recipe fields\n",
              "The fields of `timm_bcos.Recipe`, their value in each named recipe of `timm_bcos.RECIPES`, and what",
              "they do. Every entrypoint and `convert(model, recipe, **fields)` takes them as keyword arguments;",
-             "`train.py` takes them as `--recipe-kwargs '{\"b\": 2.5}'`. What the recipes are for is in",
+             "`train.py` takes them as `--recipe-kwargs '{\"b\": 2.5}'` with `--bcosify-from` or `--align-to` (a registered",
+             "model takes its own arguments with `--model-kwargs`). What the recipes are for is in",
              "[How conversion works](../explanation/conversion.md) and [B-cosification](../explanation/bcosification.md).\n",
              "| field | " + " | ".join(f"`{n}`" for n in names) + " | what it does |",
              "|---|" + "---|" * len(names) + "---|"]

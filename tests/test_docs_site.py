@@ -131,7 +131,7 @@ def test_search_finds_completeness_and_the_pages_look_right(served, browser):
     page.keyboard.press("/")  # Material's shortcut: focus the search field
     page.locator("input.md-search__input").fill("completeness")
     results = page.locator(".md-search-result__item")
-    results.first.wait_for(timeout=30_000)
+    results.first.wait_for(timeout=120_000)  # the index is built in a web worker: slow on a busy machine
     titles = results.all_inner_texts()
     assert any("complete" in t.lower() for t in titles), titles[:5]
     page.goto(f"{served}/reference/api/convert.html", wait_until="load")
