@@ -13,7 +13,8 @@ RECORD = ROOT / "reports" / "cifar10_shipped_sample.json"
 # each model (name.tag) shipped with weights in the package, and the test-split count recorded when it was shipped
 RECORDS = {"bcos_cifar10_w050_bnu.cpu30e_cifar10": RECORD,
            "bcos_cifar10_w050_bcosified.bcosify_cpu10e_cifar10": ROOT / "reports" / "cifar10_bcosified_sample.json",
-           "bcos_cifar10_w050_bcosified.aloe_cpu6e_cifar10": ROOT / "reports" / "cifar10_aligned_sample.json"}
+           "bcos_cifar10_w050_bcosified.aloe_cpu6e_cifar10": ROOT / "reports" / "cifar10_aligned_sample.json",
+           "bcos_cifar10_w050_bcosified.aloe_sgd10e_cifar10": ROOT / "reports" / "cifar10_aligned_sgd_sample.json"}
 
 
 def shipped_model(name: str = "bcos_cifar10_w050_bnu"):
@@ -26,7 +27,8 @@ def shipped_model(name: str = "bcos_cifar10_w050_bnu"):
 
 @pytest.mark.parametrize("name, tag, recipe", [("bcos_cifar10_w050_bnu", "cpu30e_cifar10", "v1"),
                                                ("bcos_cifar10_w050_bcosified", "bcosify_cpu10e_cifar10", "bcosify"),
-                                               ("bcos_cifar10_w050_bcosified", "aloe_cpu6e_cifar10", "bcosify")])
+                                               ("bcos_cifar10_w050_bcosified", "aloe_cpu6e_cifar10", "bcosify"),
+                                               ("bcos_cifar10_w050_bcosified", "aloe_sgd10e_cifar10", "bcosify")])
 def test_shipped_model_loads_offline_as_its_tag_with_its_labels(name, tag, recipe, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     import timm

@@ -118,6 +118,12 @@ default_cfgs = generate_default_cfgs({
         notes=("reports/alignment.md: cifar_convnet (width 0.5, 30 epochs, 85.94%) B-cosified with recipe "
                "'bcosify' and aligned to it for 6 epochs without labels (train.py --align-to, Adam 1e-3)",),
     ),
+    "bcos_cifar10_w050_bcosified.aloe_sgd10e_cifar10": _cfg(  # aligned 10 epochs without labels to an SGD teacher
+        file=str(SHIPPED_WEIGHTS / "bcos_cifar10_w050_bcosified.aloe_sgd10e.safetensors"),
+        label_names=CIFAR10_LABELS, origin_url="train_scripts/align_cifar10.sh",
+        notes=("reports/alignment.md: cifar_convnet (width 0.5, 20 epochs SGD with weight decay, 86.24%) B-cosified "
+               "with recipe 'bcosify' and aligned to it for 10 epochs without labels (train.py --align-to, Adam 1e-3)",),
+    ),
     "bcos_cifar10_w050_bcosified.untrained": _cfg(),
     "cifar_convnet.untrained": _cfg(mean=CIFAR10_MEAN, std=CIFAR10_STD),
 })
