@@ -128,10 +128,12 @@ def test_search_finds_completeness_and_the_pages_look_right(served, browser):
     page.goto(f"{served}/index.html", wait_until="load")
     SHOTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(SHOTS / "docs_home.png"))
-    page.keyboard.press("/")  # Material's shortcut: focus the search field
-    page.locator("input.md-search__input").fill("completeness")
+    page.wait_for_function("() => typeof window.document$ !== 'undefined'")  # Material's scripts have run
+    field = page.locator("input.md-search__input")
+    field.click()  # opens the search overlay (a "/" pressed before the scripts ran would be lost)
+    field.press_sequentially("completeness", delay=30)  # key by key, as a user types (Material reads keyup)
     results = page.locator(".md-search-result__item")
-    results.first.wait_for(timeout=120_000)  # the index is built in a web worker: slow on a busy machine
+    results.first.wait_for(state="attached", timeout=120_000)  # the index is built in a web worker: slow when busy
     titles = results.all_inner_texts()
     assert any("complete" in t.lower() for t in titles), titles[:5]
     page.goto(f"{served}/reference/api/convert.html", wait_until="load")
