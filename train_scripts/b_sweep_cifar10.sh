@@ -81,11 +81,16 @@ train_one() {  # name b max_out (run in the background: exec leaves no shell bet
     --warmup-epochs "$WARMUP" --seed "$SEED" --workers 0 --export last --no-progress --no-tensorboard \
     --resume latest $EXTRA --output "$OUT/$1" >> "$OUT/$1.log" 2>&1
 }
-for r in "${runs[@]}"; do
-  set -- $r
-  [ -f "$OUT/$1/export/model.safetensors" ] && continue
-  slot; train_one "$@" & pending=$((pending + 1))
-done
+# each run whose output file (a printf pattern of its name) is missing: `fn name b max_out`, JOBS at a time
+each_missing() {  # fn pattern
+  local fn=$1 pattern=$2 r
+  for r in "${runs[@]}"; do
+    set -- $r
+    [ -f "$(printf "$pattern" "$1")" ] && continue
+    slot; "$fn" "$@" & pending=$((pending + 1))
+  done
+}
+each_missing train_one "$OUT/%s/export/model.safetensors"
 drain training
 
 # 2. evaluation, one folder per model (a rerun repeats only the missing ones): accuracy on the test split, grid
@@ -95,11 +100,7 @@ eval_one() {  # name
     --methods own --grid 2 3 --num-grids $GRIDS ${METRICS:+--metrics $METRICS --metrics-images "$METRICS_IMAGES"} \
     --workers 0 --threads "$THREADS" --out "$OUT/eval/$1" > "$OUT/eval/$1.log" 2>&1
 }
-for r in "${runs[@]}"; do
-  set -- $r
-  [ -f "$OUT/eval/$1/results.json" ] && continue
-  slot; eval_one "$1" & pending=$((pending + 1))
-done
+each_missing eval_one "$OUT/eval/%s/results.json"
 drain evaluation
 
 # 3. OUT/b_sweep.png and OUT/b_sweep.md (cheap: always redrawn)
